@@ -1,0 +1,221 @@
+"""Vision Transformer pieces shared by every method.
+
+Layout follows facebookresearch/mae (`models_mae.py`, `util/pos_embed.py`) and timm's
+`VisionTransformer`: pre-LN blocks, fused qkv projection with bias, exact GELU,
+LayerNorm eps 1e-6, fixed 2-D sin-cos position embeddings, cls token, final LayerNorm.
+Parameters are float32; `dtype` is the compute dtype.
+"""
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+LN_EPS = 1e-6
+xavier_uniform = nn.initializers.xavier_uniform()
+token_init = nn.initializers.normal(stddev=0.02)
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+  """[B, H, W, C] -> [B, N, p*p*C], row-major patch grid, each patch as (p, p, C)."""
+  b, h, w, c = images.shape
+  p = patch_size
+  x = images.reshape(b, h // p, p, w // p, p, c)  # [B, h, p, w, p, C]
+  x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, h, w, p, p, C]
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, grid_hw: Sequence[int]) -> jax.Array:
+  """Inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C]."""
+  b = patches.shape[0]
+  gh, gw = grid_hw
+  p = patch_size
+  c = patches.shape[-1] // (p * p)
+  x = patches.reshape(b, gh, gw, p, p, c)  # [B, h, w, p, p, C]
+  x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, h, p, w, p, C]
+  return x.reshape(b, gh * p, gw * p, c)
+
+
+def sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
+  """[M] positions -> [M, D] as [sin | cos] with omega = 1 / 10000^(2i/D)."""
+  assert embed_dim % 2 == 0, embed_dim
+  omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
+  omega = 1.0 / 10000**omega  # [D/2]
+  out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)  # [M, D/2]
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # [M, D]
+
+
+def sincos_2d(embed_dim: int, grid_hw: Sequence[int]) -> np.ndarray:
+  """Fixed 2-D sin-cos embedding [h*w, D] in the MAE layout.
+
+  As in mae/util/pos_embed.py: the first D/2 channels encode the column (x) index and
+  the second D/2 the row (y) index, each as [sin | cos]; tokens are row-major.
+  """
+  assert embed_dim % 4 == 0, f"sin-cos position embedding needs width % 4 == 0, got {embed_dim}"
+  gh, gw = grid_hw
+  rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")  # [h, w]
+  emb_x = sincos_1d(embed_dim // 2, cols)
+  emb_y = sincos_1d(embed_dim // 2, rows)
+  return np.concatenate([emb_x, emb_y], axis=1).astype(np.float32)  # [h*w, D]
+
+
+class Mlp(nn.Module):
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=xavier_uniform, name=name)
+    x = dense(self.hidden_dim, "fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    return dense(d, "fc2")(x)
+
+
+class Attention(nn.Module):
+  """Multi-head attention. Self-attention when `context` is None, else cross-attention
+  from `x` (queries) to `context` (keys and values)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None):
+    b, n, d = x.shape
+    h = self.num_heads
+    dense = lambda n_out, name: nn.Dense(n_out, dtype=self.dtype, kernel_init=xavier_uniform,
+                                         name=name)
+    if context is None:
+      qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, h, d // h)  # [B, N, 3, H, Dh]
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, Dh]
+    else:
+      m = context.shape[1]
+      q = dense(d, "q")(x).reshape(b, n, h, d // h)  # [B, N, H, Dh]
+      kv = dense(2 * d, "kv")(context).reshape(b, m, 2, h, d // h)  # [B, M, 2, H, Dh]
+      k, v = kv[:, :, 0], kv[:, :, 1]  # [B, M, H, Dh]
+    out = jax.nn.dot_product_attention(q, k, v)  # [B, N, H, Dh]
+    return dense(d, "proj")(out.reshape(b, n, d))
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (timm `drop_path`); needs the 'dropout' rng when active."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + γ1·attn(LN(x)); x + γ2·mlp(LN(x)).
+
+  γ (LayerScale, CaiT) is used only when `layer_scale_init` is set (SimMIM/CAE use 0.1).
+  """
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  layer_scale_init: Optional[float] = None
+  dtype: Dtype = jnp.float32
+
+  def _scale(self, name, y):
+    if self.layer_scale_init is None:
+      return y
+    gamma = self.param(name, nn.initializers.constant(self.layer_scale_init), (y.shape[-1],))
+    return y * gamma.astype(y.dtype)
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
+    y = Attention(self.num_heads, dtype=self.dtype, name="attn")(y)
+    x = x + DropPath(self.drop_path)(self._scale("gamma_1", y), deterministic)
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
+    y = Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+    return x + DropPath(self.drop_path)(self._scale("gamma_2", y), deterministic)
+
+
+def block_stack(depth: int, num_heads: int, mlp_ratio: float, dtype: Dtype, remat: bool,
+                drop_path_rate: float = 0.0, layer_scale_init: Optional[float] = None,
+                name_prefix: str = "blocks") -> list:
+  """`depth` Blocks with linearly increasing drop-path rate (timm/MAE convention)."""
+  block_cls: Callable = nn.remat(Block, static_argnums=(2,)) if remat else Block
+  rates = np.linspace(0.0, drop_path_rate, depth) if depth > 1 else [drop_path_rate] * depth
+  return [
+      block_cls(num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path=float(rates[i]),
+                layer_scale_init=layer_scale_init, dtype=dtype, name=f"{name_prefix}_{i}")
+      for i in range(depth)
+  ]
+
+
+class ViTEncoder(nn.Module):
+  """ViT encoder over a (possibly masked) patch sequence.
+
+  Call with `visible_idx` [B, K] to encode only those patches (MAE, CAE, Latent MIM), or
+  with `token_mask` [B, N] (1 = hidden) to replace hidden patch embeddings by a learned
+  mask token and encode all of them (SimMIM). Position embeddings are added before tokens
+  are selected, and the cls token (with zero position embedding) is prepended after, as
+  in mae/models_mae.py `forward_encoder`.
+  Returns [B, 1 + K, D] (cls first) after the final LayerNorm.
+  """
+  image_size: int = 224
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  drop_path_rate: float = 0.0
+  layer_scale_init: Optional[float] = None
+  use_mask_token: bool = False
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @property
+  def grid_hw(self):
+    return (self.image_size // self.patch_size, self.image_size // self.patch_size)
+
+  @property
+  def num_patches(self):
+    return self.grid_hw[0] * self.grid_hw[1]
+
+  def setup(self):
+    self.patch_embed = nn.Dense(self.width, dtype=self.dtype, kernel_init=xavier_uniform,
+                                name="patch_embed")
+    self.cls_token = self.param("cls_token", token_init, (1, 1, self.width))
+    if self.use_mask_token:
+      self.mask_token = self.param("mask_token", token_init, (1, 1, self.width))
+    self.pos_embed = sincos_2d(self.width, self.grid_hw)  # [N, D], fixed
+    self.blocks = block_stack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
+                              self.remat, self.drop_path_rate, self.layer_scale_init)
+    self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")
+
+  def embed(self, images, token_mask=None):
+    """[B, H, W, C] -> patch embeddings + position embeddings [B, N, D]."""
+    x = self.patch_embed(patchify(images, self.patch_size).astype(self.dtype))  # [B, N, D]
+    if token_mask is not None:
+      w = token_mask[..., None].astype(x.dtype)  # [B, N, 1]
+      x = x * (1.0 - w) + self.mask_token.astype(x.dtype) * w
+    return x + self.pos_embed.astype(x.dtype)
+
+  def prepend_cls(self, x):
+    cls = jnp.broadcast_to(self.cls_token.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+    return jnp.concatenate([cls, x], axis=1)  # [B, 1 + K, D]
+
+  def transform(self, x, deterministic: bool = True):
+    """Blocks then final LayerNorm over an already embedded token sequence."""
+    for blk in self.blocks:
+      x = blk(x, deterministic)
+    return self.norm(x)
+
+  def __call__(self, images, visible_idx=None, token_mask=None, deterministic: bool = True):
+    if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
+      raise ValueError(f"ViTEncoder built for {self.image_size}px images got {images.shape}")
+    x = self.embed(images, token_mask)  # [B, N, D]
+    if visible_idx is not None:
+      x = jnp.take_along_axis(x, visible_idx[..., None], axis=1)  # [B, K, D]
+    return self.transform(self.prepend_cls(x), deterministic)  # [B, 1 + K, D]
