@@ -145,7 +145,7 @@ def block_stack(depth: int, num_heads: int, mlp_ratio: float, dtype: Dtype, rema
                 name_prefix: str = "blocks") -> list:
   """`depth` Blocks with linearly increasing drop-path rate (timm/MAE convention)."""
   block_cls: Callable = nn.remat(Block, static_argnums=(2,)) if remat else Block
-  rates = np.linspace(0.0, drop_path_rate, depth) if depth > 1 else [drop_path_rate] * depth
+  rates = np.linspace(0.0, drop_path_rate, depth)
   return [
       block_cls(num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path=float(rates[i]),
                 layer_scale_init=layer_scale_init, dtype=dtype, name=f"{name_prefix}_{i}")

@@ -1,0 +1,54 @@
+"""The base experiment config every config file in configs/ starts from."""
+import ml_collections
+
+from mim_jax.data import default_data_config
+
+# (width, depth, num_heads) of the standard ViT sizes.
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+NO_DECAY_PATTERNS = (r"(^|/)bias$", r"(^|/)scale$", r"(^|/)gamma_\d$",
+                     r"(^|/)(cls_token|mask_token|pos_embed)$")
+
+
+def vit_model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDict:
+  """Encoder of a standard size with the MAE decoder (512 wide, 8 deep, 16 heads)."""
+  if size not in VIT_SIZES:
+    raise ValueError(f"Unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}.")
+  width, depth, heads = VIT_SIZES[size]
+  return ml_collections.ConfigDict(dict(
+      patch_size=patch_size, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
+      drop_path_rate=0.0, remat=False, dtype="float32",
+      decoder_width=512, decoder_depth=8, decoder_num_heads=16))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """MAE ViT-B/16 on ImageNet (He et al. 2022, Table/Appendix A.1) as the default."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = default_data_config()
+  config.model = vit_model_config("base")
+  config.method = ml_collections.ConfigDict(dict(name="mae", mask_ratio=0.75,
+                                                 norm_pix_loss=True))
+  config.batch_size = 4096  # effective batch of one optimizer step
+  config.grad_accum_steps = 1
+  config.num_epochs = 800.0
+  config.num_train_steps = -1  # >= 0 overrides num_epochs
+  config.warmup_epochs = 40.0
+  config.warmup_steps = -1  # >= 0 overrides warmup_epochs
+  config.optimizer = ml_collections.ConfigDict(dict(
+      base_lr=1.5e-4, lr_scaling="linear_256", min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0))
+  config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
+                                                   fsdp_min_size=2**18))
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.image_summary_every_steps = 5000
+  config.num_summary_images = 8
+  return config

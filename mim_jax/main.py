@@ -1,0 +1,22 @@
+"""Entry point: python -m mim_jax.main --config=configs/<name>.py[:arg] --workdir=DIR
+[--config.field=value ...]."""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mim_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard events.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("Config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

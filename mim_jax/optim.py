@@ -1,0 +1,82 @@
+"""Optimizer, learning-rate and momentum schedules, weight-decay masks.
+
+Config fields (`config.optimizer`):
+  base_lr, lr_scaling: lr = base_lr·batch/256 ('linear_256', MAE/Latent MIM),
+    base_lr·batch/512 ('linear_512', SimMIM) or base_lr ('absolute', CAE), where batch is
+    the effective batch of one optimizer step (`config.batch_size`).
+  min_lr: the absolute lr the cosine decays to.
+  b1, b2, eps, weight_decay: AdamW.
+  no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay.
+  grad_clip: global-norm clipping threshold (0 disables).
+Steps: `config.num_train_steps` (or `num_epochs` × steps per epoch when < 0) and
+`config.warmup_steps` (or `warmup_epochs` × steps per epoch when < 0).
+"""
+import math
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+LR_SCALING = {"linear_256": 256.0, "linear_512": 512.0, "absolute": None}
+
+
+def scaled_lr(base_lr: float, lr_scaling: str, batch_size: int) -> float:
+  """Peak learning rate from the base lr and the method's scaling rule."""
+  if lr_scaling not in LR_SCALING:
+    raise ValueError(f"Unknown config.optimizer.lr_scaling={lr_scaling!r}; choose one of "
+                     f"{sorted(LR_SCALING)}.")
+  per = LR_SCALING[lr_scaling]
+  return base_lr if per is None else base_lr * batch_size / per
+
+
+def steps_from_epochs(steps: int, epochs: float, steps_per_epoch: int) -> int:
+  """`steps` when given (>= 0), else round(epochs × steps_per_epoch)."""
+  return int(steps) if steps >= 0 else int(round(epochs * steps_per_epoch))
+
+
+def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
+                min_lr: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0, then half-cosine from peak_lr to min_lr, evaluated per step
+  (mae/util/lr_sched.py `adjust_learning_rate`, applied per iteration)."""
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak_lr * step / max(warmup_steps, 1)
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    progress = jnp.clip(progress, 0.0, 1.0)
+    cos = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    return jnp.where(step < warmup_steps, warm, cos)
+  return schedule
+
+
+def cosine_momentum(step, total_steps: int, base: float, final: float = 1.0) -> jax.Array:
+  """EMA momentum rising from `base` to `final` on a half-cosine, per step:
+  m = final − (final − base)·(1 + cos(π·t/T))/2 (BYOL; Latent MIM, PCAE)."""
+  t = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+  return final - (final - base) * (1.0 + jnp.cos(math.pi * t)) / 2.0
+
+
+def path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def decay_mask(params: PyTree, no_decay_patterns: Sequence[str]) -> PyTree:
+  """True where weight decay applies: every parameter whose path matches none of the
+  patterns (default: biases, norm scales, LayerScale, cls/mask/position tokens)."""
+  compiled = [re.compile(p) for p in no_decay_patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(c.search(path_name(path)) for c in compiled), params)
+
+
+def create_optimizer(config, lr: Callable) -> optax.GradientTransformation:
+  opt = config.optimizer
+  chain = []
+  if opt.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(opt.grad_clip))
+  chain.append(optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                           weight_decay=opt.weight_decay,
+                           mask=lambda p: decay_mask(p, opt.no_decay_patterns)))
+  return optax.chain(*chain)

@@ -1,0 +1,238 @@
+"""The generic pretraining loop: one trainer for every method in mim_jax/methods/.
+
+A step (`make_train_step`):
+  1. EMA targets: target = m·target + (1 − m)·source(params) with the method's per-step
+     momentum m, applied *before* the loss so that targets are computed with the updated
+     weights (yibingwei-1/LatentMIM; m = 0 copies the online weights as CAE does).
+  2. Masks from `method.make_masks` with a key folded from (seed, step, micro-batch).
+  3. Loss and gradients w.r.t. the online params only (targets under stop-gradient),
+     averaged over `config.grad_accum_steps` micro-batches with `lax.scan`.
+  4. AdamW (optionally after global-norm clipping) with the warmup + cosine lr.
+"""
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mim_jax import checkpoint, data, methods, optim, sharding
+from mim_jax.methods.base import Method
+from mim_jax.state import TrainState
+
+PyTree = Any
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int,
+                    process_count: int) -> None:
+  """Errors a user can cause, raised before anything is compiled."""
+  if config.method.name not in methods.METHODS:
+    raise ValueError(f"Unknown config.method.name={config.method.name!r}; choose one of "
+                     f"{sorted(methods.METHODS)}.")
+  if config.data.image_size % config.model.patch_size:
+    raise ValueError(f"config.data.image_size={config.data.image_size} is not divisible by "
+                     f"config.model.patch_size={config.model.patch_size}.")
+  ratio = config.method.get("mask_ratio")
+  if ratio is not None and not 0.0 < ratio < 1.0:
+    raise ValueError(f"config.method.mask_ratio={ratio} must be in (0, 1).")
+  accum = config.grad_accum_steps
+  if accum < 1 or config.batch_size % accum:
+    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
+                     f"config.grad_accum_steps={accum} (>= 1).")
+  data.check_batch_size(config.batch_size, num_devices, process_count)
+  if (config.batch_size // accum) % num_devices:
+    raise ValueError(f"Each micro-batch of config.batch_size / config.grad_accum_steps = "
+                     f"{config.batch_size // accum} images must divide over {num_devices} "
+                     f"devices; change config.batch_size or config.grad_accum_steps.")
+
+
+def schedule_lengths(config) -> Tuple[int, int, int]:
+  """(total_steps, warmup_steps, steps_per_epoch) from steps or epochs in the config."""
+  steps_per_epoch = max(data.num_examples(config, config.data.train_split) // config.batch_size,
+                        1)
+  total = optim.steps_from_epochs(config.num_train_steps, config.num_epochs, steps_per_epoch)
+  warmup = optim.steps_from_epochs(config.warmup_steps, config.warmup_epochs, steps_per_epoch)
+  return total, warmup, steps_per_epoch
+
+
+def init_state(method: Method, tx: optax.GradientTransformation, rng: jax.Array,
+               sample_batch: PyTree) -> TrainState:
+  param_rng, state_rng = jax.random.split(rng)
+  params = method.init(param_rng, sample_batch)
+  source = method.target_source(params)
+  target_params = {} if source is None else jax.tree.map(jnp.copy, source)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    target_params=target_params, opt_state=tx.init(params), rng=state_rng)
+
+
+def create_train_state(method, tx, config, mesh, sample_batch):
+  """Initialise the state directly into its shardings. Returns (state, shardings)."""
+  init_fn = functools.partial(init_state, method, tx)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(init_fn, rng, sample_batch)
+  shardings = sharding.state_shardings(mesh, abstract, config)
+  state = jax.jit(init_fn, out_shardings=shardings)(rng, sample_batch)
+  return state, shardings
+
+
+def ema_update(target_params: PyTree, source: PyTree, momentum: jax.Array) -> PyTree:
+  return jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s, target_params, source)
+
+
+def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable,
+                    config, total_steps: int, mesh) -> Callable:
+  accum = config.grad_accum_steps
+  micro_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
+
+  def train_step(state: TrainState, batch: PyTree) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    step = state.step
+    rng = jax.random.fold_in(state.rng, step)
+    metrics = {}
+    target_params = state.target_params
+    source = method.target_source(state.params)
+    if source is not None:
+      momentum = method.target_momentum(step, total_steps)
+      target_params = ema_update(target_params, source, momentum)
+      metrics["target_momentum"] = momentum
+    frozen_targets = jax.lax.stop_gradient(target_params)
+
+    def loss_fn(params, micro_batch, micro_rng):
+      mask_rng, loss_rng = jax.random.split(micro_rng)
+      masks = method.make_masks(mask_rng, micro_batch)
+      return method.loss(params, frozen_targets, micro_batch, masks, loss_rng, step)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+      (loss, aux), grads = grad_fn(state.params, batch, rng)
+    else:
+      # [B, ...] -> [A, B/A, ...]; micro-batch i holds examples i, i + A, ... so that each
+      # device keeps its own examples.
+      micro = jax.tree.map(
+          lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1),
+          batch)
+      micro = jax.lax.with_sharding_constraint(
+          micro, jax.tree.map(lambda _: micro_sharding, micro))
+
+      def accumulate(carry, inputs):
+        index, micro_batch = inputs
+        out = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, carry, out), None
+
+      zeros = jax.tree.map(jnp.zeros_like,
+                           jax.eval_shape(grad_fn, state.params,
+                                          jax.tree.map(lambda x: x[0], micro), rng))
+      summed, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
+      (loss, aux), grads = jax.tree.map(lambda x: x / accum, summed)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(aux)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=lr_fn(step))
+    new_state = state.replace(step=step + 1, params=params, target_params=target_params,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings) -> Callable:
+  """The train step compiled for the mesh; the input state is donated."""
+  return jax.jit(
+      make_train_step(method, tx, lr_fn, config, total_steps, mesh),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after_step: Optional[int] = None) -> TrainState:
+  """Pretrain `config.method.name` and write checkpoints and metrics under `workdir`.
+
+  Resumes from the latest checkpoint in `workdir`. `stop_after_step` ends the run early
+  at that step with a checkpoint, as a preempted job would, without changing any
+  schedule; running again continues from there.
+  """
+  process_count = jax.process_count()
+  validate_config(config, jax.device_count(), process_count)
+  mesh = sharding.create_mesh(config)
+  method = methods.create(config)
+  total_steps, warmup_steps, steps_per_epoch = schedule_lengths(config)
+  peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
+                            config.batch_size)
+  lr_fn = optim.lr_schedule(peak_lr, total_steps, warmup_steps, config.optimizer.min_lr)
+  tx = optim.create_optimizer(config, lr_fn)
+  logging.info("Pretraining %s: %d steps (%d per epoch), warmup %d, peak lr %.3g, mesh %s",
+               config.method.name, total_steps, steps_per_epoch, warmup_steps, peak_lr,
+               dict(mesh.shape))
+
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  local_batch = config.batch_size // process_count
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+  if method.num_views > 1:
+    image_shape = (method.num_views,) + image_shape
+  sample_batch = {"image": jnp.zeros((1,) + image_shape, jnp.float32)}
+  state, state_shardings = create_train_state(method, tx, config, mesh, sample_batch)
+
+  manager = checkpoint.create_manager(workdir, config)
+  restored = checkpoint.restore_latest(
+      manager, checkpoint.abstract_with_shardings(state, state_shardings))
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
+  start_step = int(state.step)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step = jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings)
+  num_images = config.num_summary_images
+
+  @jax.jit
+  def summary_fn(params, batch, rng):
+    head = jax.tree.map(lambda x: x[:num_images], batch)
+    return method.summaries(params, head, method.make_masks(rng, head))
+
+  train_iter = data.create_train_iterator(config, global_batch_size=config.batch_size,
+                                          start_step=start_step, num_views=method.num_views)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=config.log_every_steps)
+  last_step = total_steps if stop_after_step is None else min(stop_after_step, total_steps)
+  for step in range(start_step + 1, last_step + 1):
+    local = next(train_iter)
+    batch = sharding.global_batch({"image": local["image"]}, batch_sharding)
+    state, metrics = train_step(state, batch)
+    report(step)
+    if step == start_step + 1:  # keep compilation out of the throughput figures
+      jax.block_until_ready(metrics)
+      last_time, last_logged = time.perf_counter(), step
+    if step % config.log_every_steps == 0 or step == last_step:
+      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(scalars["loss"]):
+        raise FloatingPointError(f"Non-finite loss {scalars['loss']} at step {step}.")
+      scalars["epoch"] = step / steps_per_epoch
+      if step > last_logged:
+        now = time.perf_counter()
+        seconds_per_step = (now - last_time) / (step - last_logged)
+        scalars.update(step_time=seconds_per_step,
+                       images_per_sec=config.batch_size / seconds_per_step)
+        last_time, last_logged = now, step
+      writer.write_scalars(step, scalars)
+    if config.image_summary_every_steps and step % config.image_summary_every_steps == 0:
+      images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
+      writer.write_images(step, jax.device_get(images))
+    checkpoint.save(manager, step, state, force=step == last_step)
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  return state

@@ -1,0 +1,44 @@
+"""Tests run on the CPU with 8 fake devices (set before jax is imported)."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_small.npz"
+
+
+def tiny_mae_config(**overrides):
+  """MAE on 16 px synthetic images with a 2-block, 32-wide encoder: compiles in seconds."""
+  from mim_jax import defaults
+  config = defaults.base_config()
+  config.data.source = "synthetic"
+  config.data.image_size = 16
+  config.data.synthetic_train_size = 256
+  config.data.synthetic_eval_size = 64
+  config.model = defaults.vit_model_config("tiny", patch_size=4)
+  config.model.update(width=32, depth=2, num_heads=4, decoder_width=16, decoder_depth=1,
+                      decoder_num_heads=2)
+  config.batch_size = 16
+  config.num_train_steps = 4
+  config.warmup_steps = 1
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.image_summary_every_steps = 2
+  config.num_summary_images = 2
+  config.sharding.fsdp_min_size = 64
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture
+def cifar_npz():
+  if not CIFAR_NPZ.exists():
+    pytest.skip(f"{CIFAR_NPZ} not present")
+  return CIFAR_NPZ

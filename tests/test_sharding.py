@@ -1,0 +1,95 @@
+"""One train step on 8 fake devices equals the same step on one device."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_mae_config
+from mim_jax import methods, optim, sharding, train
+
+
+def run_steps(config, devices, images, num_steps=1):
+  mesh = sharding.create_mesh(config, devices)
+  method = methods.create(config)
+  lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=1)
+  tx = optim.create_optimizer(config, lr_fn)
+  sample = {"image": images[:1]}
+  state, shardings = train.create_train_state(method, tx, config, mesh, sample)
+  step_fn = train.jit_train_step(method, tx, lr_fn, config, 10, mesh, shardings)
+  batch = sharding.global_batch({"image": images}, sharding.batch_sharding(mesh))
+  losses = []
+  for _ in range(num_steps):
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def images_for(config, seed=0):
+  size = config.data.image_size
+  return np.random.default_rng(seed).normal(size=(config.batch_size, size, size, 3)).astype(
+      np.float32)
+
+
+@pytest.mark.parametrize("mode", ["data_parallel", "fsdp"])
+def test_sharded_step_equals_single_device_step(mode):
+  assert jax.device_count() == 8
+  config = tiny_mae_config()
+  config.sharding.mode = mode
+  images = images_for(config)
+  state8, loss8 = run_steps(config, jax.devices(), images, num_steps=2)
+  state1, loss1 = run_steps(config, jax.devices()[:1], images, num_steps=2)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       atol=1e-5, rtol=1e-5),
+               state8.params, state1.params)
+  specs = {leaf.sharding.spec for leaf in jax.tree.leaves(state8.params)}
+  if mode == "fsdp":
+    assert any("fsdp" in tuple(s) for s in specs), specs
+    kernel = state8.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]  # [32, 128]
+    assert kernel.addressable_shards[0].data.shape == (32, 16)
+  else:
+    assert all(tuple(s) == () for s in specs), specs
+
+
+def test_gradient_accumulation_matches_one_big_batch_without_masking_noise():
+  """With accumulation the step averages micro-batch gradients: mask ratio and loss are
+  per-example, so 2 micro-batches of 8 equal one batch of 16 when the masks agree."""
+  config = tiny_mae_config()
+  images = images_for(config)
+  mesh = sharding.create_mesh(config, jax.devices())
+  method = methods.create(config)
+  lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=1)
+  tx = optim.create_optimizer(config, lr_fn)
+  state, _ = train.create_train_state(method, tx, config, mesh, {"image": images[:1]})
+  fixed_mask = method.make_masks(jax.random.PRNGKey(0), {"image": images})["mask"]
+  index = {"image": np.arange(16, dtype=np.float32)}
+
+  class FixedMask(type(method)):
+    def make_masks(self, rng, batch):  # look up each example's mask by its index
+      return {"mask": fixed_mask[batch["index"].astype(np.int32)]}
+
+  fixed = FixedMask(config)
+  batch = {"image": images, "index": index["image"]}
+  grads = {}
+  for accum in (1, 2):
+    config.grad_accum_steps = accum
+    step = jax.jit(train.make_train_step(fixed, tx, lr_fn, config, 10, mesh))
+    new_state, metrics = step(state, batch)
+    grads[accum] = (float(metrics["loss"]), new_state.params)
+  np.testing.assert_allclose(grads[1][0], grads[2][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads[1][1],
+               grads[2][1])
+
+
+def test_mesh_shapes_and_bad_modes():
+  config = tiny_mae_config()
+  assert dict(sharding.create_mesh(config).shape) == {"data": 8, "fsdp": 1}
+  config.sharding.mode = "fsdp"
+  assert dict(sharding.create_mesh(config).shape) == {"data": 1, "fsdp": 8}
+  config.sharding.fsdp_size = 4
+  assert dict(sharding.create_mesh(config).shape) == {"data": 2, "fsdp": 4}
+  config.sharding.fsdp_size = 3
+  with pytest.raises(ValueError, match="fsdp_size"):
+    sharding.create_mesh(config)
+  config.sharding.mode = "tensor"
+  with pytest.raises(ValueError, match="sharding.mode"):
+    sharding.create_mesh(config)
