@@ -1,0 +1,315 @@
+"""tf.data train and eval pipelines: deterministic, exactly resumable, one shard per process.
+
+Train elements are numbered t = 0, 1, 2, ... per process; element t belongs to epoch
+t // shard_size. Which example it is comes from a stateless per-epoch permutation
+(`tf.random.experimental.index_shuffle`, keyed by seed, process and epoch) and its crops
+and flips from stateless ops keyed by (seed, process, t). Starting at step k therefore
+starts the counter at k * local_batch_size and never reads the skipped examples
+(tfds: reads but does not decode the rest of the current epoch's skipped examples).
+"""
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from mim_jax.data import sources
+
+_SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+_CROP_ATTEMPTS = 10
+_INTERPOLATIONS = {"bicubic": tf.image.ResizeMethod.BICUBIC,
+                   "bilinear": tf.image.ResizeMethod.BILINEAR}
+
+
+def _hide_gpus_from_tf():
+  """Keeps TF off the accelerators, which belong to JAX."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):  # TF's devices were already initialised
+    pass
+
+
+_hide_gpus_from_tf()
+
+
+def _require_multiple(global_batch_size: int, count: int, what: str) -> None:
+  if global_batch_size % count:
+    lower = global_batch_size // count * count
+    example = f"{lower} or {lower + count}" if lower else f"{count}"
+    raise ValueError(f"Global batch size {global_batch_size} is not divisible by the {count} "
+                     f"{what}: set it to a multiple of {count} (e.g. {example}).")
+
+
+def check_batch_size(global_batch_size: int, num_devices: int, process_count: int) -> None:
+  """ValueError unless the global batch splits evenly over devices and processes."""
+  if global_batch_size <= 0:
+    raise ValueError(f"The global batch size must be positive, got {global_batch_size}.")
+  _require_multiple(global_batch_size, num_devices, "devices")
+  _require_multiple(global_batch_size, process_count, "processes")
+
+
+def _process_info(process_index: Optional[int], process_count: Optional[int]):
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  check_batch_size(global_batch_size, num_devices=1, process_count=process_count)
+  return global_batch_size // process_count
+
+
+def _check_image_config(config) -> None:
+  data = config.data
+  if data.interpolation not in _INTERPOLATIONS:
+    raise ValueError(f"config.data.interpolation={data.interpolation!r}: set it to one of "
+                     f"{tuple(_INTERPOLATIONS)}.")
+  if data.image_size <= 0:
+    raise ValueError(f"config.data.image_size must be positive, got {data.image_size}.")
+  for name in ("crop_scale", "crop_ratio"):
+    low, high = data[name]
+    if not 0 < low <= high:
+      raise ValueError(f"config.data.{name} must be (low, high) with 0 < low <= high, "
+                       f"got {data[name]}.")
+  if len(data.mean) != 3 or len(data.std) != 3 or min(data.std) <= 0:
+    raise ValueError("config.data.mean and config.data.std must be 3 per-channel values "
+                     f"(std > 0), got {data.mean}, {data.std}.")
+
+
+def _fold(key: tf.Tensor, *data) -> tf.Tensor:
+  """Stateless key [2] int64 derived from `key` and integers `data`."""
+  for value in data:
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+  return key
+
+
+def _stream_key(seed: int, stream: int, process_index: int) -> tf.Tensor:
+  return _fold(tf.constant([seed, stream], tf.int64), process_index)
+
+
+def random_resized_crop_window(height, width, key, scale, ratio):
+  """torchvision `RandomResizedCrop.get_params`: (top, left, crop_height, crop_width).
+
+  Up to 10 attempts draw an area fraction in `scale` and a log-uniform aspect ratio
+  (w / h) in `ratio`; the first crop that fits wins, else a central crop with the aspect
+  ratio clamped to `ratio`. Stateless in `key`.
+  """
+  area_key, ratio_key, top_key, left_key = tf.unstack(
+      tf.random.experimental.stateless_split(key, 4))
+  area = tf.cast(height * width, tf.float32)
+  target_area = area * tf.random.stateless_uniform([_CROP_ATTEMPTS], area_key, scale[0],
+                                                   scale[1])
+  aspect = tf.exp(tf.random.stateless_uniform([_CROP_ATTEMPTS], ratio_key, math.log(ratio[0]),
+                                              math.log(ratio[1])))
+  w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+  h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  found = tf.reduce_any(fits)
+
+  in_ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
+  fallback_w = tf.where(in_ratio > ratio[1],
+                        tf.cast(tf.round(tf.cast(height, tf.float32) * ratio[1]), tf.int32), width)
+  fallback_h = tf.where(in_ratio < ratio[0],
+                        tf.cast(tf.round(tf.cast(width, tf.float32) / ratio[0]), tf.int32), height)
+  crop_h = tf.where(found, h[first], fallback_h)
+  crop_w = tf.where(found, w[first], fallback_w)
+  top = tf.where(found, tf.random.stateless_uniform([], top_key, 0, height - crop_h + 1, tf.int32),
+                 (height - crop_h) // 2)
+  left = tf.where(found, tf.random.stateless_uniform([], left_key, 0, width - crop_w + 1, tf.int32),
+                  (width - crop_w) // 2)
+  return top, left, crop_h, crop_w
+
+
+def _decode(data: tf.Tensor) -> tf.Tensor:
+  """Encoded JPEG/PNG/BMP/GIF -> uint8 [H, W, 3] (grey repeated, alpha dropped)."""
+  image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _crop(image: tf.Tensor, window) -> tf.Tensor:
+  top, left, h, w = window
+  return image[top:top + h, left:left + w]
+
+
+def _decode_and_crop(data: tf.Tensor, window_fn) -> tf.Tensor:
+  """Crop window_fn([H, W]) of an encoded image; JPEGs decode only that window."""
+  def jpeg():
+    window = window_fn(tf.image.extract_jpeg_shape(data)[:2])
+    return tf.image.decode_and_crop_jpeg(data, tf.stack(window), channels=3)
+
+  def other():
+    image = _decode(data)
+    return _crop(image, window_fn(tf.shape(image)[:2]))
+
+  image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _resize(image: tf.Tensor, size_hw, interpolation: str) -> tf.Tensor:
+  """float32 resize, antialiased like PIL, clipped to the uint8 range."""
+  image = tf.image.resize(image, size_hw, method=_INTERPOLATIONS[interpolation], antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _normalize(image: tf.Tensor, config) -> tf.Tensor:
+  mean = tf.constant(config.data.mean, tf.float32)
+  std = tf.constant(config.data.std, tf.float32)
+  return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+
+
+def _train_views(image: tf.Tensor, kind: str, key: tf.Tensor, num_views: int, config):
+  """`num_views` independently cropped, flipped, normalised views, each [S, S, 3]."""
+  data = config.data
+  view_keys = [tf.unstack(tf.random.experimental.stateless_split(view_key, 2))
+               for view_key in tf.unstack(tf.random.experimental.stateless_split(key, num_views))]
+  crop_keys, flip_keys = zip(*view_keys)
+
+  def window_fn(crop_key):
+    return lambda hw: random_resized_crop_window(hw[0], hw[1], crop_key, data.crop_scale,
+                                                 data.crop_ratio)
+
+  if kind == "path":
+    image, kind = tf.io.read_file(image), "bytes"
+  if kind == "bytes" and num_views == 1:
+    crops = [_decode_and_crop(image, window_fn(crop_keys[0]))]
+  else:
+    if kind == "bytes":
+      image = _decode(image)
+    crops = [_crop(image, window_fn(k)(tf.shape(image)[:2])) for k in crop_keys]
+
+  views = []
+  for crop, flip_key in zip(crops, flip_keys):
+    view = _resize(crop, [data.image_size, data.image_size], data.interpolation)
+    if data.flip:
+      flip = tf.random.stateless_uniform([], flip_key) < 0.5
+      view = tf.where(flip, tf.reverse(view, axis=[1]), view)
+    views.append(_normalize(view, config))
+  return views
+
+
+def _eval_image(image: tf.Tensor, kind: str, config) -> tf.Tensor:
+  """Resize the shorter side (see config.data.eval_crop_fraction), centre crop, normalise."""
+  size = config.data.image_size
+  if kind == "path":
+    image, kind = tf.io.read_file(image), "bytes"
+  if kind == "bytes":
+    image = _decode(image)
+  hw = tf.shape(image)[:2]
+  shorter = tf.reduce_min(hw)
+  target = tf.where(shorter <= size, size, math.floor(size / config.data.eval_crop_fraction))
+  new_hw = tf.maximum(hw * target // shorter, size)
+  image = tf.cond(tf.reduce_all(new_hw == hw), lambda: tf.cast(image, tf.float32),
+                  lambda: _resize(image, new_hw, config.data.interpolation))
+  top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
+  image = image[top:top + size, left:left + size]
+  image.set_shape([size, size, 3])
+  return _normalize(image, config)
+
+
+def _random_access_elements(shard: sources.Shard, shuffle_key, start: int) -> tf.data.Dataset:
+  """(t, image, label) for t = start, start + 1, ...; each epoch a fresh full permutation."""
+  images, labels = tf.constant(shard.images), tf.constant(shard.labels)
+  size = tf.constant(shard.size, tf.int64)
+
+  def lookup(t):
+    index = tf.random.experimental.index_shuffle(t % size, _fold(shuffle_key, t // size),
+                                                 size - 1)
+    return t, tf.gather(images, index), tf.gather(labels, index)
+
+  return tf.data.Dataset.counter(start=start).map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _streamed_elements(shard: sources.Shard, shuffle_key, start: int,
+                       window_size: int) -> tf.data.Dataset:
+  """(t, image, label) for t = start, ...; each epoch permutes every window of examples."""
+  examples = shard.stream()
+  window_size = max(1, min(window_size, shard.size))
+
+  def epoch_examples(epoch):
+    def shuffle_window(window_index, window):
+      count = tf.shape(window["label"], out_type=tf.int64)[0]
+      order = tf.random.experimental.index_shuffle(
+          tf.range(count), _fold(shuffle_key, epoch, window_index), count - 1)
+      return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(
+          lambda x: tf.gather(x, order), window))
+
+    return examples.batch(window_size).enumerate().flat_map(shuffle_window)
+
+  ds = tf.data.Dataset.range(start // shard.size, np.iinfo(np.int64).max)
+  ds = ds.flat_map(epoch_examples).skip(start % shard.size)
+  return ds.enumerate(start=start).map(lambda t, ex: (t, ex["image"], ex["label"]))
+
+
+def _as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
+
+
+def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0,
+                          num_views: int = 1, process_index: Optional[int] = None,
+                          process_count: Optional[int] = None
+                          ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless augmented batches of this process: {'image', 'label'}.
+
+  'image' is float32 [b, S, S, 3], or [b, num_views, S, S, 3] when num_views > 1;
+  'label' is int32 [b]; b = global_batch_size // process_count. With start_step=k it
+  yields exactly what a fresh iterator yields from its (k+1)-th batch on.
+  """
+  process_index, process_count = _process_info(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  if start_step < 0 or num_views < 1:
+    raise ValueError(f"Need start_step >= 0 and num_views >= 1, got {start_step}, {num_views}.")
+  _check_image_config(config)
+  shard = sources.open_shard(config, config.data.train_split, process_index, process_count)
+  start = start_step * local_batch
+  shuffle_key = _stream_key(config.seed, _SHUFFLE_STREAM, process_index)
+  if shard.random_access:
+    elements = _random_access_elements(shard, shuffle_key, start)
+  else:
+    elements = _streamed_elements(shard, shuffle_key, start, config.data.shuffle_buffer)
+  augment_key = _stream_key(config.seed, _AUGMENT_STREAM, process_index)
+
+  def example(t, image, label):
+    views = _train_views(image, shard.kind, _fold(augment_key, t), num_views, config)
+    return {"image": views[0] if num_views == 1 else tf.stack(views), "label": label}
+
+  ds = elements.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  return _as_numpy(ds.batch(local_batch, drop_remainder=True))
+
+
+def create_eval_iterator(config, split: str, *, global_batch_size: int,
+                         process_index: Optional[int] = None,
+                         process_count: Optional[int] = None
+                         ) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over this process's shard of `split`: {'image', 'label', 'valid'}.
+
+  Every process yields the same number of batches of b = global_batch_size //
+  process_count; the tail is padded with zero images (label 0) whose 'valid' is False.
+  """
+  process_index, process_count = _process_info(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  _check_image_config(config)
+  shard = sources.open_shard(config, split, process_index, process_count)
+  if shard.random_access:
+    ds = tf.data.Dataset.from_tensor_slices({"image": shard.images, "label": shard.labels})
+  else:
+    ds = shard.stream()
+  ds = ds.map(lambda ex: {"image": _eval_image(ex["image"], shard.kind, config),
+                          "label": ex["label"], "valid": True},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  num_batches = math.ceil(sources.max_shard_size(shard.total, process_count) / local_batch)
+  size = config.data.image_size
+  padding = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
+      "valid": False}).repeat(num_batches * local_batch - shard.size)
+  return _as_numpy(ds.concatenate(padding).batch(local_batch, drop_remainder=True))
+

@@ -1,0 +1,228 @@
+"""The four data sources, each opened as one process's shard of one split.
+
+A shard lists its examples in a fixed order. Sources with random access (synthetic, npz,
+image_folder) hold every example's image (pixels or file path) and label in memory as
+NumPy arrays; tfds streams its examples with images left encoded, so that the pipeline
+decodes only what it uses. Process `i` of `n` owns examples `i, i + n, i + 2n, ...`
+(tfds: `tfds.split_for_jax_process`, contiguous and evenly sized).
+"""
+import dataclasses
+import functools
+import math
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mim_jax.data import synthetic
+
+SOURCES = ("synthetic", "npz", "image_folder", "tfds")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_FOLDER_LAYOUT = "a directory holding <split>/<class>/<image files>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """This process's part of one split.
+
+  `kind` says what an image item is: 'pixels' (uint8 [H, W, 3]), 'path' (an image file)
+  or 'bytes' (an encoded image). Random-access shards set `images` and `labels`
+  ([size, ...] arrays); streaming shards set `stream`, which builds a tf.data.Dataset of
+  {'image', 'label'} elements in a fixed order.
+  """
+  size: int
+  total: int
+  kind: str
+  images: Optional[np.ndarray] = None
+  labels: Optional[np.ndarray] = None
+  stream: Optional[Callable[[], tf.data.Dataset]] = None
+
+  @property
+  def random_access(self) -> bool:
+    return self.images is not None
+
+
+def check_source(config) -> str:
+  source = config.data.source
+  if source not in SOURCES:
+    raise ValueError(f"Unknown data source {source!r}: set config.data.source to one of "
+                     f"{SOURCES}.")
+  return source
+
+
+def _split_error(split: str, available) -> ValueError:
+  return ValueError(f"Split {split!r} not found (available: {sorted(available)}): set "
+                    "config.data.train_split / config.data.eval_split to one of them.")
+
+
+def _require_path(config, what: str) -> str:
+  path = config.data.get("path")
+  if not path:
+    raise ValueError(f"config.data.source={config.data.source!r} needs config.data.path "
+                     f"({what}).")
+  if not tf.io.gfile.exists(path):
+    raise ValueError(f"config.data.path={path!r} does not exist: set config.data.path to "
+                     f"{what}.")
+  return path
+
+
+def _to_rgb(images: np.ndarray) -> np.ndarray:
+  """uint8 [N, H, W], [N, H, W, 1|3|4] -> [N, H, W, 3] (grey repeated, alpha dropped)."""
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"npz images must be [N, H, W] or [N, H, W, 1|3|4], got {images.shape}.")
+  if images.shape[-1] == 1:
+    return np.repeat(images, 3, axis=-1)
+  return images[..., :3]
+
+
+def _synthetic_split_id(config, split: str) -> int:
+  splits = {config.data.train_split: 0, config.data.eval_split: 1}
+  if split not in splits:
+    raise _split_error(split, splits)
+  return splits[split]
+
+
+def _synthetic_size(config, split: str) -> int:
+  if _synthetic_split_id(config, split) == 0:
+    return config.data.synthetic_train_size
+  return config.data.synthetic_eval_size
+
+
+def _open_synthetic(config, split, process_index, process_count) -> Shard:
+  total = _synthetic_size(config, split)
+  indices = np.arange(process_index, total, process_count)
+  images, labels = synthetic.make_images(
+      total, config.data.image_size, config.data.num_classes, config.seed,
+      _synthetic_split_id(config, split), indices=indices)
+  return Shard(size=len(labels), total=total, kind="pixels", images=images, labels=labels)
+
+
+def _load_npz(config, split: str, prefixes=("x", "y")) -> list:
+  """The arrays `<prefix>_<split>` of the npz file at config.data.path."""
+  path = _require_path(config, "an .npz file with x_<split>, y_<split> arrays")
+  with tf.io.gfile.GFile(path, "rb") as f, np.load(f) as data:
+    if f"x_{split}" not in data or f"y_{split}" not in data:
+      raise _split_error(split, {k[2:] for k in data.files
+                                 if k.startswith("x_") and f"y_{k[2:]}" in data})
+    return [data[f"{prefix}_{split}"] for prefix in prefixes]
+
+
+def _open_npz(config, split, process_index, process_count) -> Shard:
+  images, labels = _load_npz(config, split)
+  if images.dtype != np.uint8 or labels.size != len(images):
+    raise ValueError(f"{config.data.path}: x_{split} must be uint8 images with one label each "
+                     f"in y_{split}; got {images.dtype} {images.shape} and {labels.shape}.")
+  local_labels = labels.reshape(-1)[process_index::process_count].astype(np.int32)
+  return Shard(size=len(local_labels), total=len(images), kind="pixels",
+               images=_to_rgb(images[process_index::process_count]), labels=local_labels)
+
+
+def _subdirs(path: str) -> list:
+  return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
+                if tf.io.gfile.isdir(os.path.join(path, d)))
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_listing(root: str, split: str):
+  """(sorted file paths, labels) under root/split/<class>/; classes of all splits, sorted."""
+  splits = _subdirs(root)
+  if split not in splits:
+    raise _split_error(split, splits)
+  classes = sorted({name for s in splits for name in _subdirs(os.path.join(root, s))})
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    class_dir = os.path.join(root, split, name)
+    if not tf.io.gfile.isdir(class_dir):
+      continue
+    files = sorted(f for f in tf.io.gfile.listdir(class_dir)
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths += [os.path.join(class_dir, f) for f in files]
+    labels += [label] * len(files)
+  if not paths:
+    raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                     f"{os.path.join(root, split)}/<class>/: check config.data.path.")
+  return np.array(paths), np.array(labels, np.int32)
+
+
+def _open_image_folder(config, split, process_index, process_count) -> Shard:
+  paths, labels = _folder_listing(_require_path(config, _FOLDER_LAYOUT), split)
+  local_paths = paths[process_index::process_count]
+  return Shard(size=len(local_paths), total=len(paths), kind="path", images=local_paths,
+               labels=labels[process_index::process_count])
+
+
+def _tfds_builder(config):
+  if not config.data.get("tfds_name"):
+    raise ValueError("config.data.source='tfds' needs config.data.tfds_name "
+                     "(e.g. 'imagenet2012').")
+  return tfds.builder(config.data.tfds_name, data_dir=config.data.get("data_dir"))
+
+
+def _tfds_stream(builder, split) -> tf.data.Dataset:
+  """{'image': encoded bytes, 'label': int32} in file order; label -1 if the set has none."""
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+  except AssertionError as e:  # tfds's way of saying the data is not there
+    raise ValueError(f"{e}\nSet config.data.data_dir to the directory that holds "
+                     f"{builder.name}.") from e
+  has_label = "label" in builder.info.features
+  return ds.map(lambda ex: {
+      "image": ex["image"],
+      "label": tf.cast(ex["label"], tf.int32) if has_label else tf.constant(-1, tf.int32),
+  })
+
+
+def _tfds_size(builder, split) -> int:
+  """Examples in `split` from the dataset's metadata, or by counting when it has none."""
+  if builder.info.splits:
+    try:
+      return builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+      raise _split_error(str(split), builder.info.splits.keys()) from e
+  ds = _tfds_stream(builder, split)
+  count = int(ds.cardinality())
+  return count if count >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
+
+
+def _open_tfds(config, split, process_index, process_count) -> Shard:
+  builder = _tfds_builder(config)
+  total = _tfds_size(builder, split)
+  process_split = tfds.split_for_jax_process(split, process_index=process_index,
+                                             process_count=process_count)
+  return Shard(size=_tfds_size(builder, process_split), total=total, kind="bytes",
+               stream=lambda: _tfds_stream(builder, process_split))
+
+
+_OPENERS = {"synthetic": _open_synthetic, "npz": _open_npz,
+            "image_folder": _open_image_folder, "tfds": _open_tfds}
+
+
+def open_shard(config, split: str, process_index: int, process_count: int) -> Shard:
+  """Process `process_index`'s shard of `split`; ValueError if it is empty."""
+  shard = _OPENERS[check_source(config)](config, split, process_index, process_count)
+  if shard.size == 0:
+    raise ValueError(f"Split {split!r} of {config.data.source!r} has {shard.total} examples, "
+                     f"too few for {process_count} processes.")
+  return shard
+
+
+def num_examples(config, split: str) -> int:
+  """Examples in the whole `split` (all processes)."""
+  source = check_source(config)
+  if source == "synthetic":
+    return _synthetic_size(config, split)
+  if source == "npz":
+    return len(_load_npz(config, split, prefixes=("y",))[0])
+  if source == "image_folder":
+    return len(_folder_listing(_require_path(config, _FOLDER_LAYOUT), split)[1])
+  return _tfds_size(_tfds_builder(config), split)
+
+
+def max_shard_size(total: int, process_count: int) -> int:
+  """Size of the largest process shard (shards differ by at most one example)."""
+  return math.ceil(total / process_count)
