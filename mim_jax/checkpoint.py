@@ -12,7 +12,6 @@ PyTree = Any
 
 def create_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=config.checkpoint_every_steps,
       max_to_keep=config.keep_checkpoints,
       enable_async_checkpointing=True,
       create=True)
@@ -34,5 +33,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree) -> Op
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: PyTree, force: bool = False) -> bool:
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+def maybe_save(manager: ocp.CheckpointManager, step: int, state: PyTree, every_steps: int,
+               is_last: bool) -> bool:
+  """Start an async save at every `every_steps`-th step and at the last step."""
+  if step % every_steps and not is_last:
+    return False
+  return manager.save(step, args=ocp.args.StandardSave(state), force=True)

@@ -135,7 +135,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(aux)
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=lr_fn(step))
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(step))
     new_state = state.replace(step=step + 1, params=params, target_params=target_params,
                               opt_state=opt_state)
     return new_state, metrics
@@ -231,7 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.image_summary_every_steps and step % config.image_summary_every_steps == 0:
       images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
       writer.write_images(step, jax.device_get(images))
-    checkpoint.save(manager, step, state, force=step == last_step)
+    checkpoint.maybe_save(manager, step, state, config.checkpoint_every_steps,
+                          is_last=step == last_step)
   manager.wait_until_finished()
   manager.close()
   writer.flush()

@@ -60,11 +60,11 @@ def test_adamw_applies_decay_only_where_masked():
   np.testing.assert_allclose(new["dense"]["bias"], 1.0)
 
 
-def test_gradient_clipping():
+def test_gradient_clipping_by_global_norm():
   config = defaults.base_config()
-  config.optimizer.update(weight_decay=0.0, grad_clip=1.0)
+  config.optimizer.update(weight_decay=0.0, grad_clip=1.0, b1=0.9)
   tx = optim.create_optimizer(config, lambda step: 1.0)
   params = {"w": jnp.zeros(2)}
-  clip = tx[0]  # the clipping stage comes first
-  clipped, _ = clip.update({"w": jnp.array([3.0, 4.0])}, clip.init(params))
-  np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
+  _, state = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
+  mu = optax.tree_utils.tree_get(state, "mu")  # Adam's first moment = (1 − b1)·clipped grad
+  np.testing.assert_allclose(mu["w"], 0.1 * np.array([0.6, 0.8]), rtol=1e-5)

@@ -34,6 +34,10 @@ def test_sharded_step_equals_single_device_step(mode):
   assert jax.device_count() == 8
   config = tiny_mae_config()
   config.sharding.mode = mode
+  # The key bias of attention gets an exactly-zero gradient (softmax is shift invariant);
+  # its float noise differs with the reduction order, and Adam with eps 1e-8 would turn
+  # that noise into ±lr steps. A larger eps keeps the comparison about real gradients.
+  config.optimizer.eps = 1e-6
   images = images_for(config)
   state8, loss8 = run_steps(config, jax.devices(), images, num_steps=2)
   state1, loss1 = run_steps(config, jax.devices()[:1], images, num_steps=2)
