@@ -1,5 +1,7 @@
 """Entry point: python -m mim_jax.main --config=configs/<name>.py[:arg] --workdir=DIR
 [--config.field=value ...]."""
+import logging as py_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -11,9 +13,17 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class QuietOrbaxInfo(py_logging.Filter):
+  """Orbax logs dozens of INFO lines per checkpoint; keep its warnings and errors."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(QuietOrbaxInfo())
   logging.info("Config:\n%s", FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

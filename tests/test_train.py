@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import REPO, tiny_mae_config
-from mim_jax import train
+from mim_jax import masking, methods, optim, sharding, train
+from mim_jax.methods import mae
 
 
 def event_tags(workdir):
@@ -90,3 +92,78 @@ def test_main_runs_the_quickstart_config_from_the_command_line(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert checkpoint_steps(tmp_path) == [2]
   assert "loss" in event_tags(str(tmp_path))
+
+
+class MAEWithTargets(mae.MAE):
+  """MAE plus an EMA copy of the encoder (momentum 0.5) whose output enters the loss
+  through a term that depends on the target params only."""
+
+  def target_source(self, params):
+    return params["encoder"]
+
+  def target_momentum(self, step, total_steps):
+    return jnp.float32(0.5)
+
+  def loss(self, params, target_params, batch, masks, rng, step):
+    loss, metrics = super().loss(params, target_params, batch, masks, rng, step)
+    target_out = self.encoder.apply({"params": target_params}, batch["image"])
+    return loss + jnp.mean(target_out**2), metrics
+
+
+def test_target_params_follow_the_ema_and_get_no_gradient():
+  config = tiny_mae_config()
+  mesh = sharding.create_mesh(config, jax.devices()[:1])
+  lr_fn = optim.lr_schedule(1e-2, total_steps=10, warmup_steps=0)
+  tx = optim.create_optimizer(config, lr_fn)
+  images = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+  batch = {"image": images}
+  with_targets, plain = MAEWithTargets(config), mae.MAE(config)
+  state0, _ = train.create_train_state(with_targets, tx, config, mesh, batch)
+  assert jax.tree.structure(state0.target_params) == jax.tree.structure(
+      state0.params["encoder"])
+  step = jax.jit(train.make_train_step(with_targets, tx, lr_fn, config, 10, mesh))
+  plain_step = jax.jit(train.make_train_step(plain, tx, lr_fn, config, 10, mesh))
+  state1, metrics = step(state0, batch)
+  assert float(metrics["target_momentum"]) == 0.5
+  state2, _ = step(state1, batch)
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  # step 0: m·init + (1 − m)·init; step 1: m·target_1 + (1 − m)·online_1, before the loss
+  jax.tree.map(close, state1.target_params, state0.params["encoder"])
+  jax.tree.map(close, state2.target_params,
+               jax.tree.map(lambda t, s: 0.5 * t + 0.5 * s, state1.target_params,
+                            state1.params["encoder"]))
+  # the target-only loss term changes nothing in the online update: no gradient flows
+  plain_state1, plain_metrics = plain_step(state0.replace(target_params={}), batch)
+  jax.tree.map(close, state1.params, plain_state1.params)
+  assert float(metrics["loss"]) > float(plain_metrics["loss"])
+
+
+class TwoViewMAE(mae.MAE):
+  """Independent MAE on each of two views: exercises [B, V, H, W, C] batches."""
+  num_views = 2
+
+  def init(self, rng, batch):
+    return mae.MAE(self.config).init(rng, {"image": batch["image"][:, 0]})
+
+  def make_masks(self, rng, batch):
+    b, v = batch["image"].shape[:2]
+    mask = masking.random_masking(rng, b * v, self.num_patches, self.mask_ratio)
+    return {"mask": mask.reshape(b, v, -1)}
+
+  def loss(self, params, target_params, batch, masks, rng, step):
+    b, v, h, w, c = batch["image"].shape
+    flat = {"image": batch["image"].reshape(b * v, h, w, c)}
+    return super().loss(params, target_params, flat, {"mask": masks["mask"].reshape(b * v, -1)},
+                        rng, step)
+
+  def summaries(self, params, batch, masks):
+    return {}
+
+
+def test_trainer_feeds_several_views_per_image(tmp_path, monkeypatch):
+  monkeypatch.setitem(methods.METHODS, "two_view_mae", TwoViewMAE)
+  config = tiny_mae_config(num_train_steps=2)
+  config.method.name = "two_view_mae"
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert checkpoint_steps(tmp_path) == [2]
