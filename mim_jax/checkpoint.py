@@ -25,12 +25,15 @@ def abstract_with_shardings(state: PyTree, shardings: PyTree) -> PyTree:
                       state, shardings)
 
 
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: PyTree) -> PyTree:
+  """Checkpoint `step` restored into `abstract_state`'s structure and shardings."""
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree) -> Optional[PyTree]:
   """The newest checkpoint restored into `abstract_state`'s structure, or None."""
   step = manager.latest_step()
-  if step is None:
-    return None
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  return None if step is None else restore(manager, step, abstract_state)
 
 
 def maybe_save(manager: ocp.CheckpointManager, step: int, state: PyTree, every_steps: int,

@@ -73,6 +73,14 @@ def init_state(method: Method, tx: optax.GradientTransformation, rng: jax.Array,
                     target_params=target_params, opt_state=tx.init(params), rng=state_rng)
 
 
+def sample_batch(config, method: Method) -> Dict[str, jax.Array]:
+  """A one-image batch of the shape the method trains on (for initialisation)."""
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+  if method.num_views > 1:
+    image_shape = (method.num_views,) + image_shape
+  return {"image": jnp.zeros((1,) + image_shape, jnp.float32)}
+
+
 def create_train_state(method, tx, config, mesh, sample_batch):
   """Initialise the state directly into its shardings. Returns (state, shardings)."""
   init_fn = functools.partial(init_state, method, tx)
@@ -178,12 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  local_batch = config.batch_size // process_count
-  image_shape = (config.data.image_size, config.data.image_size, 3)
-  if method.num_views > 1:
-    image_shape = (method.num_views,) + image_shape
-  sample_batch = {"image": jnp.zeros((1,) + image_shape, jnp.float32)}
-  state, state_shardings = create_train_state(method, tx, config, mesh, sample_batch)
+  state, state_shardings = create_train_state(method, tx, config, mesh,
+                                              sample_batch(config, method))
 
   manager = checkpoint.create_manager(workdir, config)
   restored = checkpoint.restore_latest(
@@ -237,3 +241,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager.close()
   writer.flush()
   return state
+
+
+def restore_state(workdir: str, step: Optional[int] = None):
+  """(config, TrainState) of a pretraining run, from `workdir/config.json` and its latest
+  (or given) checkpoint, on the default device. Encoder params: state.params['encoder']."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  method = methods.create(config)
+  tx = optim.create_optimizer(config, lambda count: 0.0)  # lr values are not part of state
+  init_fn = functools.partial(init_state, method, tx)
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0), sample_batch(config, method))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device,
+                                                                      abstract))
+  manager = checkpoint.create_manager(workdir, config)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint under {manager.directory}.")
+  state = checkpoint.restore(manager, step, abstract)
+  manager.close()
+  return config, state
