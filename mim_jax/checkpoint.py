@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 PyTree = Any
 
@@ -31,9 +32,24 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: PyTree) -
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree) -> Optional[PyTree]:
-  """The newest checkpoint restored into `abstract_state`'s structure, or None."""
-  step = manager.latest_step()
-  return None if step is None else restore(manager, step, abstract_state)
+  """The newest checkpoint that restores into `abstract_state`, or None if there is none.
+
+  A save killed mid-write stays a temporary directory that Orbax never lists; a listed
+  checkpoint that fails to read (damaged files) is skipped with a warning in favour of
+  the next older one.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return restore(manager, step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint)
+      logging.warning("Checkpoint %d in %s cannot be restored (%s: %s); trying an older one.",
+                      step, manager.directory, type(e).__name__, e)
+  if steps:  # never start over on top of checkpoints that exist but do not fit
+    raise RuntimeError(f"None of the checkpoints {steps} in {manager.directory} can be "
+                       "restored into this config's train state (see the warnings above). "
+                       "Use the config the run was started with, or a new workdir.")
+  return None
 
 
 def maybe_save(manager: ocp.CheckpointManager, step: int, state: PyTree, every_steps: int,

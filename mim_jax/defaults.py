@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0))
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))
+  config.max_nonfinite_steps = 10  # stop after this many skipped steps in a row
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3

@@ -9,11 +9,15 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  """step: optimizer steps taken; params: online parameters (the only ones with
-  gradients); target_params: EMA targets (empty dict when the method has none);
-  opt_state: optax state of `params`; rng: base key, folded with `step` each step."""
+  """step: train steps taken (skipped ones included); params: online parameters (the
+  only ones with gradients); target_params: EMA targets (empty dict when the method has
+  none); opt_state: optax state of `params`; rng: base key, folded with `step` each
+  step; skipped_steps: steps whose update was skipped for a non-finite loss or gradient;
+  nonfinite_streak: how many of the latest steps in a row were skipped."""
   step: jax.Array
   params: PyTree
   target_params: PyTree
   opt_state: PyTree
   rng: jax.Array
+  skipped_steps: jax.Array
+  nonfinite_streak: jax.Array

@@ -18,13 +18,12 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import checkpoint, data, methods, optim, sharding
+from mim_jax import checkpoint, data, methods, optim, preemption, sharding
 from mim_jax.methods.base import Method
 from mim_jax.state import TrainState
 
@@ -40,6 +39,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   if config.data.image_size % config.model.patch_size:
     raise ValueError(f"config.data.image_size={config.data.image_size} is not divisible by "
                      f"config.model.patch_size={config.model.patch_size}.")
+  model = config.model
+  if model.width % model.num_heads or model.width % 4:
+    raise ValueError(f"config.model.width={model.width} must be divisible by 4 (sin-cos "
+                     f"position embedding) and by config.model.num_heads={model.num_heads}.")
   ratio = config.method.get("mask_ratio")
   if ratio is not None and not 0.0 < ratio < 1.0:
     raise ValueError(f"config.method.mask_ratio={ratio} must be in (0, 1).")
@@ -69,8 +72,10 @@ def init_state(method: Method, tx: optax.GradientTransformation, rng: jax.Array,
   params = method.init(param_rng, sample_batch)
   source = method.target_source(params)
   target_params = {} if source is None else jax.tree.map(jnp.copy, source)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    target_params=target_params, opt_state=tx.init(params), rng=state_rng)
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, target_params=target_params,
+                    opt_state=tx.init(params), rng=state_rng, skipped_steps=zero,
+                    nonfinite_streak=zero)
 
 
 def sample_batch(config, method: Method) -> Dict[str, jax.Array]:
@@ -142,10 +147,21 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(aux)
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(step))
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient skips the update: everything but the step stays.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state, target_params = keep_if_bad(
+        (params, opt_state, target_params),
+        (state.params, state.opt_state, state.target_params))
+    bad = 1 - finite.astype(jnp.int32)
     new_state = state.replace(step=step + 1, params=params, target_params=target_params,
-                              opt_state=opt_state)
+                              opt_state=opt_state, skipped_steps=state.skipped_steps + bad,
+                              nonfinite_streak=(state.nonfinite_streak + 1) * bad)
+    metrics.update(aux)
+    metrics.update(loss=loss, grad_norm=grad_norm, lr=lr_fn(step),
+                   skipped_steps=new_state.skipped_steps,
+                   nonfinite_streak=new_state.nonfinite_streak)
     return new_state, metrics
 
   return train_step
@@ -212,35 +228,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=config.log_every_steps)
   last_step = total_steps if stop_after_step is None else min(stop_after_step, total_steps)
-  for step in range(start_step + 1, last_step + 1):
-    local = next(train_iter)
-    batch = sharding.global_batch({"image": local["image"]}, batch_sharding)
-    state, metrics = train_step(state, batch)
-    report(step)
-    if step == start_step + 1:  # keep compilation out of the throughput figures
-      jax.block_until_ready(metrics)
-      last_time, last_logged = time.perf_counter(), step
-    if step % config.log_every_steps == 0 or step == last_step:
-      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(scalars["loss"]):
-        raise FloatingPointError(f"Non-finite loss {scalars['loss']} at step {step}.")
-      scalars["epoch"] = step / steps_per_epoch
-      if step > last_logged:
-        now = time.perf_counter()
-        seconds_per_step = (now - last_time) / (step - last_logged)
-        scalars.update(step_time=seconds_per_step,
-                       images_per_sec=config.batch_size / seconds_per_step)
-        last_time, last_logged = now, step
-      writer.write_scalars(step, scalars)
-    if config.image_summary_every_steps and step % config.image_summary_every_steps == 0:
-      images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
-      writer.write_images(step, jax.device_get(images))
-    checkpoint.maybe_save(manager, step, state, config.checkpoint_every_steps,
-                          is_last=step == last_step)
-  manager.wait_until_finished()
-  manager.close()
-  writer.flush()
+  try:
+    with preemption.PreemptionWatch() as watch:
+      for step in range(start_step + 1, last_step + 1):
+        local = next(train_iter)
+        batch = sharding.global_batch({"image": local["image"]}, batch_sharding)
+        state, metrics = train_step(state, batch)
+        report(step)
+        if step == start_step + 1:  # keep compilation out of the throughput figures
+          jax.block_until_ready(metrics)
+          last_time, last_logged = time.perf_counter(), step
+        if step % config.log_every_steps == 0 or step == last_step:
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          scalars["epoch"] = step / steps_per_epoch
+          if step > last_logged:
+            now = time.perf_counter()
+            seconds_per_step = (now - last_time) / (step - last_logged)
+            scalars.update(step_time=seconds_per_step,
+                           images_per_sec=config.batch_size / seconds_per_step)
+            last_time, last_logged = now, step
+          writer.write_scalars(step, scalars)
+          check_nonfinite_streak(int(scalars["nonfinite_streak"]), step, manager,
+                                 config.max_nonfinite_steps)
+        if config.image_summary_every_steps and step % config.image_summary_every_steps == 0:
+          images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
+          writer.write_images(step, jax.device_get(images))
+        preempted = watch.should_stop(step)
+        checkpoint.maybe_save(manager, step, state, config.checkpoint_every_steps,
+                              is_last=step == last_step or preempted)
+        if preempted:
+          logging.warning("Stopped at step %d; checkpoint saved in %s. Run the same command "
+                          "again to resume.", step, manager.directory)
+          break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
   return state
+
+
+def check_nonfinite_streak(streak: int, step: int, manager, max_streak: int) -> None:
+  """Stop the run once `max_streak` steps in a row had a non-finite loss or gradient."""
+  if streak < max_streak:
+    return
+  first_bad = step - streak + 1
+  good = [s for s in manager.all_steps() if s < first_bad]
+  last_good = (f"step {max(good)} in {manager.directory}" if good else
+               "none (no checkpoint was saved before the first bad step)")
+  raise FloatingPointError(
+      f"{streak} consecutive steps ({first_bad}..{step}) had a non-finite loss or gradient "
+      f"and were skipped (config.max_nonfinite_steps={max_streak}). Last good checkpoint: "
+      f"{last_good}. Lower optimizer.base_lr, raise warmup, set optimizer.grad_clip or use "
+      f"float32 compute, then resume from it.")
 
 
 def restore_state(workdir: str, step: Optional[int] = None):
@@ -256,9 +295,15 @@ def restore_state(workdir: str, step: Optional[int] = None):
   abstract = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device,
                                                                       abstract))
   manager = checkpoint.create_manager(workdir, config)
-  step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"No checkpoint under {manager.directory}.")
-  state = checkpoint.restore(manager, step, abstract)
+    state = checkpoint.restore_latest(manager, abstract)
+  elif step in manager.all_steps():
+    state = checkpoint.restore(manager, step, abstract)
+  else:
+    state = None
   manager.close()
+  if state is None:
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} under "
+                            f"{manager.directory}: point it at the workdir of a pretraining run "
+                            f"(steps there: {manager.all_steps()}).")
   return config, state

@@ -159,7 +159,12 @@ def _tfds_builder(config):
   if not config.data.get("tfds_name"):
     raise ValueError("config.data.source='tfds' needs config.data.tfds_name "
                      "(e.g. 'imagenet2012').")
-  return tfds.builder(config.data.tfds_name, data_dir=config.data.get("data_dir"))
+  try:
+    return tfds.builder(config.data.tfds_name, data_dir=config.data.get("data_dir"))
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"Unknown TFDS dataset config.data.tfds_name="
+                     f"{config.data.tfds_name!r}: set it to a registered name such as "
+                     "'imagenet2012' (see tfds.list_builders()).") from None
 
 
 def _tfds_stream(builder, split) -> tf.data.Dataset:
