@@ -417,3 +417,59 @@ def test_two_views_are_different_crops_of_the_same_image(tmp_path):
   expected_red = normalised(np.stack([batch["label"] * 30] * 3, -1))[:, 0]
   np.testing.assert_allclose(red, np.stack([expected_red] * 2, 1), atol=1e-3)
   assert (np.abs(batch["image"][:, 0] - batch["image"][:, 1]).mean((1, 2, 3)) > 0.1).all()
+
+
+
+def coordinate_ramp(size=20):
+  """uint8 [size, size, 3]: red = 10·row, green = 10·column, blue = 0."""
+  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  return np.stack([10 * rows, 10 * cols, np.zeros_like(rows)], -1).astype(np.uint8)
+
+
+def resample_view(source, box, flip, view_size):
+  """The documented geometry, by hand: view pixel centres map to source points of the
+  crop `box`, which bilinear upsampling reads between the crop's pixels (clamped at its
+  border pixels)."""
+  height, width = source.shape[:2]
+  y0, h = box[0] * height, box[2] * height
+  x0, w = box[1] * width, box[3] * width
+  u = (np.arange(view_size) + 0.5) / view_size
+  rows = np.clip(y0 + h * u - 0.5, y0, y0 + h - 1)  # [S] source rows
+  cols = np.clip(x0 + w * (1 - u if flip else u) - 0.5, x0, x0 + w - 1)  # [S]
+  r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+  r1, c1 = np.minimum(r0 + 1, height - 1), np.minimum(c0 + 1, width - 1)
+  fr, fc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+  s = source.astype(np.float64)
+  top = s[r0][:, c0] * (1 - fc) + s[r0][:, c1] * fc
+  bottom = s[r1][:, c0] * (1 - fc) + s[r1][:, c1] * fc
+  return top * (1 - fr) + bottom * fr  # [S, S, 3]
+
+
+@pytest.mark.parametrize("source", ["npz_two_views", "jpeg_one_view"])
+def test_crop_box_and_flip_describe_the_crop_that_was_taken(tmp_path, source):
+  """Pixels of the ramp image encode their coordinates; every view must equal the source
+  resampled at the geometry the pipeline reports (crops < 32 px: upsampling only)."""
+  ramp = coordinate_ramp()
+  fields = dict(interpolation="bilinear", crop_scale=(0.2, 1.0), flip=True)
+  if source == "npz_two_views":
+    config = make_config(source="npz", path=write_npz(tmp_path / "ramp.npz", ramp[None]),
+                         **fields)
+    num_views, pixels = 2, ramp
+  else:  # the JPEG path decodes only the crop window (tf.image.decode_and_crop_jpeg)
+    path = tmp_path / "train" / "ramp" / "r.jpg"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(ramp).save(path, quality=95, subsampling=0)  # 4:4:4: crops decode alike
+    config = make_config(source="image_folder", path=str(tmp_path), **fields)
+    num_views, pixels = 1, tf.io.decode_jpeg(path.read_bytes()).numpy()
+  batch = next(data.create_train_iterator(config, global_batch_size=16, num_views=num_views,
+                                          **ONE_PROCESS))
+  leading = (16,) if num_views == 1 else (16, num_views)
+  assert batch["crop_box"].shape == leading + (4,) and batch["crop_box"].dtype == np.float32
+  assert batch["flip"].shape == leading and batch["flip"].dtype == bool
+  images = batch["image"].reshape(-1, 32, 32, 3)
+  boxes, flips = batch["crop_box"].reshape(-1, 4), batch["flip"].reshape(-1)
+  assert (boxes >= 0).all() and (boxes[:, :2] + boxes[:, 2:] <= 1 + 1e-6).all()
+  assert 0 < flips.sum() < len(flips) and len(np.unique(boxes, axis=0)) > len(boxes) // 2
+  for image, box, flip in zip(images, boxes, flips):
+    np.testing.assert_allclose(image * STD * 255 + MEAN * 255,
+                               resample_view(pixels, box, flip, 32), atol=2e-3)

@@ -15,6 +15,8 @@ config.data:
   image_size: side of the square images the pipeline outputs.
   crop_scale, crop_ratio: RandomResizedCrop area fraction and aspect-ratio ranges.
   flip: random horizontal flip in training.
+  (Train batches report each view's geometry as 'crop_box' (y0, x0, h, w), fractions of
+  the source image, and 'flip'; see pipeline.create_train_iterator.)
   interpolation: 'bicubic' (MAE) or 'bilinear', antialiased when downscaling.
   eval_crop_fraction: eval resizes the shorter side to floor(image_size / fraction) and
     takes the central image_size crop; images whose shorter side is already at most

@@ -137,19 +137,31 @@ def _crop(image: tf.Tensor, window) -> tf.Tensor:
   return image[top:top + h, left:left + w]
 
 
-def _decode_and_crop(data: tf.Tensor, window_fn) -> tf.Tensor:
-  """Crop window_fn([H, W]) of an encoded image; JPEGs decode only that window."""
+def _decode_and_crop(data: tf.Tensor, window_fn):
+  """Crop window_fn([H, W]) of an encoded image; JPEGs decode only that window.
+  Returns (crop, window, [H, W])."""
   def jpeg():
-    window = window_fn(tf.image.extract_jpeg_shape(data)[:2])
-    return tf.image.decode_and_crop_jpeg(data, tf.stack(window), channels=3)
+    hw = tf.image.extract_jpeg_shape(data)[:2]
+    window = tf.stack(window_fn(hw))
+    return tf.image.decode_and_crop_jpeg(data, window, channels=3), window, hw
 
   def other():
     image = _decode(data)
-    return _crop(image, window_fn(tf.shape(image)[:2]))
+    hw = tf.shape(image)[:2]
+    window = window_fn(hw)
+    return _crop(image, window), tf.stack(window), hw
 
-  image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  image, window, hw = tf.cond(tf.io.is_jpeg(data), jpeg, other)
   image.set_shape([None, None, 3])
-  return image
+  return image, tf.unstack(window), hw
+
+
+def _crop_box(window, hw) -> tf.Tensor:
+  """(top, left, h, w) in pixels of an [H, W] image -> float32 [4] (y0, x0, h, w) as
+  fractions of H and W."""
+  height, width = tf.cast(hw[0], tf.float32), tf.cast(hw[1], tf.float32)
+  top, left, h, w = (tf.cast(v, tf.float32) for v in window)
+  return tf.stack([top / height, left / width, h / height, w / width])
 
 
 def _resize(image: tf.Tensor, size_hw, interpolation: str) -> tf.Tensor:
@@ -165,7 +177,8 @@ def _normalize(image: tf.Tensor, config) -> tf.Tensor:
 
 
 def _train_views(image: tf.Tensor, kind: str, key: tf.Tensor, num_views: int, config):
-  """`num_views` independently cropped, flipped, normalised views, each [S, S, 3]."""
+  """`num_views` independently cropped, flipped, normalised views, each [S, S, 3], with
+  their crop boxes (float32 [4], see `_crop_box`) and flip flags (bool [])."""
   data = config.data
   view_keys = [tf.unstack(tf.random.experimental.stateless_split(view_key, 2))
                for view_key in tf.unstack(tf.random.experimental.stateless_split(key, num_views))]
@@ -178,20 +191,26 @@ def _train_views(image: tf.Tensor, kind: str, key: tf.Tensor, num_views: int, co
   if kind == "path":
     image, kind = tf.io.read_file(image), "bytes"
   if kind == "bytes" and num_views == 1:
-    crops = [_decode_and_crop(image, window_fn(crop_keys[0]))]
+    crop, window, hw = _decode_and_crop(image, window_fn(crop_keys[0]))
+    crops, boxes = [crop], [_crop_box(window, hw)]
   else:
     if kind == "bytes":
       image = _decode(image)
-    crops = [_crop(image, window_fn(k)(tf.shape(image)[:2])) for k in crop_keys]
+    hw = tf.shape(image)[:2]
+    windows = [window_fn(k)(hw) for k in crop_keys]
+    crops = [_crop(image, window) for window in windows]
+    boxes = [_crop_box(window, hw) for window in windows]
 
-  views = []
+  views, flips = [], []
   for crop, flip_key in zip(crops, flip_keys):
     view = _resize(crop, [data.image_size, data.image_size], data.interpolation)
+    flip = tf.constant(False)
     if data.flip:
       flip = tf.random.stateless_uniform([], flip_key) < 0.5
       view = tf.where(flip, tf.reverse(view, axis=[1]), view)
     views.append(_normalize(view, config))
-  return views
+    flips.append(flip)
+  return views, boxes, flips
 
 
 def _eval_image(image: tf.Tensor, kind: str, config) -> tf.Tensor:
@@ -258,11 +277,17 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
                           num_views: int = 1, process_index: Optional[int] = None,
                           process_count: Optional[int] = None
                           ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless augmented batches of this process: {'image', 'label'}.
+  """Endless augmented batches of this process: {'image', 'crop_box', 'flip', 'label'}.
 
   'image' is float32 [b, S, S, 3], or [b, num_views, S, S, 3] when num_views > 1;
-  'label' is int32 [b]; b = global_batch_size // process_count. With start_step=k it
-  yields exactly what a fresh iterator yields from its (k+1)-th batch on.
+  'label' is int32 [b]; b = global_batch_size // process_count. The crop geometry of
+  each view ([b] or [b, num_views] leading dims): 'crop_box' float32 [..., 4] =
+  (y0, x0, h, w) of the RandomResizedCrop window as fractions of the source image's
+  height and width; 'flip' bool [...], True when the resized crop was mirrored left-right.
+  View pixel (i, j) (centre at ((i + .5)/S, (j + .5)/S) of the view) thus shows the source
+  point (y0 + h·(i + .5)/S, x0 + w·u) with u = (j + .5)/S, or 1 − (j + .5)/S if flipped.
+  With start_step=k it yields exactly what a fresh iterator yields from its (k+1)-th
+  batch on.
   """
   process_index, process_count = _process_info(process_index, process_count)
   local_batch = _local_batch_size(global_batch_size, process_count)
@@ -279,8 +304,11 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
   augment_key = _stream_key(config.seed, _AUGMENT_STREAM, process_index)
 
   def example(t, image, label):
-    views = _train_views(image, shard.kind, _fold(augment_key, t), num_views, config)
-    return {"image": views[0] if num_views == 1 else tf.stack(views), "label": label}
+    views, boxes, flips = _train_views(image, shard.kind, _fold(augment_key, t), num_views,
+                                       config)
+    stack = (lambda x: x[0]) if num_views == 1 else tf.stack
+    return {"image": stack(views), "crop_box": stack(boxes), "flip": stack(flips),
+            "label": label}
 
   ds = elements.map(example, num_parallel_calls=tf.data.AUTOTUNE)
   return _as_numpy(ds.batch(local_batch, drop_remainder=True))
