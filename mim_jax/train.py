@@ -232,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with preemption.PreemptionWatch() as watch:
       for step in range(start_step + 1, last_step + 1):
         local = next(train_iter)
-        batch = sharding.global_batch({"image": local["image"]}, batch_sharding)
+        batch = sharding.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
         state, metrics = train_step(state, batch)
         report(step)
         if step == start_step + 1:  # keep compilation out of the throughput figures

@@ -20,10 +20,13 @@ class Method:
 
   `batch['image']` is [B, H, W, C], or [B, V, H, W, C] when `num_views` > 1.
   Masks are drawn by `make_masks` from explicit keys and passed into `loss`, so a loss
-  can be evaluated for any given mask.
+  can be evaluated for any given mask. `batch_keys` names the keys of the input
+  pipeline's batches that the trainer sends to the devices (see
+  data.create_train_iterator: 'image', 'crop_box', 'flip', 'label').
   """
 
   num_views: int = 1
+  batch_keys: Tuple[str, ...] = ("image",)
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
