@@ -26,14 +26,14 @@ def norm_pix_target(target: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
              norm_pix_loss: bool) -> jax.Array:
-  """Mean over hidden patches of the per-patch MSE.
+  """Mean over hidden patches of the per-patch MSE (0 when no patch is hidden).
 
   pred, target: [B, N, p*p*C]; mask: [B, N] with 1 = hidden.
   """
   if norm_pix_loss:
     target = norm_pix_target(target)
   per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)  # [B, N]
-  return jnp.sum(per_patch * mask) / jnp.sum(mask)
+  return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def build_encoder(config, **overrides) -> vit.ViTEncoder:
@@ -79,13 +79,18 @@ class MAE(Method):
     b = batch["image"].shape[0]
     return {"mask": masking.random_masking(rng, b, self.num_patches, self.mask_ratio)}
 
-  def predict(self, params, images, mask, rng=None):
-    """Encoder on visible patches, decoder over all positions -> [B, N, p*p*3]."""
+  def encode(self, params, images, mask, rng=None):
+    """Encoder on the visible patches -> (latents [B, 1 + K, D], restore_idx [B, N])."""
     visible_idx, _, restore_idx = masking.mask_to_indices(mask, self.num_visible)
     deterministic = rng is None
     rngs = None if deterministic else {"dropout": rng}
     latents = self.encoder.apply({"params": params["encoder"]}, images, visible_idx,
                                  deterministic=deterministic, rngs=rngs)  # [B, 1 + K, D]
+    return latents, restore_idx
+
+  def predict(self, params, images, mask, rng=None):
+    """Encoder on visible patches, decoder over all positions -> [B, N, p*p*3]."""
+    latents, restore_idx = self.encode(params, images, mask, rng)
     return self.decoder.apply({"params": params["decoder"]}, latents, restore_idx)
 
   def loss(self, params, target_params, batch, masks, rng, step):
