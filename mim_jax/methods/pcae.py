@@ -1,0 +1,140 @@
+"""PCAE: Li et al., "Progressively Compressed Auto-Encoder for Self-Supervised
+Representation Learning", ICLR 2023.
+
+Read against the unofficial reproduction caddyless/PCAE (`models_mae.py`,
+`engine_pretrain.py`), without its defects:
+  masking  MAE random masking (75%);
+  encoder  student = ViT on the visible patches (+cls);
+  teacher  EMA of the student encoder on the HIDDEN patches (no cls), dropping tokens
+           after the configured blocks: keep the `keep_ratio` least similar to their mean
+           (`forward_teacher`; 147 → 73 → 36 → 18 at 224/16);
+  decoder  MAE-style self-attention decoder with mask tokens only at the kept positions
+           (`forward_decoder`), output width = encoder width;
+  loss     1 − cos(prediction, teacher output standardised per token).
+"""
+import functools
+from typing import Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mim_jax import masking, optim
+from mim_jax.methods.base import Method
+from mim_jax.methods.latent_mim import l2_normalize, mean_pairwise_cosine
+from mim_jax.methods.mae import build_encoder, norm_pix_target
+from mim_jax.models.query_decoder import QueryDecoder
+
+
+def similarity_to_mean(x: jax.Array) -> jax.Array:
+  """cos(x_i, mean_j x_j) per token, the score S(x) of PCAE (paper Eq. 4): [B, n, D] ->
+  [B, n]."""
+  x = x.astype(jnp.float32)
+  return jnp.sum(l2_normalize(x) * l2_normalize(x.mean(axis=1, keepdims=True)), axis=-1)
+
+
+def keep_lowest(x: jax.Array, positions: jax.Array, scores: jax.Array, num_keep: int):
+  """Keep the `num_keep` tokens of x [B, n, D] with the lowest scores [B, n], and their
+  grid positions [B, n]. Returns ([B, num_keep, D], [B, num_keep]) in ascending score."""
+  order = jnp.argsort(scores, axis=1, stable=True)[:, :num_keep]  # [B, k]
+  return (jnp.take_along_axis(x, order[..., None], axis=1),
+          jnp.take_along_axis(positions, order, axis=1))
+
+
+def compressed_forward(module, images, hidden_idx, drop_noise=None, *,
+                       drop_layers: Sequence[int], keep_ratio: float):
+  """The teacher pass, run as `ViTEncoder.apply(..., method=...)`: embed, take the hidden
+  patches (no cls), and after each block in `drop_layers` keep int(n·keep_ratio) tokens:
+  the least similar to their mean, or those with the lowest `drop_noise` [B, S, M] (random
+  drop ablation). Returns (final-LN features [B, M', D], the kept grid positions after each
+  stage: [B, M], then one [B, n_s] per drop)."""
+  x = jnp.take_along_axis(module.embed(images), hidden_idx[..., None], axis=1)  # [B, M, D]
+  positions = [hidden_idx]
+  for i, blk in enumerate(module.blocks):
+    x = blk(x, True)
+    if i in drop_layers:
+      n = x.shape[1]
+      stage = len(positions) - 1
+      scores = similarity_to_mean(x) if drop_noise is None else drop_noise[:, stage, :n]
+      x, kept = keep_lowest(x, positions[-1], scores, int(n * keep_ratio))  # [B, n_s, D]
+      positions.append(kept)
+  return module.norm(x), positions
+
+
+class PCAE(Method):
+  """Config (`config.method`): mask_ratio (0.75); drop_layers, the blocks after which the
+  teacher drops tokens ((0, 4, 8); () disables dropping: MAE with latent targets);
+  keep_ratio (0.5); random_drop (False: similarity ranking; True: the random ablation);
+  target_momentum, base EMA momentum, cosine to 1 per step (0.9999). Decoder size in
+  `model.decoder_width/decoder_depth/decoder_num_heads` (512/8/16)."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    mc, m = config.method, config.model
+    bad = [i for i in mc.drop_layers if not 0 <= i < m.depth]
+    if bad:
+      raise ValueError(f"config.method.drop_layers={tuple(mc.drop_layers)} has blocks {bad} "
+                       f"outside 0..{m.depth - 1} (config.model.depth={m.depth}).")
+    self.encoder = build_encoder(config)
+    self.num_patches = self.encoder.num_patches
+    self.num_visible = masking.num_visible(self.num_patches, mc.mask_ratio)
+    self.drop_layers = tuple(mc.drop_layers)
+    self.random_drop = mc.random_drop
+    self.teacher_forward = functools.partial(compressed_forward, drop_layers=self.drop_layers,
+                                             keep_ratio=mc.keep_ratio)
+    self.decoder = QueryDecoder(
+        grid_hw=self.encoder.grid_hw, out_dim=m.width, width=m.decoder_width,
+        depth=m.decoder_depth, num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio,
+        cross_attention=False, visual_cues=False, mask_token_std=0.02, remat=m.remat,
+        dtype=jnp.dtype(m.dtype))
+
+  def make_masks(self, rng, batch) -> Dict[str, jax.Array]:
+    """mask [B, N] (1 = hidden); with random_drop also drop_noise [B, stages, N − K]."""
+    mask_rng, drop_rng = jax.random.split(rng)
+    b = batch["image"].shape[0]
+    masks = {"mask": masking.random_masking(mask_rng, b, self.num_patches,
+                                            self.config.method.mask_ratio)}
+    if self.random_drop:
+      shape = (b, len(self.drop_layers), self.num_patches - self.num_visible)
+      masks["drop_noise"] = jax.random.uniform(drop_rng, shape)
+    return masks
+
+  def teacher(self, teacher_params, images, hidden_idx, drop_noise=None):
+    """Teacher features [B, M', D] and kept positions per stage (see compressed_forward)."""
+    return self.encoder.apply({"params": teacher_params}, images, hidden_idx, drop_noise,
+                              method=self.teacher_forward)
+
+  def init(self, rng, batch):
+    enc_rng, dec_rng, mask_rng = jax.random.split(rng, 3)
+    images = batch["image"]
+    masks = self.make_masks(mask_rng, batch)
+    visible_idx, hidden_idx, _ = masking.mask_to_indices(masks["mask"], self.num_visible)
+    enc_params = self.encoder.init(enc_rng, images, visible_idx)["params"]
+    latents = self.encoder.apply({"params": enc_params}, images, visible_idx)
+    _, kept = self.teacher(enc_params, images, hidden_idx, masks.get("drop_noise"))
+    dec_params = self.decoder.init(dec_rng, latents, visible_idx, kept[-1])["params"]
+    return {"encoder": enc_params, "decoder": dec_params}
+
+  def target_source(self, params):
+    return params["encoder"]
+
+  def target_momentum(self, step, total_steps):
+    """Cosine from 0.9999 to 1 per step (caddyless/PCAE `cosine_scheduler`)."""
+    return optim.cosine_momentum(step, total_steps, self.config.method.target_momentum)
+
+  def loss(self, params, target_params, batch, masks, rng, step):
+    images = batch["image"]  # [B, H, W, 3]
+    visible_idx, hidden_idx, _ = masking.mask_to_indices(masks["mask"], self.num_visible)
+    features, kept = self.teacher(jax.lax.stop_gradient(target_params), images, hidden_idx,
+                                  masks.get("drop_noise"))  # [B, M', D]
+    target = norm_pix_target(features.astype(jnp.float32))  # per token, unbiased var
+    deterministic = rng is None
+    latents = self.encoder.apply({"params": params["encoder"]}, images, visible_idx,
+                                 deterministic=deterministic,
+                                 rngs=None if deterministic else {"dropout": rng})
+    pred = self.decoder.apply({"params": params["decoder"]}, latents, visible_idx,
+                              kept[-1])  # [B, M', D]
+    cos = jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target), axis=-1)
+    loss = 1.0 - jnp.mean(cos)
+    return loss, {"pcae_loss": loss,
+                  "sim_target": mean_pairwise_cosine(features),
+                  "sim_pred": mean_pairwise_cosine(jax.lax.stop_gradient(pred))}
