@@ -1,5 +1,4 @@
 """The trainer end to end: checkpoints, TensorBoard events, exact resume, config errors."""
-import glob
 import os
 import subprocess
 import sys
@@ -8,33 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import REPO, tiny_mae_config
+from conftest import REPO, checkpoint_steps, event_tags, scalar_series, tiny_mae_config
 from mim_jax import masking, methods, optim, sharding, train
 from mim_jax.methods import mae
-
-
-def scalar_series(workdir, tag):
-  series = []
-  for path in glob.glob(os.path.join(workdir, "**", "events.out.tfevents.*"), recursive=True):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      series += [(event.step, float(tf.make_ndarray(v.tensor)))
-                 for v in event.summary.value if v.tag == tag]
-  return [value for _, value in sorted(series)]
-
-
-def event_tags(workdir):
-  tags = set()
-  for path in glob.glob(os.path.join(workdir, "**", "events.out.tfevents.*"), recursive=True):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      tags.update(v.tag for v in event.summary.value)
-  return tags
-
-
-def checkpoint_steps(workdir):
-  root = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
 def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
