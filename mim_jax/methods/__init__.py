@@ -2,10 +2,9 @@
 from mim_jax.methods.base import Method
 from mim_jax.methods.latent_mim import LatentMIM
 from mim_jax.methods.mae import MAE
-from mim_jax.methods.multiview_mae import MultiViewMAE
 from mim_jax.methods.pcae import PCAE
 
-METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE, "multiview_mae": MultiViewMAE}
+METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE}
 
 
 def create(config) -> Method:
