@@ -1,8 +1,13 @@
-"""Orbax checkpoints under `workdir/checkpoints`: async saves every
-`config.checkpoint_every_steps`, the last `config.keep_checkpoints` kept, restore of the
-latest one against the abstract (shape + sharding) state."""
+"""Orbax checkpoints under `workdir/checkpoints`.
+
+Each checkpoint holds two items: 'state' (the TrainState: params, EMA targets, optimizer
+state, rng, step counters) and 'data' (JSON: each process's position in its input
+stream, so that training resumes on exactly the next example). Saves are asynchronous,
+every `config.checkpoint_every_steps` and at the last step; the last
+`config.keep_checkpoints` are kept; restore takes the newest one that reads.
+"""
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,13 +31,19 @@ def abstract_with_shardings(state: PyTree, shardings: PyTree) -> PyTree:
                       state, shardings)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: PyTree) -> PyTree:
-  """Checkpoint `step` restored into `abstract_state`'s structure and shardings."""
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+def restore(manager: ocp.CheckpointManager, step: int,
+            abstract_state: PyTree) -> Tuple[PyTree, dict]:
+  """(state, data position) of checkpoint `step`, the state restored into
+  `abstract_state`'s structure and shardings."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return restored.state, restored.data
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree) -> Optional[PyTree]:
-  """The newest checkpoint that restores into `abstract_state`, or None if there is none.
+def restore_latest(manager: ocp.CheckpointManager,
+                   abstract_state: PyTree) -> Optional[Tuple[PyTree, dict]]:
+  """(state, data position) of the newest checkpoint that restores, or None if there is
+  none.
 
   A save killed mid-write stays a temporary directory that Orbax never lists; a listed
   checkpoint that fails to read (damaged files) is skipped with a warning in favour of
@@ -52,9 +63,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree) -> Op
   return None
 
 
-def maybe_save(manager: ocp.CheckpointManager, step: int, state: PyTree, every_steps: int,
-               is_last: bool) -> bool:
-  """Start an async save at every `every_steps`-th step and at the last step."""
-  if step % every_steps and not is_last:
-    return False
-  return manager.save(step, args=ocp.args.StandardSave(state), force=True)
+def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data_state: dict) -> bool:
+  """Start an asynchronous save of `state` and the JSON-able `data_state`."""
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)

@@ -7,7 +7,8 @@ A step (`make_train_step`):
   2. Masks from `method.make_masks` with a key folded from (seed, step, micro-batch).
   3. Loss and gradients w.r.t. the online params only (targets under stop-gradient),
      averaged over `config.grad_accum_steps` micro-batches with `lax.scan`.
-  4. AdamW (optionally after global-norm clipping) with the warmup + cosine lr.
+  4. AdamW (optionally after global-norm clipping) with the warmup + cosine (or
+     multistep) lr.
 """
 import functools
 import json
@@ -18,9 +19,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mim_jax import checkpoint, data, methods, optim, preemption, sharding
@@ -36,9 +39,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   if config.method.name not in methods.METHODS:
     raise ValueError(f"Unknown config.method.name={config.method.name!r}; choose one of "
                      f"{sorted(methods.METHODS)}.")
-  if config.data.image_size % config.model.patch_size:
+  gap = config.method.get("patch_gap", 0)  # Latent MIM's grid-with-gap cells
+  if config.data.image_size % (config.model.patch_size + gap):
     raise ValueError(f"config.data.image_size={config.data.image_size} is not divisible by "
-                     f"config.model.patch_size={config.model.patch_size}.")
+                     f"config.model.patch_size={config.model.patch_size}"
+                     + (f" + config.method.patch_gap={gap}." if gap else "."))
   model = config.model
   if model.width % model.num_heads or model.width % 4:
     raise ValueError(f"config.model.width={model.width} must be divisible by 4 (sin-cos "
@@ -191,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps, warmup_steps, steps_per_epoch = schedule_lengths(config)
   peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
                             config.batch_size)
-  lr_fn = optim.lr_schedule(peak_lr, total_steps, warmup_steps, config.optimizer.min_lr)
+  lr_fn = optim.lr_schedule_from_config(config, peak_lr, total_steps, warmup_steps,
+                                       steps_per_epoch)
   tx = optim.create_optimizer(config, lr_fn)
   logging.info("Pretraining %s: %d steps (%d per epoch), warmup %d, peak lr %.3g, mesh %s",
                config.method.name, total_steps, steps_per_epoch, warmup_steps, peak_lr,
@@ -208,10 +214,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager = checkpoint.create_manager(workdir, config)
   restored = checkpoint.restore_latest(
       manager, checkpoint.abstract_with_shardings(state, state_shardings))
+  data_state = None
   if restored is not None:
-    state = restored
+    state, data_state = restored
     logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
   start_step = int(state.step)
+  position = InputPosition.resume(data_state, start_step, config.batch_size)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings)
@@ -223,7 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return method.summaries(params, head, method.make_masks(rng, head))
 
   train_iter = data.create_train_iterator(config, global_batch_size=config.batch_size,
-                                          start_step=start_step, num_views=method.num_views)
+                                          start_element=position.next_element,
+                                          num_views=method.num_views)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=config.log_every_steps)
@@ -232,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with preemption.PreemptionWatch() as watch:
       for step in range(start_step + 1, last_step + 1):
         local = next(train_iter)
+        position.advance(local["element"])
         batch = sharding.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
         state, metrics = train_step(state, batch)
         report(step)
@@ -240,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           last_time, last_logged = time.perf_counter(), step
         if step % config.log_every_steps == 0 or step == last_step:
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          scalars["epoch"] = step / steps_per_epoch
+          scalars.update(epoch=step / steps_per_epoch,
+                         skipped_images=sum(position.gathered()["skipped_images"]))
           if step > last_logged:
             now = time.perf_counter()
             seconds_per_step = (now - last_time) / (step - last_logged)
@@ -254,8 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
           writer.write_images(step, jax.device_get(images))
         preempted = watch.should_stop(step)
-        checkpoint.maybe_save(manager, step, state, config.checkpoint_every_steps,
-                              is_last=step == last_step or preempted)
+        if (step % config.checkpoint_every_steps == 0 or step == last_step or preempted):
+          checkpoint.save(manager, step, state, position.gathered())
         if preempted:
           logging.warning("Stopped at step %d; checkpoint saved in %s. Run the same command "
                           "again to resume.", step, manager.directory)
@@ -265,6 +276,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     writer.flush()
   return state
+
+
+class InputPosition:
+  """This process's position in its train element stream (see mim_jax/data/pipeline.py)
+  and the unreadable images it skipped; saved with every checkpoint."""
+
+  def __init__(self, next_element: int, skipped: int = 0, global_batch_size: int = 0):
+    self.next_element = next_element
+    self.skipped = skipped
+    self.global_batch_size = global_batch_size
+
+  @classmethod
+  def resume(cls, data_state: Optional[dict], step: int, global_batch_size: int):
+    """From a checkpoint's data item; without a usable one, from the step count."""
+    index, count = jax.process_index(), jax.process_count()
+    if data_state and len(data_state["next_element"]) == count and (
+        data_state["global_batch_size"] == global_batch_size):
+      return cls(data_state["next_element"][index], data_state["skipped_images"][index],
+                 global_batch_size)
+    if data_state:
+      logging.warning("The checkpoint's input position was written by %d processes with "
+                      "batch %d; continuing from step %d's nominal position instead.",
+                      len(data_state["next_element"]), data_state["global_batch_size"], step)
+    return cls(step * (global_batch_size // count), 0, global_batch_size)
+
+  def advance(self, elements: np.ndarray) -> None:
+    """Account for a batch whose examples had stream positions `elements`."""
+    consumed = int(elements[-1]) + 1
+    self.skipped += consumed - self.next_element - len(elements)
+    self.next_element = consumed
+
+  def gathered(self) -> dict:
+    """Every process's position (a collective: all processes call it at the same step)."""
+    local = np.array([self.next_element, self.skipped], np.int64)
+    rows = (multihost_utils.process_allgather(local) if jax.process_count() > 1
+            else local[None])
+    return {"next_element": [int(v) for v in rows[:, 0]],
+            "skipped_images": [int(v) for v in rows[:, 1]],
+            "global_batch_size": self.global_batch_size}
 
 
 def check_nonfinite_streak(streak: int, step: int, manager, max_streak: int) -> None:
@@ -296,14 +346,14 @@ def restore_state(workdir: str, step: Optional[int] = None):
                                                                       abstract))
   manager = checkpoint.create_manager(workdir, config)
   if step is None:
-    state = checkpoint.restore_latest(manager, abstract)
+    restored = checkpoint.restore_latest(manager, abstract)
   elif step in manager.all_steps():
-    state = checkpoint.restore(manager, step, abstract)
+    restored = checkpoint.restore(manager, step, abstract)
   else:
-    state = None
+    restored = None
   manager.close()
-  if state is None:
+  if restored is None:
     raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} under "
                             f"{manager.directory}: point it at the workdir of a pretraining run "
                             f"(steps there: {manager.all_steps()}).")
-  return config, state
+  return config, restored[0]

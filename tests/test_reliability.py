@@ -93,15 +93,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
 KILL_DURING_SAVE = """
 import os, signal, sys
 import numpy as np
-import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 from mim_jax import checkpoint
 config = ConfigDict(dict(keep_checkpoints=3))
 manager = checkpoint.create_manager(sys.argv[1], config)
-manager.save(1, args=ocp.args.StandardSave({"w": np.ones(4, np.float32)}), force=True)
+checkpoint.save(manager, 1, {"w": np.ones(4, np.float32)}, {"next_element": [16]})
 manager.wait_until_finished()
 big = np.random.default_rng(0).normal(size=(64, 1024, 1024)).astype(np.float32)
-manager.save(2, args=ocp.args.StandardSave({"w": big}), force=True)
+checkpoint.save(manager, 2, {"w": big}, {"next_element": [32]})
 os.kill(os.getpid(), signal.SIGKILL)  # while step 2 is still being written
 """
 
@@ -113,16 +112,17 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_restorable(tmp_p
   leftovers = os.listdir(tmp_path / "checkpoints")
   assert "1" in leftovers and "2" not in leftovers, leftovers  # step 2 never finished
   manager = checkpoint.create_manager(str(tmp_path), tiny_mae_config())
-  restored = checkpoint.restore_latest(
+  state, data_state = checkpoint.restore_latest(
       manager, {"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
-  np.testing.assert_array_equal(restored["w"], np.ones(4))
+  np.testing.assert_array_equal(state["w"], np.ones(4))
+  assert data_state == {"next_element": [16]}
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   config = tiny_mae_config(num_train_steps=4, checkpoint_every_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
   _, at_2 = train.restore_state(str(tmp_path), step=2)
-  for root, _, files in os.walk(tmp_path / "checkpoints" / "4" / "default"):
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "4" / "state"):
     for name in files:  # damage every array and metadata file of step 4
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")

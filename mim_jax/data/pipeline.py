@@ -275,9 +275,11 @@ def _as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0,
                           num_views: int = 1, process_index: Optional[int] = None,
-                          process_count: Optional[int] = None
+                          process_count: Optional[int] = None,
+                          start_element: Optional[int] = None
                           ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless augmented batches of this process: {'image', 'crop_box', 'flip', 'label'}.
+  """Endless augmented batches of this process: {'image', 'crop_box', 'flip', 'label',
+  'element'}.
 
   'image' is float32 [b, S, S, 3], or [b, num_views, S, S, 3] when num_views > 1;
   'label' is int32 [b]; b = global_batch_size // process_count. The crop geometry of
@@ -288,6 +290,11 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
   point (y0 + h·(i + .5)/S, x0 + w·u) with u = (j + .5)/S, or 1 − (j + .5)/S if flipped.
   With start_step=k it yields exactly what a fresh iterator yields from its (k+1)-th
   batch on.
+  'element' int64 [b] is each example's position t in this process's element stream;
+  the next batch starts at 'element'[-1] + 1, which `start_element` takes to resume
+  exactly (it overrides start_step · b). Image-folder files that fail to decode
+  (truncated, not an image) are skipped, so there 'element' can jump: the jumps count
+  the skipped files.
   """
   process_index, process_count = _process_info(process_index, process_count)
   local_batch = _local_batch_size(global_batch_size, process_count)
@@ -295,7 +302,7 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
     raise ValueError(f"Need start_step >= 0 and num_views >= 1, got {start_step}, {num_views}.")
   _check_image_config(config)
   shard = sources.open_shard(config, config.data.train_split, process_index, process_count)
-  start = start_step * local_batch
+  start = start_step * local_batch if start_element is None else start_element
   shuffle_key = _stream_key(config.seed, _SHUFFLE_STREAM, process_index)
   if shard.random_access:
     elements = _random_access_elements(shard, shuffle_key, start)
@@ -308,10 +315,19 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
                                        config)
     stack = (lambda x: x[0]) if num_views == 1 else tf.stack
     return {"image": stack(views), "crop_box": stack(boxes), "flip": stack(flips),
-            "label": label}
+            "label": label, "element": t}
 
   ds = elements.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _skip_unreadable(ds, shard.kind)
   return _as_numpy(ds.batch(local_batch, drop_remainder=True))
+
+
+def _skip_unreadable(ds: tf.data.Dataset, kind: str) -> tf.data.Dataset:
+  """Image files that fail to read or decode are dropped (with a logged warning); in
+  memory and TFDS sources have no such failures, and errors there stay errors."""
+  if kind != "path":
+    return ds
+  return ds.ignore_errors(log_warning=True)
 
 
 def create_eval_iterator(config, split: str, *, global_batch_size: int,
@@ -334,10 +350,12 @@ def create_eval_iterator(config, split: str, *, global_batch_size: int,
   ds = ds.map(lambda ex: {"image": _eval_image(ex["image"], shard.kind, config),
                           "label": ex["label"], "valid": True},
               num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _skip_unreadable(ds, shard.kind)
   num_batches = math.ceil(sources.max_shard_size(shard.total, process_count) / local_batch)
   size = config.data.image_size
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
-      "valid": False}).repeat(num_batches * local_batch - shard.size)
-  return _as_numpy(ds.concatenate(padding).batch(local_batch, drop_remainder=True))
+      "valid": False}).repeat()
+  ds = ds.concatenate(padding).take(num_batches * local_batch)
+  return _as_numpy(ds.batch(local_batch, drop_remainder=True))
 
