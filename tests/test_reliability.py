@@ -207,3 +207,42 @@ def test_reading_a_workdir_without_checkpoints_says_so(tmp_path):
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
   with pytest.raises(FileNotFoundError, match="No checkpoint under"):
     train.restore_state(str(tmp_path))
+
+
+def plant_image_folder(root, good_per_class=3):
+  """root/train/<class>/ with good JPEG/PNG files plus a truncated JPEG, a truncated
+  PNG, a text file named .jpg and a README that is not an image at all."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for label, name in enumerate(("cat", "dog")):
+    folder = root / "train" / name
+    folder.mkdir(parents=True)
+    for i in range(good_per_class):
+      pixels = rng.integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
+  good = (root / "train" / "cat" / "1.jpg").read_bytes()
+  (root / "train" / "cat" / "truncated.jpg").write_bytes(good[:len(good) // 3])
+  png = (root / "train" / "dog" / "0.png").read_bytes()
+  (root / "train" / "dog" / "truncated.png").write_bytes(png[:len(png) // 2])
+  (root / "train" / "dog" / "not_an_image.jpg").write_text("hello")
+  (root / "train" / "dog" / "README.txt").write_text("not listed: not an image suffix")
+  return 3  # unreadable listed files
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+  from mim_jax import data
+  bad = plant_image_folder(tmp_path / "images")
+  config = tiny_mae_config()
+  config.data.update(source="image_folder", path=str(tmp_path / "images"), image_size=16)
+  assert data.num_examples(config, "train") == 6 + bad
+  iterator = data.create_train_iterator(config, global_batch_size=2, process_index=0,
+                                        process_count=1)
+  batches = [next(iterator) for _ in range(9)]  # 18 good images: 3 epochs of 9 files
+  elements = np.concatenate([b["element"] for b in batches])
+  epochs = elements // (6 + bad)
+  assert [int((epochs == e).sum()) for e in range(3)] == [6, 6, 6]  # the 3 bad ones skipped
+  assert all(np.isfinite(b["image"]).all() and set(b["label"]) <= {0, 1} for b in batches)
+  config.update(batch_size=8, num_train_steps=3, checkpoint_every_steps=3)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  skipped = scalar_series(str(tmp_path / "run"), "skipped_images")
+  assert skipped[-1] >= bad and skipped == sorted(skipped)
