@@ -12,7 +12,7 @@ VIT_SIZES = {
     "huge": (1280, 32, 16),
 }
 
-NO_DECAY_PATTERNS = (r"(^|/)bias$", r"(^|/)scale$", r"(^|/)gamma_\d$",
+NO_DECAY_PATTERNS = (r"(^|/)bias$", r"(^|/)scale$", r"(^|/)gamma_\d(_cross)?$",
                      r"(^|/)(cls_token|mask_token|pos_embed)$")
 
 
@@ -24,6 +24,8 @@ def vit_model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDi
   return ml_collections.ConfigDict(dict(
       patch_size=patch_size, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
       drop_path_rate=0.0, remat=False, dtype="float32",
+      layer_scale_init=ml_collections.config_dict.placeholder(float),
+      pos_embedding="sincos",  # or 'shared_rel_bias' (mim_jax/models/vit.py ViTEncoder)
       decoder_width=512, decoder_depth=8, decoder_num_heads=16))
 
 
@@ -42,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 40.0
   config.warmup_steps = -1  # >= 0 overrides warmup_epochs
   config.optimizer = ml_collections.ConfigDict(dict(
-      base_lr=1.5e-4, lr_scaling="linear_256", min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8,
+      base_lr=1.5e-4, lr_scaling="linear_256", schedule="cosine", min_lr=0.0,
+      decay_epochs=(), decay_steps=(), decay_rate=0.1, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0))
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))

@@ -4,6 +4,8 @@ Config fields (`config.optimizer`):
   base_lr, lr_scaling: lr = base_lr·batch/256 ('linear_256', MAE/Latent MIM),
     base_lr·batch/512 ('linear_512', SimMIM) or base_lr ('absolute', CAE), where batch is
     the effective batch of one optimizer step (`config.batch_size`).
+  schedule: 'cosine' (warmup, then half-cosine to `min_lr`) or 'multistep' (warmup, then
+    × `decay_rate` at each milestone: `decay_steps`, or `decay_epochs` when empty; SimMIM).
   min_lr: the absolute lr the cosine decays to.
   b1, b2, eps, weight_decay: AdamW.
   no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay.
@@ -22,6 +24,7 @@ import optax
 PyTree = Any
 
 LR_SCALING = {"linear_256": 256.0, "linear_512": 512.0, "absolute": None}
+SCHEDULES = ("cosine", "multistep")
 
 
 def scaled_lr(base_lr: float, lr_scaling: str, batch_size: int) -> float:
@@ -39,17 +42,42 @@ def steps_from_epochs(steps: int, epochs: float, steps_per_epoch: int) -> int:
 
 
 def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
-                min_lr: float = 0.0) -> optax.Schedule:
-  """Linear warmup from 0, then half-cosine from peak_lr to min_lr, evaluated per step
-  (mae/util/lr_sched.py `adjust_learning_rate`, applied per iteration)."""
-  def schedule(step):
+                min_lr: float = 0.0, schedule: str = "cosine", decay_steps: Sequence[int] = (),
+                decay_rate: float = 0.1) -> optax.Schedule:
+  """Linear warmup from 0, then per step either a half-cosine from peak_lr to min_lr
+  ('cosine': mae/util/lr_sched.py `adjust_learning_rate`, applied per iteration) or
+  peak_lr·decay_rate^(number of `decay_steps` milestones ≤ step) ('multistep': SimMIM
+  lr_scheduler.py `MultiStepLRScheduler`)."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"Unknown config.optimizer.schedule={schedule!r}; choose one of "
+                     f"{SCHEDULES}.")
+  if schedule == "multistep" and any(m < warmup_steps for m in decay_steps):
+    raise ValueError(f"lr decay milestones {tuple(decay_steps)} must not fall inside the "
+                     f"{warmup_steps} warmup steps.")
+  milestones = jnp.asarray(sorted(decay_steps), jnp.float32)
+
+  def schedule_fn(step):
     step = jnp.asarray(step, jnp.float32)
     warm = peak_lr * step / max(warmup_steps, 1)
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    progress = jnp.clip(progress, 0.0, 1.0)
-    cos = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-    return jnp.where(step < warmup_steps, warm, cos)
-  return schedule
+    if schedule == "multistep":
+      after = peak_lr * decay_rate ** jnp.sum(milestones <= step)
+    else:
+      progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+      progress = jnp.clip(progress, 0.0, 1.0)
+      after = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    return jnp.where(step < warmup_steps, warm, after)
+  return schedule_fn
+
+
+def lr_schedule_from_config(config, peak_lr: float, total_steps: int, warmup_steps: int,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """`lr_schedule` as `config.optimizer` describes it (milestones: `decay_steps`, or
+  `decay_epochs` × steps per epoch when `decay_steps` is empty)."""
+  opt = config.optimizer
+  milestones = opt.decay_steps or [steps_from_epochs(-1, e, steps_per_epoch)
+                                   for e in opt.decay_epochs]
+  return lr_schedule(peak_lr, total_steps, warmup_steps, opt.min_lr, opt.schedule,
+                     milestones, opt.decay_rate)
 
 
 def cosine_momentum(step, total_steps: int, base: float, final: float = 1.0) -> jax.Array:

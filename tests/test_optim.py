@@ -68,3 +68,28 @@ def test_gradient_clipping_by_global_norm():
   _, state = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
   mu = optax.tree_utils.tree_get(state, "mu")  # Adam's first moment = (1 − b1)·clipped grad
   np.testing.assert_allclose(mu["w"], 0.1 * np.array([0.6, 0.8]), rtol=1e-5)
+
+
+def test_multistep_schedule_values():
+  lr = optim.lr_schedule(1.0, total_steps=100, warmup_steps=10, schedule="multistep",
+                         decay_steps=(70, 90), decay_rate=0.1)
+  assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
+  assert float(lr(10)) == pytest.approx(1.0) and float(lr(69)) == pytest.approx(1.0)
+  assert float(lr(70)) == pytest.approx(0.1) and float(lr(89)) == pytest.approx(0.1)
+  assert float(lr(90)) == pytest.approx(0.01) and float(lr(500)) == pytest.approx(0.01)
+  with pytest.raises(ValueError, match="warmup"):
+    optim.lr_schedule(1.0, 100, 10, schedule="multistep", decay_steps=(5,))
+  with pytest.raises(ValueError, match="schedule"):
+    optim.lr_schedule(1.0, 100, 10, schedule="linear")
+
+
+def test_schedule_from_config_milestones_in_epochs_or_steps():
+  config = defaults.base_config()
+  assert float(optim.lr_schedule_from_config(config, 1.0, 110, 10, 5)(60)) == pytest.approx(
+      0.5)  # default: the cosine
+  config.optimizer.update(schedule="multistep", decay_epochs=(7.0,), decay_rate=0.5)
+  lr = optim.lr_schedule_from_config(config, 2.0, 100, 10, steps_per_epoch=10)
+  assert float(lr(69)) == pytest.approx(2.0) and float(lr(70)) == pytest.approx(1.0)
+  config.optimizer.decay_steps = (30,)
+  lr = optim.lr_schedule_from_config(config, 2.0, 100, 10, steps_per_epoch=10)
+  assert float(lr(29)) == pytest.approx(2.0) and float(lr(30)) == pytest.approx(1.0)

@@ -103,3 +103,62 @@ def test_image_size_mismatch_is_a_clear_error():
   enc = _encoder()
   with pytest.raises(ValueError, match="16px"):
     enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_relative_position_index_follows_the_beit_table_layout():
+  gh, gw = 3, 4
+  index = vit.relative_position_index((gh, gw))
+  size = (2 * gh - 1) * (2 * gw - 1) + 3
+  assert index.shape == (13, 13)
+  for i in range(12):
+    for j in range(12):
+      (ri, ci), (rj, cj) = divmod(i, gw), divmod(j, gw)
+      assert index[1 + i, 1 + j] == (ri - rj + gh - 1) * (2 * gw - 1) + (ci - cj + gw - 1)
+  assert (index[0, 1:] == size - 3).all() and (index[1:, 0] == size - 2).all()  # cls→, →cls
+  assert index[0, 0] == size - 1
+  assert set(index[1:, 1:].ravel()) == set(range(size - 3))  # every offset has an entry
+
+
+def test_attention_adds_the_bias_to_the_logits():
+  x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
+  bias = np.random.default_rng(1).normal(size=(1, 2, 5, 5)).astype(np.float32)
+  attn = vit.Attention(num_heads=2)
+  params = attn.init(jax.random.PRNGKey(0), x)["params"]
+  out = attn.apply({"params": params}, x, bias=bias)
+  qkv = (x @ np.asarray(params["qkv"]["kernel"]) + np.asarray(params["qkv"]["bias"]))
+  q, k, v = qkv.reshape(2, 5, 3, 2, 4).transpose(2, 0, 3, 1, 4)  # each [B, H, N, Dh]
+  logits = q @ k.transpose(0, 1, 3, 2) / 2.0 + bias  # sqrt(Dh) = 2
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  heads = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 5, 8)
+  expected = heads @ np.asarray(params["proj"]["kernel"]) + np.asarray(params["proj"]["bias"])
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_shared_relative_position_bias_is_the_only_position_signal():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  enc = _encoder(pos_embedding="shared_rel_bias")
+  params = enc.init(jax.random.PRNGKey(1), x)
+  table = params["params"]["rel_pos_bias"]["relative_position_bias_table"]
+  assert table.shape == (7 * 7 + 3, 4) and not np.asarray(table).any()  # zeros, as BEiT
+  assert "pos_embed" not in params["params"]
+  # swap patch 0 and patch 5 of the image: with a zero table the outputs just swap
+  patches = vit.patchify(x, 4)
+  swapped = vit.unpatchify(patches[:, jnp.array([5, 1, 2, 3, 4, 0] + list(range(6, 16)))], 4,
+                           (4, 4))
+  order = jnp.array([0, 6, 2, 3, 4, 5, 1] + list(range(7, 17)))  # cls first
+  np.testing.assert_allclose(enc.apply(params, swapped), enc.apply(params, x)[:, order],
+                             atol=1e-5)
+  rand_table = jax.random.normal(jax.random.PRNGKey(2), table.shape)
+  params = {"params": {**params["params"], "rel_pos_bias": {
+      "relative_position_bias_table": rand_table}}}
+  assert np.abs(enc.apply(params, swapped) - enc.apply(params, x)[:, order]).max() > 1e-2
+  # visible subsets see the bias entries of their own positions
+  full = np.asarray(enc.apply(params, method=lambda m: m.attention_bias()))  # [1, H, 17, 17]
+  visible = jnp.array([[0, 5, 10, 15], [3, 4, 7, 12]])
+  sub = np.asarray(enc.apply(params, visible, method=lambda m, v: m.attention_bias(v)))
+  for b in range(2):
+    seq = np.concatenate([[0], np.asarray(visible[b]) + 1])
+    np.testing.assert_array_equal(sub[b], full[0][:, seq][:, :, seq])
+  with pytest.raises(ValueError, match="pos_embedding"):
+    _encoder(pos_embedding="rope").init(jax.random.PRNGKey(1), x)

@@ -3,8 +3,9 @@ from mim_jax.methods.base import Method
 from mim_jax.methods.latent_mim import LatentMIM
 from mim_jax.methods.mae import MAE
 from mim_jax.methods.pcae import PCAE
+from mim_jax.methods.simmim import SimMIM
 
-METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE}
+METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE, "simmim": SimMIM}
 
 
 def create(config) -> Method:

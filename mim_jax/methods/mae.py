@@ -41,7 +41,9 @@ def build_encoder(config, **overrides) -> vit.ViTEncoder:
   m = config.model
   kwargs = dict(image_size=config.data.image_size, patch_size=m.patch_size, width=m.width,
                 depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                drop_path_rate=m.drop_path_rate, remat=m.remat, dtype=jnp.dtype(m.dtype))
+                drop_path_rate=m.drop_path_rate, layer_scale_init=m.get("layer_scale_init"),
+                pos_embedding=m.get("pos_embedding", "sincos"), remat=m.remat,
+                dtype=jnp.dtype(m.dtype))
   kwargs.update(overrides)
   return vit.ViTEncoder(**kwargs)
 

@@ -17,6 +17,7 @@ Dtype = Any
 LN_EPS = 1e-6
 xavier_uniform = nn.initializers.xavier_uniform()
 token_init = nn.initializers.normal(stddev=0.02)
+POS_EMBEDDINGS = ("sincos", "shared_rel_bias")
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -76,26 +77,38 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head attention. Self-attention when `context` is None, else cross-attention
-  from `x` (queries) to `context` (keys and values)."""
+  """Multi-head attention with queries from `x` [B, N, D].
+
+  Self-attention (fused 'qkv' projection) when `context` is None; cross-attention to
+  `context` [B, M, D] ('q' and fused 'kv') when `values` is None; else keys from `context`
+  and values from `values` through separate 'q', 'k', 'v' projections (CAE's regressor,
+  Atten4Vis/CAE models/modeling_cae_helper.py `CrossAttention`). `bias`, broadcastable
+  to [B, H, N, M], is added to the attention logits (relative position bias).
+  """
   num_heads: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, context=None):
+  def __call__(self, x, context=None, values=None, bias=None):
     b, n, d = x.shape
     h = self.num_heads
     dense = lambda n_out, name: nn.Dense(n_out, dtype=self.dtype, kernel_init=xavier_uniform,
                                          name=name)
+    heads = lambda t: t.reshape(t.shape[0], t.shape[1], h, d // h)  # [B, L, H, Dh]
     if context is None:
       qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, h, d // h)  # [B, N, 3, H, Dh]
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, Dh]
-    else:
+    elif values is None:
       m = context.shape[1]
-      q = dense(d, "q")(x).reshape(b, n, h, d // h)  # [B, N, H, Dh]
+      q = heads(dense(d, "q")(x))  # [B, N, H, Dh]
       kv = dense(2 * d, "kv")(context).reshape(b, m, 2, h, d // h)  # [B, M, 2, H, Dh]
       k, v = kv[:, :, 0], kv[:, :, 1]  # [B, M, H, Dh]
-    out = jax.nn.dot_product_attention(q, k, v)  # [B, N, H, Dh]
+    else:
+      q = heads(dense(d, "q")(x))  # [B, N, H, Dh]
+      k, v = heads(dense(d, "k")(context)), heads(dense(d, "v")(values))  # [B, M, H, Dh]
+    if bias is not None:
+      bias = bias.astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, N, H, Dh]
     return dense(d, "proj")(out.reshape(b, n, d))
 
 
@@ -113,10 +126,20 @@ class DropPath(nn.Module):
     return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
 
 
+def layer_scale(module: nn.Module, name: str, y, init_value: Optional[float]):
+  """γ·y with a learned per-channel γ initialised to `init_value` (LayerScale, CaiT);
+  y itself when `init_value` is None."""
+  if init_value is None:
+    return y
+  gamma = module.param(name, nn.initializers.constant(init_value), (y.shape[-1],))
+  return y * gamma.astype(y.dtype)
+
+
 class Block(nn.Module):
   """Pre-LN transformer block: x + γ1·attn(LN(x)); x + γ2·mlp(LN(x)).
 
   γ (LayerScale, CaiT) is used only when `layer_scale_init` is set (SimMIM/CAE use 0.1).
+  `bias` is added to the attention logits.
   """
   num_heads: int
   mlp_ratio: float = 4.0
@@ -124,20 +147,16 @@ class Block(nn.Module):
   layer_scale_init: Optional[float] = None
   dtype: Dtype = jnp.float32
 
-  def _scale(self, name, y):
-    if self.layer_scale_init is None:
-      return y
-    gamma = self.param(name, nn.initializers.constant(self.layer_scale_init), (y.shape[-1],))
-    return y * gamma.astype(y.dtype)
-
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, bias=None):
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    y = Attention(self.num_heads, dtype=self.dtype, name="attn")(y)
-    x = x + DropPath(self.drop_path)(self._scale("gamma_1", y), deterministic)
+    y = Attention(self.num_heads, dtype=self.dtype, name="attn")(y, bias=bias)
+    y = layer_scale(self, "gamma_1", y, self.layer_scale_init)
+    x = x + DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
-    return x + DropPath(self.drop_path)(self._scale("gamma_2", y), deterministic)
+    return x + DropPath(self.drop_path)(layer_scale(self, "gamma_2", y, self.layer_scale_init),
+                                        deterministic)
 
 
 def block_stack(depth: int, num_heads: int, mlp_ratio: float, dtype: Dtype, remat: bool,
@@ -153,6 +172,38 @@ def block_stack(depth: int, num_heads: int, mlp_ratio: float, dtype: Dtype, rema
   ]
 
 
+def relative_position_index(grid_hw: Sequence[int]) -> np.ndarray:
+  """[1 + N, 1 + N] (query, key) indices into a (2h−1)(2w−1) + 3 entry table: token pairs
+  by (Δrow, Δcol), then cls→token, token→cls, cls→cls (SimMIM
+  models/vision_transformer.py `RelativePositionBias`, from BEiT)."""
+  gh, gw = grid_hw
+  rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+  coords = np.stack([rows.reshape(-1), cols.reshape(-1)])  # [2, N]
+  rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N] query − key
+  size = (2 * gh - 1) * (2 * gw - 1) + 3
+  index = np.empty((gh * gw + 1,) * 2, np.int32)  # [1 + N, 1 + N]
+  index[1:, 1:] = (rel[0] + gh - 1) * (2 * gw - 1) + rel[1] + gw - 1
+  index[0, :] = size - 3
+  index[:, 0] = size - 2
+  index[0, 0] = size - 1
+  return index
+
+
+class RelativePositionBias(nn.Module):
+  """Relative position bias shared by all blocks: a zero-initialised table with one entry
+  per head for each relative offset, looked up as [H, 1 + N, 1 + N]."""
+  grid_hw: Sequence[int]
+  num_heads: int
+
+  @nn.compact
+  def __call__(self):
+    gh, gw = self.grid_hw
+    size = (2 * gh - 1) * (2 * gw - 1) + 3
+    table = self.param("relative_position_bias_table", nn.initializers.zeros,
+                       (size, self.num_heads))  # [T, H]
+    return table[relative_position_index(self.grid_hw)].transpose(2, 0, 1)  # [H, 1+N, 1+N]
+
+
 class ViTEncoder(nn.Module):
   """ViT encoder over a (possibly masked) patch sequence.
 
@@ -161,6 +212,9 @@ class ViTEncoder(nn.Module):
   mask token and encode all of them (SimMIM). Position embeddings are added before tokens
   are selected, and the cls token (with zero position embedding) is prepended after, as
   in mae/models_mae.py `forward_encoder`.
+  `pos_embedding`: 'sincos' adds fixed 2-D sin-cos embeddings to the patch tokens;
+  'shared_rel_bias' adds none and instead biases every block's attention logits with one
+  learned `RelativePositionBias` (the published SimMIM ViT-B, USE_SHARED_RPB).
   Returns [B, 1 + K, D] (cls first) after the final LayerNorm.
   """
   image_size: int = 224
@@ -172,6 +226,7 @@ class ViTEncoder(nn.Module):
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = None
   use_mask_token: bool = False
+  pos_embedding: str = "sincos"
   remat: bool = False
   dtype: Dtype = jnp.float32
 
@@ -189,7 +244,14 @@ class ViTEncoder(nn.Module):
     self.cls_token = self.param("cls_token", token_init, (1, 1, self.width))
     if self.use_mask_token:
       self.mask_token = self.param("mask_token", token_init, (1, 1, self.width))
-    self.pos_embed = sincos_2d(self.width, self.grid_hw)  # [N, D], fixed
+    if self.pos_embedding not in POS_EMBEDDINGS:
+      raise ValueError(f"Unknown pos_embedding={self.pos_embedding!r}; choose one of "
+                       f"{POS_EMBEDDINGS}.")
+    if self.pos_embedding == "sincos":
+      self.pos_embed = sincos_2d(self.width, self.grid_hw)  # [N, D], fixed
+    else:
+      self.rel_pos_bias = RelativePositionBias(self.grid_hw, self.num_heads,
+                                               name="rel_pos_bias")
     self.blocks = block_stack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
                               self.remat, self.drop_path_rate, self.layer_scale_init)
     self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")
@@ -200,16 +262,32 @@ class ViTEncoder(nn.Module):
     if token_mask is not None:
       w = token_mask[..., None].astype(x.dtype)  # [B, N, 1]
       x = x * (1.0 - w) + self.mask_token.astype(x.dtype) * w
-    return x + self.pos_embed.astype(x.dtype)
+    if self.pos_embedding == "sincos":
+      x = x + self.pos_embed.astype(x.dtype)
+    return x
 
   def prepend_cls(self, x):
     cls = jnp.broadcast_to(self.cls_token.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     return jnp.concatenate([cls, x], axis=1)  # [B, 1 + K, D]
 
-  def transform(self, x, deterministic: bool = True):
-    """Blocks then final LayerNorm over an already embedded token sequence."""
+  def attention_bias(self, visible_idx=None):
+    """Relative position bias [1, H, 1 + N, 1 + N], or [B, H, 1 + K, 1 + K] for the cls
+    token and the patches at `visible_idx` [B, K]; None with sin-cos embeddings."""
+    if self.pos_embedding != "shared_rel_bias":
+      return None
+    bias = self.rel_pos_bias()  # [H, 1 + N, 1 + N]
+    if visible_idx is None:
+      return bias[None]
+    seq = jnp.concatenate([jnp.zeros_like(visible_idx[:, :1]), visible_idx + 1], axis=1)
+    bias = bias[:, seq[:, :, None], seq[:, None, :]]  # [H, B, 1 + K, 1 + K]
+    return bias.transpose(1, 0, 2, 3)  # [B, H, 1 + K, 1 + K]
+
+  def transform(self, x, deterministic: bool = True, visible_idx=None):
+    """Blocks then final LayerNorm over an already embedded token sequence (cls first;
+    `visible_idx` [B, K] names the patches when not all N are present)."""
+    bias = self.attention_bias(visible_idx)
     for blk in self.blocks:
-      x = blk(x, deterministic)
+      x = blk(x, deterministic, bias)
     return self.norm(x)
 
   def __call__(self, images, visible_idx=None, token_mask=None, deterministic: bool = True):
@@ -218,4 +296,4 @@ class ViTEncoder(nn.Module):
     x = self.embed(images, token_mask)  # [B, N, D]
     if visible_idx is not None:
       x = jnp.take_along_axis(x, visible_idx[..., None], axis=1)  # [B, K, D]
-    return self.transform(self.prepend_cls(x), deterministic)  # [B, 1 + K, D]
+    return self.transform(self.prepend_cls(x), deterministic, visible_idx)  # [B, 1 + K, D]
