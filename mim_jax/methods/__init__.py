@@ -2,10 +2,12 @@
 from mim_jax.methods.base import Method
 from mim_jax.methods.latent_mim import LatentMIM
 from mim_jax.methods.mae import MAE
+from mim_jax.methods.multiview_mae import MultiViewMAE
 from mim_jax.methods.pcae import PCAE
 from mim_jax.methods.simmim import SimMIM
 
-METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE, "simmim": SimMIM}
+METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE, "multiview_mae": MultiViewMAE,
+           "simmim": SimMIM}
 
 
 def create(config) -> Method:
