@@ -1,12 +1,14 @@
 """Multi-View MAE: NT-Xent over the global batch, cross-view targets, loss, sharding,
 learning on CIFAR."""
+import runpy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import scalar_series, tiny_mae_config
+from conftest import REPO, scalar_series, tiny_mae_config
 from mim_jax import data, methods, optim, sharding, train
 from mim_jax.methods import multiview_mae as mv
 from mim_jax.models import vit
@@ -234,6 +236,21 @@ def test_ablation_switches():
       mv.MultiViewMAE(tiny_multiview_config(**{field: value}))
 
 
+def test_configs_hold_the_paper_defaults():
+  config = runpy.run_path(str(REPO / "configs" / "multiview_mae_vit_base.py"))["get_config"]()
+  m = config.method
+  assert (m.name, m.mask_ratio, m.contrastive_weight, m.contrastive, m.two_targets) == (
+      "multiview_mae", 0.8, 2.0, True, True)
+  assert (config.model.width, config.model.decoder_depth, config.data.image_size) == (
+      768, 8, 224)
+  train.validate_config(config, 8, 1)
+  assert isinstance(methods.create(config), mv.MultiViewMAE)
+  small = runpy.run_path(str(REPO / "configs" / "multiview_mae_cifar.py"))["get_config"]()
+  train.validate_config(small, 8, 1)
+  assert small.method.mask_ratio == 0.8 and (REPO / small.data.path).resolve() == (
+      REPO.parent / "shared" / "data" / "cifar10_small.npz")
+
+
 # --- training ----------------------------------------------------------------------------
 
 def run_steps(config, devices, batch, state, num_steps=2):
@@ -257,6 +274,7 @@ def test_sharded_steps_equal_single_device_steps():
   """The whole step, NT-Xent negatives included, is the same with the batch and the
   parameters split over 8 devices (FSDP) as on one device."""
   config = tiny_multiview_config()
+  config.model.depth = 1
   config.sharding.mode = "fsdp"
   config.optimizer.eps = 1e-4  # keeps float noise on zero gradients out (test_sharding.py)
   batch = random_batch(config, b=16)
