@@ -6,7 +6,8 @@ Config fields (`config.optimizer`):
     the effective batch of one optimizer step (`config.batch_size`).
   schedule: 'cosine' (warmup, then half-cosine to `min_lr`) or 'multistep' (warmup, then
     × `decay_rate` at each milestone: `decay_steps`, or `decay_epochs` when empty; SimMIM).
-  min_lr: the absolute lr the cosine decays to.
+  min_lr, min_lr_ratio: the cosine decays to max(min_lr, min_lr_ratio·peak lr)
+    (Latent MIM: ratio 0.25).
   b1, b2, eps, weight_decay: AdamW.
   no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay.
   grad_clip: global-norm clipping threshold (0 disables).
@@ -76,8 +77,9 @@ def lr_schedule_from_config(config, peak_lr: float, total_steps: int, warmup_ste
   opt = config.optimizer
   milestones = opt.decay_steps or [steps_from_epochs(-1, e, steps_per_epoch)
                                    for e in opt.decay_epochs]
-  return lr_schedule(peak_lr, total_steps, warmup_steps, opt.min_lr, opt.schedule,
-                     milestones, opt.decay_rate)
+  min_lr = max(opt.min_lr, opt.get("min_lr_ratio", 0.0) * peak_lr)
+  return lr_schedule(peak_lr, total_steps, warmup_steps, min_lr, opt.schedule, milestones,
+                     opt.decay_rate)
 
 
 def cosine_momentum(step, total_steps: int, base: float, final: float = 1.0) -> jax.Array:

@@ -17,12 +17,22 @@ from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from mim_jax import masking, optim
 from mim_jax.methods.base import Method
 from mim_jax.methods.latent_mim import l2_normalize, mean_pairwise_cosine
 from mim_jax.methods.mae import build_encoder, norm_pix_target
 from mim_jax.models.query_decoder import QueryDecoder
+
+
+def method_config(**overrides) -> ml_collections.ConfigDict:
+  """`config.method` of the PCAE ViT-B recipe (fields: see `PCAE`)."""
+  config = ml_collections.ConfigDict(dict(
+      name="pcae", mask_ratio=0.75, drop_layers=(0, 4, 8), keep_ratio=0.5,
+      random_drop=False, target_momentum=0.9999))
+  config.update(overrides)
+  return config
 
 
 def similarity_to_mean(x: jax.Array) -> jax.Array:
@@ -58,6 +68,15 @@ def compressed_forward(module, images, hidden_idx, drop_noise=None, *,
       x, kept = keep_lowest(x, positions[-1], scores, int(n * keep_ratio))  # [B, n_s, D]
       positions.append(kept)
   return module.norm(x), positions
+
+
+def pcae_loss(pred: jax.Array, features: jax.Array) -> jax.Array:
+  """1 − cos(prediction, target) averaged over the kept tokens, the target being the
+  teacher features standardised per token with the unbiased variance (caddyless/PCAE
+  `engine_pretrain.py`). pred, features: [B, M', D]."""
+  target = norm_pix_target(features.astype(jnp.float32))
+  cos = jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target), axis=-1)
+  return 1.0 - jnp.mean(cos)
 
 
 class PCAE(Method):
@@ -126,15 +145,13 @@ class PCAE(Method):
     visible_idx, hidden_idx, _ = masking.mask_to_indices(masks["mask"], self.num_visible)
     features, kept = self.teacher(jax.lax.stop_gradient(target_params), images, hidden_idx,
                                   masks.get("drop_noise"))  # [B, M', D]
-    target = norm_pix_target(features.astype(jnp.float32))  # per token, unbiased var
     deterministic = rng is None
     latents = self.encoder.apply({"params": params["encoder"]}, images, visible_idx,
                                  deterministic=deterministic,
                                  rngs=None if deterministic else {"dropout": rng})
     pred = self.decoder.apply({"params": params["decoder"]}, latents, visible_idx,
                               kept[-1])  # [B, M', D]
-    cos = jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target), axis=-1)
-    loss = 1.0 - jnp.mean(cos)
+    loss = pcae_loss(pred, features)
     return loss, {"pcae_loss": loss,
                   "sim_target": mean_pairwise_cosine(features),
                   "sim_pred": mean_pairwise_cosine(jax.lax.stop_gradient(pred))}
