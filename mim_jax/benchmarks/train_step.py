@@ -8,6 +8,7 @@ step), images/s, XLA's FLOP count of one step per image and, with --peak_tflops,
 model FLOPs utilisation. Random images; no input pipeline.
 """
 import time
+from typing import Any, Dict
 
 import jax
 import numpy as np
@@ -23,9 +24,10 @@ flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all devices together, fo
 flags.mark_flags_as_required(["config"])
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
+def measure_train_step(config, steps: int) -> Dict[str, Any]:
+  """Compile and time the train step of `config` on random images: compile_s, step_s
+  (median of `steps` timed steps after one warm-up step), times, flops (XLA's count for
+  one step) and the last loss."""
   train.validate_config(config, jax.device_count(), jax.process_count())
   mesh = sharding.create_mesh(config)
   method = methods.create(config)
@@ -50,22 +52,31 @@ def main(argv):
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   times = []
-  for _ in range(FLAGS.steps):
+  for _ in range(steps):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  step_s = float(np.median(times))
+  return dict(compile_s=compile_s, step_s=float(np.median(times)), times=times, flops=flops,
+              final_loss=float(metrics["loss"]))
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  result = measure_train_step(config, FLAGS.steps)
+  step_s, times, flops = result["step_s"], result["times"], result["flops"]
+  size = config.data.image_size
   print(f"method={config.method.name} width={config.model.width} depth={config.model.depth} "
         f"patch={config.model.patch_size} image={size} batch={config.batch_size} "
         f"dtype={config.model.dtype} devices={jax.device_count()} ({jax.devices()[0].platform})")
-  print(f"compile_s={compile_s:.1f}")
+  print(f"compile_s={result['compile_s']:.1f}")
   print(f"step_s_median={step_s:.4f} (min {min(times):.4f}, max {max(times):.4f})")
   print(f"images_per_s={config.batch_size / step_s:.2f}")
   print(f"step_gflops_per_image={flops / config.batch_size / 1e9:.2f}")
   if FLAGS.peak_tflops > 0:
     print(f"mfu={flops / step_s / (FLAGS.peak_tflops * 1e12):.3f}")
-  print(f"final_loss={float(metrics['loss']):.4f}")
+  print(f"final_loss={result['final_loss']:.4f}")
 
 
 if __name__ == "__main__":
