@@ -1,6 +1,5 @@
-"""SimMIM: grid masks, the L1 loss on hidden pixels, the mask-token encoder with a linear
+"""SimMIM: the L1 loss on hidden pixels, the mask-token encoder with a linear
 head, the published recipe, sharded steps and learning on CIFAR."""
-import math
 import runpy
 
 import jax
@@ -21,34 +20,6 @@ def tiny_simmim_config(**overrides):
   config.method = simmim.method_config(mask_patch_size=8)
   config.model.update(layer_scale_init=0.1, pos_embedding="shared_rel_bias")
   return config
-
-
-@pytest.mark.parametrize("image,cell,patch,ratio,cells_hidden", [
-    (224, 32, 16, 0.6, 30), (192, 32, 4, 0.6, 22), (32, 8, 4, 0.6, 10), (32, 16, 4, 0.5, 2)])
-def test_grid_masks_hide_whole_cells_in_exact_numbers(image, cell, patch, ratio,
-                                                      cells_hidden):
-  side, scale = image // cell, cell // patch
-  assert cells_hidden == math.ceil(side * side * ratio)
-  mask = np.asarray(masking.simmim_masking(jax.random.PRNGKey(0), 300, image, cell, patch,
-                                           ratio))
-  assert mask.shape == (300, (image // patch) ** 2)
-  np.testing.assert_array_equal(mask.sum(axis=1), cells_hidden * scale * scale)
-  # each cell is a scale×scale square of patches that are all hidden or all visible
-  grid = mask.reshape(300, side, scale, side, scale)
-  cell_values = grid[:, :, :1, :, :1]
-  np.testing.assert_array_equal(grid, np.broadcast_to(cell_values, grid.shape))
-  np.testing.assert_array_equal(cell_values.sum(axis=(1, 2, 3, 4)), cells_hidden)
-
-
-def test_grid_masks_are_uniform_per_sample_and_a_pure_function_of_the_key():
-  mask = np.asarray(masking.simmim_masking(jax.random.PRNGKey(1), 4000, 32, 8, 4, 0.6))
-  cells = mask.reshape(4000, 4, 2, 4, 2)[:, :, 0, :, 0].reshape(4000, 16)
-  np.testing.assert_allclose(cells.mean(axis=0), 10 / 16, atol=0.03)
-  again = masking.simmim_masking(jax.random.PRNGKey(1), 4000, 32, 8, 4, 0.6)
-  np.testing.assert_array_equal(mask, again)
-  assert len({tuple(row) for row in mask[:50]}) > 40
-  with pytest.raises(ValueError, match="mask_patch_size"):
-    masking.simmim_masking(jax.random.PRNGKey(1), 2, 32, 12, 4, 0.6)
 
 
 def numpy_simmim_loss(images, recon, mask, p):

@@ -1,5 +1,6 @@
 """Pretraining methods by name (`config.method.name`)."""
 from mim_jax.methods.base import Method
+from mim_jax.methods.cae import CAE
 from mim_jax.methods.latent_mim import LatentMIM
 from mim_jax.methods.mae import MAE
 from mim_jax.methods.multiview_mae import MultiViewMAE
@@ -7,7 +8,7 @@ from mim_jax.methods.pcae import PCAE
 from mim_jax.methods.simmim import SimMIM
 
 METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE, "multiview_mae": MultiViewMAE,
-           "simmim": SimMIM}
+           "simmim": SimMIM, "cae": CAE}
 
 
 def create(config) -> Method:
