@@ -2,7 +2,8 @@
 
 Layout follows facebookresearch/mae (`models_mae.py`, `util/pos_embed.py`) and timm's
 `VisionTransformer`: pre-LN blocks, fused qkv projection with bias, exact GELU,
-LayerNorm eps 1e-6, fixed 2-D sin-cos position embeddings, cls token, final LayerNorm.
+LayerNorm eps 1e-6, fixed 2-D sin-cos position embeddings (or BEiT's shared relative
+position bias, as SimMIM's ViT-B), optional LayerScale, cls token, final LayerNorm.
 Parameters are float32; `dtype` is the compute dtype.
 """
 from typing import Any, Callable, Optional, Sequence
