@@ -246,3 +246,9 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "run"))
   skipped = scalar_series(str(tmp_path / "run"), "skipped_images")
   assert skipped[-1] >= bad and skipped == sorted(skipped)
+
+
+def test_unknown_model_size_is_named():
+  from mim_jax import defaults
+  with pytest.raises(ValueError, match=r"Unknown ViT size 'gigantic'.*base"):
+    defaults.vit_model_config("gigantic")
