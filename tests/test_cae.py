@@ -19,12 +19,12 @@ from test_sharding import images_for, run_steps
 
 def tiny_cae_config(**overrides):
   """16 px images, patch 4: 8 of 16 patches hidden in blocks of >= 4; encoder 32 wide,
-  regressor (2 blocks) and decoder (1 block) 16 wide, so latents pass the projection."""
+  regressor and decoder (1 block each) 16 wide, so latents pass the projection."""
   config = tiny_mae_config(**overrides)
   config.method = cae.method_config(min_block_patches=4)
   config.model = cae.model_config("tiny", patch_size=4)
   config.model.update(width=32, depth=2, num_heads=4, drop_path_rate=0.0, decoder_width=16,
-                      decoder_num_heads=2, regressor_depth=2, decoder_depth=1)
+                      decoder_num_heads=2, regressor_depth=1, decoder_depth=1)
   return config
 
 

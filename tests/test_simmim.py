@@ -54,16 +54,16 @@ def test_encoder_sees_mask_tokens_and_the_head_is_linear_per_token():
   rng = np.random.default_rng(1)
   images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
   mask = masking.simmim_masking(jax.random.PRNGKey(2), 2, 16, 8, 4, 0.6)
-  params = method.init(jax.random.PRNGKey(0), {"image": images})
-  recon = np.asarray(method.reconstruct(params, images, mask))
+  params = jax.jit(method.init)(jax.random.PRNGKey(0), {"image": images})
+  reconstruct = jax.jit(method.reconstruct)
+  recon = np.asarray(reconstruct(params, images, mask))
   # replacing the hidden pixels changes nothing: the encoder never sees them
   hidden_px = np.asarray(simmim.pixel_mask(mask, 4, (4, 4)))
   noisy = np.asarray(images) * (1 - hidden_px) + 5.0 * hidden_px
-  np.testing.assert_allclose(method.reconstruct(params, jnp.asarray(noisy), mask), recon,
-                             atol=1e-5)
+  np.testing.assert_allclose(reconstruct(params, jnp.asarray(noisy), mask), recon, atol=1e-5)
   # each predicted p×p×3 patch is kernel·latent + bias of that patch's token
-  latents = np.asarray(method.encoder.apply({"params": params["encoder"]}, images,
-                                            token_mask=mask))[:, 1:]  # [2, 16, 32]
+  latents = np.asarray(jax.jit(method.encoder.apply)(
+      {"params": params["encoder"]}, images, token_mask=mask))[:, 1:]  # [2, 16, 32]
   kernel, bias = (np.asarray(params["decoder"][k]) for k in ("kernel", "bias"))
   assert kernel.shape == (32, 4 * 4 * 3)
   for b, token in [(0, 0), (0, 6), (1, 15)]:
@@ -71,7 +71,8 @@ def test_encoder_sees_mask_tokens_and_the_head_is_linear_per_token():
     patch = (latents[b, token] @ kernel + bias).reshape(4, 4, 3)
     np.testing.assert_allclose(recon[b, 4 * row:4 * row + 4, 4 * col:4 * col + 4], patch,
                                atol=1e-5)
-  loss, metrics = method.loss(params, None, {"image": images}, {"mask": mask}, None, 0)
+  loss, metrics = jax.jit(method.loss)(params, None, {"image": images}, {"mask": mask}, None,
+                                       0)
   assert float(loss) == pytest.approx(
       numpy_simmim_loss(np.asarray(images), recon, np.asarray(mask), 4), rel=1e-5)
   assert float(metrics["simmim_loss"]) == float(loss)
