@@ -10,7 +10,6 @@ import pytest
 from conftest import REPO, scalar_series, tiny_mae_config
 from mim_jax import masking, methods, optim, train
 from mim_jax.methods import simmim
-from mim_jax.models import vit
 from test_sharding import images_for, run_steps
 
 
