@@ -56,6 +56,16 @@ def wait_for_step(proc, step, timeout=240):
   raise AssertionError("main.py never reached step %d:\n%s" % (step, "".join(lines[-30:])))
 
 
+def wait_for_a_finished_checkpoint(workdir, timeout=120):
+  """Async saves lag the logged step on a loaded machine; kill only once one has landed."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(os.path.join(workdir, "checkpoints")) and checkpoint_steps(workdir):
+      return
+    time.sleep(0.05)
+  raise AssertionError("no checkpoint finished in %s within %d s" % (workdir, timeout))
+
+
 def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
   overrides = dict(TINY, num_train_steps=400, checkpoint_every_steps=1000)
   proc = start_main(tmp_path, overrides)
@@ -80,6 +90,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
   kill_at = random.Random().randint(3, 20)
   proc = start_main(tmp_path / "killed", overrides)
   wait_for_step(proc, kill_at)
+  wait_for_a_finished_checkpoint(tmp_path / "killed")
   proc.kill()
   proc.wait()
   assert checkpoint_steps(tmp_path / "killed")[-1] < 60
