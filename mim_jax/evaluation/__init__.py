@@ -1,0 +1,1 @@
+"""Evaluation of pretrained encoders: k-NN, linear probe, attentive probe, fine-tuning."""
