@@ -77,6 +77,14 @@ class Mlp(nn.Module):
     return dense(d, "fc2")(x)
 
 
+def attention_weights(q, k, bias=None):
+  """softmax(q·kᵀ/√Dh + bias) [B, H, N, M] from q [B, N, H, Dh], k [B, M, H, Dh]."""
+  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(q.shape[-1]).astype(q.dtype)
+  if bias is not None:
+    logits = logits + bias
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+
+
 class Attention(nn.Module):
   """Multi-head attention with queries from `x` [B, N, D].
 
@@ -85,6 +93,9 @@ class Attention(nn.Module):
   and values from `values` through separate 'q', 'k', 'v' projections (CAE's regressor,
   Atten4Vis/CAE models/modeling_cae_helper.py `CrossAttention`). `bias`, broadcastable
   to [B, H, N, M], is added to the attention logits (relative position bias).
+  When the 'intermediates' collection is mutable (`apply(..., mutable=['intermediates'])`)
+  the weights are computed explicitly and sown as 'attention_weights' [B, H, N, M];
+  otherwise the fused `jax.nn.dot_product_attention` runs and nothing is sown.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -109,7 +120,12 @@ class Attention(nn.Module):
       k, v = heads(dense(d, "k")(context)), heads(dense(d, "v")(values))  # [B, M, H, Dh]
     if bias is not None:
       bias = bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, N, H, Dh]
+    if self.is_mutable_collection("intermediates"):
+      weights = attention_weights(q, k, bias)  # [B, H, N, M]
+      self.sow("intermediates", "attention_weights", weights)
+      out = jnp.einsum("bhnm,bmhd->bnhd", weights, v)  # [B, N, H, Dh]
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, N, H, Dh]
     return dense(d, "proj")(out.reshape(b, n, d))
 
 
@@ -216,7 +232,8 @@ class ViTEncoder(nn.Module):
   `pos_embedding`: 'sincos' adds fixed 2-D sin-cos embeddings to the patch tokens;
   'shared_rel_bias' adds none and instead biases every block's attention logits with one
   learned `RelativePositionBias` (the published SimMIM ViT-B, USE_SHARED_RPB).
-  Returns [B, 1 + K, D] (cls first) after the final LayerNorm.
+  Returns [B, 1 + K, D] (cls first) after the final LayerNorm, or, with `block=k`, the
+  output of the k-th block (1-based) without the final LayerNorm.
   """
   image_size: int = 224
   patch_size: int = 16
@@ -283,18 +300,31 @@ class ViTEncoder(nn.Module):
     bias = bias[:, seq[:, :, None], seq[:, None, :]]  # [H, B, 1 + K, 1 + K]
     return bias.transpose(1, 0, 2, 3)  # [B, H, 1 + K, 1 + K]
 
-  def transform(self, x, deterministic: bool = True, visible_idx=None):
-    """Blocks then final LayerNorm over an already embedded token sequence (cls first;
-    `visible_idx` [B, K] names the patches when not all N are present)."""
-    bias = self.attention_bias(visible_idx)
-    for blk in self.blocks:
-      x = blk(x, deterministic, bias)
-    return self.norm(x)
+  def check_block(self, block: Optional[int]):
+    """Raises unless `block` is None or a 1-based block index in [1, depth]."""
+    if block is not None and not 1 <= block <= self.depth:
+      raise ValueError(f"block={block} must be None (last block + final norm) or in "
+                       f"[1, {self.depth}] for a depth-{self.depth} encoder.")
 
-  def __call__(self, images, visible_idx=None, token_mask=None, deterministic: bool = True):
+  def transform(self, x, deterministic: bool = True, visible_idx=None,
+                block: Optional[int] = None):
+    """Blocks then final LayerNorm over an already embedded token sequence (cls first;
+    `visible_idx` [B, K] names the patches when not all N are present).
+
+    `block` k (1-based) returns the output of block k instead, without the final norm
+    (intermediate-layer probing, as in the MAE/CAE layer-wise analyses)."""
+    self.check_block(block)
+    bias = self.attention_bias(visible_idx)
+    for blk in self.blocks[:block]:
+      x = blk(x, deterministic, bias)
+    return self.norm(x) if block is None else x
+
+  def __call__(self, images, visible_idx=None, token_mask=None, deterministic: bool = True,
+               block: Optional[int] = None):
     if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
       raise ValueError(f"ViTEncoder built for {self.image_size}px images got {images.shape}")
     x = self.embed(images, token_mask)  # [B, N, D]
     if visible_idx is not None:
       x = jnp.take_along_axis(x, visible_idx[..., None], axis=1)  # [B, K, D]
-    return self.transform(self.prepend_cls(x), deterministic, visible_idx)  # [B, 1 + K, D]
+    return self.transform(self.prepend_cls(x), deterministic, visible_idx,
+                          block)  # [B, 1 + K, D]
