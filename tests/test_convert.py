@@ -217,7 +217,7 @@ def test_encoder_only_state_dict(caplog):
   extra = {**full, "head.weight": np.zeros((10, WIDTH), np.float32),
            "head.bias": np.zeros((10,), np.float32),
            "fc_norm.weight": np.ones((WIDTH,), np.float32)}
-  with caplog.at_level(logging.INFO, logger="mim_jax.convert.mae"):
+  with caplog.at_level(logging.INFO, logger="mim_jax.convert"):
     mae_encoder_from_torch(extra)
     mae_from_torch(extra)
   assert "head.weight" in caplog.text and "decoder_embed.weight" in caplog.text
