@@ -1,14 +1,25 @@
-"""Train-step throughput of any pretraining config on the local devices.
+"""Train-step throughput of the pretraining configs on the local devices.
 
-python -m mim_jax.benchmarks.train_step --config=configs/mae_vit_base.py \
-    --config.batch_size=8 [--steps=10] [--peak_tflops=...]
+python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] [--batch_size=8] \
+    [--steps=10] [--peak_tflops=...] [--dtype=float32|bfloat16] [--remat=none|full|...] \
+    [--scan_layers] [--attention_impl=xla|cudnn]
+python -m mim_jax.benchmarks.train_step --config=configs/mae_vit_base.py [--config.x=...]
 
-Prints compile time, median step time over `--steps` timed steps (after one warm-up
-step), images/s, XLA's FLOP count of one step per image and, with --peak_tflops, the
-model FLOPs utilisation. Random images; no input pipeline.
+For each method's ViT-B/16 config (configs/<method>_vit_base.py, at its own image size:
+224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
+time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
+FLOPs per image and, with --peak_tflops (of all local devices together), the MFU.
+
+FLOPs: `model` is 3 × XLA's cost-analysis count of the forward loss (the forward pass
+plus a backward pass of twice its cost, the PaLM definition of model FLOPs: no
+rematerialisation, no optimizer); `step` is XLA's count of the whole compiled train step
+(backward as compiled, recomputation under remat, AdamW). MFU = model FLOPs · images/s /
+peak. Random images, no input pipeline (see input_pipeline.py).
 """
+import importlib.util
+import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import jax
 import numpy as np
@@ -18,65 +29,160 @@ from ml_collections import config_flags
 from mim_jax import methods, optim, sharding, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
+                                "--methods).")
+flags.DEFINE_list("methods", ["mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae"],
+                  "Methods whose configs/<method>_vit_base.py to time.")
+flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods configs.")
 flags.DEFINE_integer("steps", 10, "Timed steps.")
-flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all devices together, for MFU.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all local devices together, for "
+                   "MFU (e.g. 989 for one H100 SXM in bf16).")
+flags.DEFINE_string("dtype", None, "Overrides config.model.dtype (float32 | bfloat16).")
+flags.DEFINE_string("remat", None, "Overrides config.model.remat (a policy name).")
+flags.DEFINE_bool("scan_layers", None, "Overrides config.model.scan_layers.")
+flags.DEFINE_string("attention_impl", None, "Overrides config.model.attention_impl.")
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+
+
+def load_config(path: str):
+  """get_config() of a config file, with its default argument."""
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def random_images(config, method, batch_size: int) -> np.ndarray:
+  size = config.data.image_size
+  views = (method.num_views,) if method.num_views > 1 else ()
+  return np.random.default_rng(0).normal(size=(batch_size,) + views + (size, size, 3)).astype(
+      np.float32)
+
+
+class CompiledStep:
+  """The jitted train step of `config` on random images, compiled once; `run(n)` times n
+  steps. compile_s: lower + compile of the step; step_flops: XLA's count for one step;
+  forward_flops: XLA's count for the forward loss alone (with `count_model_flops`)."""
+
+  def __init__(self, config, count_model_flops: bool = True):
+    train.validate_config(config, jax.device_count(), jax.process_count())
+    self.config = config
+    mesh = sharding.create_mesh(config)
+    method = methods.create(config)
+    total_steps = 1000
+    lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
+    tx = optim.create_optimizer(config, lr_fn)
+    images = random_images(config, method, config.batch_size)
+    self.state, shardings = train.create_train_state(method, tx, config, mesh,
+                                                     {"image": images[:1]})
+    step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
+    self.batch = sharding.global_batch({"image": images}, sharding.batch_sharding(mesh))
+    start = time.perf_counter()
+    self.compiled = step_fn.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.step_flops = _flops(self.compiled)
+    self.forward_flops = float("nan")
+    if count_model_flops:
+      self.forward_flops = self._forward_flops(method)
+    self.times: List[float] = []
+    self.loss = float("nan")
+    self.run(1, record=False)  # warm-up
+
+  def _forward_flops(self, method) -> float:
+    def forward_loss(params, target_params, batch, rng):
+      mask_rng, loss_rng = jax.random.split(rng)
+      masks = method.make_masks(mask_rng, batch)
+      return method.loss(params, target_params, batch, masks, loss_rng, 0)[0]
+
+    return _flops(jax.jit(forward_loss).lower(self.state.params, self.state.target_params,
+                                              self.batch, jax.random.PRNGKey(0)).compile())
+
+  def run(self, steps: int, record: bool = True) -> List[float]:
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    self.loss = float(metrics["loss"])
+    if record:
+      self.times += times
+    return times
+
+  def summary(self, peak_tflops: float = 0.0) -> Dict[str, Any]:
+    batch = self.config.batch_size
+    step_s = float(np.median(self.times))
+    model_flops = 3.0 * self.forward_flops / batch
+    out = dict(compile_s=self.compile_s, step_s=step_s, images_per_s=batch / step_s,
+               model_gflops_per_image=model_flops / 1e9,
+               step_gflops_per_image=self.step_flops / batch / 1e9, final_loss=self.loss)
+    if peak_tflops > 0:
+      out["mfu"] = model_flops * batch / step_s / (peak_tflops * 1e12)
+    return out
 
 
 def measure_train_step(config, steps: int) -> Dict[str, Any]:
   """Compile and time the train step of `config` on random images: compile_s, step_s
   (median of `steps` timed steps after one warm-up step), times, flops (XLA's count for
   one step) and the last loss."""
-  train.validate_config(config, jax.device_count(), jax.process_count())
-  mesh = sharding.create_mesh(config)
-  method = methods.create(config)
-  total_steps = 1000
-  lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
-  tx = optim.create_optimizer(config, lr_fn)
-  size = config.data.image_size
-  shape = (config.batch_size,) + ((method.num_views,) if method.num_views > 1 else ()) + (
-      size, size, 3)
-  images = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-  state, shardings = train.create_train_state(method, tx, config, mesh, {"image": images[:1]})
-  step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
-  batch = sharding.global_batch({"image": images}, sharding.batch_sharding(mesh))
+  step = CompiledStep(config, count_model_flops=False)
+  step.run(steps)
+  return dict(compile_s=step.compile_s, step_s=float(np.median(step.times)), times=step.times,
+              flops=step.step_flops, final_loss=step.loss)
 
-  start = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
-  state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return dict(compile_s=compile_s, step_s=float(np.median(times)), times=times, flops=flops,
-              final_loss=float(metrics["loss"]))
+def apply_overrides(config, batch_size=None) -> None:
+  """The command-line speed options and batch size onto `config`."""
+  if batch_size is not None:
+    config.batch_size = batch_size
+  for field in ("dtype", "remat", "scan_layers", "attention_impl"):
+    value = getattr(FLAGS, field)
+    if value is not None:
+      config.model[field] = value
+
+
+def describe(config) -> str:
+  m = config.model
+  return (f"method={config.method.name} width={m.width} depth={m.depth} patch={m.patch_size} "
+          f"image={config.data.image_size} batch={config.batch_size} dtype={m.dtype} "
+          f"remat={m.get('remat')} scan_layers={m.get('scan_layers')} "
+          f"attention_impl={m.get('attention_impl')} devices={jax.device_count()} "
+          f"({jax.devices()[0].platform})")
+
+
+def print_summary(config, result: Dict[str, Any]) -> None:
+  print(describe(config))
+  line = (f"  compile_s={result['compile_s']:.1f} step_s_median={result['step_s']:.4f} "
+          f"images_per_s={result['images_per_s']:.2f} "
+          f"model_gflops_per_image={result['model_gflops_per_image']:.2f} (3 x XLA forward) "
+          f"step_gflops_per_image={result['step_gflops_per_image']:.2f} (XLA step)")
+  if "mfu" in result:
+    line += f" mfu={result['mfu']:.3f}"
+  print(line + f" final_loss={result['final_loss']:.4f}", flush=True)
 
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  result = measure_train_step(config, FLAGS.steps)
-  step_s, times, flops = result["step_s"], result["times"], result["flops"]
-  size = config.data.image_size
-  print(f"method={config.method.name} width={config.model.width} depth={config.model.depth} "
-        f"patch={config.model.patch_size} image={size} batch={config.batch_size} "
-        f"dtype={config.model.dtype} devices={jax.device_count()} ({jax.devices()[0].platform})")
-  print(f"compile_s={result['compile_s']:.1f}")
-  print(f"step_s_median={step_s:.4f} (min {min(times):.4f}, max {max(times):.4f})")
-  print(f"images_per_s={config.batch_size / step_s:.2f}")
-  print(f"step_gflops_per_image={flops / config.batch_size / 1e9:.2f}")
-  if FLAGS.peak_tflops > 0:
-    print(f"mfu={flops / step_s / (FLAGS.peak_tflops * 1e12):.3f}")
-  print(f"final_loss={result['final_loss']:.4f}")
+  if FLAGS.config is not None:
+    configs = [FLAGS.config]
+    apply_overrides(FLAGS.config)
+  else:
+    configs = []
+    for name in FLAGS.methods:
+      config = load_config(os.path.join(CONFIG_DIR, f"{name}_vit_base.py"))
+      apply_overrides(config, FLAGS.batch_size)
+      configs.append(config)
+  for config in configs:
+    step = CompiledStep(config)
+    step.run(FLAGS.steps)
+    print_summary(config, step.summary(FLAGS.peak_tflops))
 
 
 if __name__ == "__main__":
