@@ -92,30 +92,48 @@ def np_linear(x, sd, name):
   return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
 
 
-def np_attention(x, sd, name, heads):
+def np_attention(x, sd, name, heads, rel_bias=None):
+  """timm Attention; BEiT's (q_bias, zero, v_bias) when the qkv has no bias; `rel_bias`
+  [H, N, N] added to the logits."""
   b, n, c = x.shape
-  qkv = np_linear(x, sd, f"{name}.qkv").reshape(b, n, 3, heads, c // heads)
+  qkv_bias = sd.get(f"{name}.qkv.bias")
+  if qkv_bias is None:
+    zero = np.zeros(c)
+    qkv_bias = (np.concatenate([sd[f"{name}.q_bias"], zero, sd[f"{name}.v_bias"]])
+                if f"{name}.q_bias" in sd else np.zeros(3 * c))
+  qkv = (x @ sd[f"{name}.qkv.weight"].T + qkv_bias).reshape(b, n, 3, heads, c // heads)
   q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, H, N, Dh]
   logits = q @ k.swapaxes(-1, -2) * (c // heads) ** -0.5
+  if rel_bias is not None:
+    logits = logits + rel_bias
   attn = np.exp(logits - logits.max(-1, keepdims=True))
   attn /= attn.sum(-1, keepdims=True)
   return np_linear((attn @ v).transpose(0, 2, 1, 3).reshape(b, n, c), sd, f"{name}.proj")
 
 
-def np_block(x, sd, name, heads):
-  x = x + np_attention(np_layer_norm(x, sd, f"{name}.norm1"), sd, f"{name}.attn", heads)
+def np_block(x, sd, name, heads, rel_bias=None):
+  """Pre-LN block with LayerScale as BEiT's gamma_1/gamma_2 or timm's ls1/ls2 when present."""
+  g1 = sd.get(f"{name}.gamma_1", sd.get(f"{name}.ls1.gamma", 1.0))
+  g2 = sd.get(f"{name}.gamma_2", sd.get(f"{name}.ls2.gamma", 1.0))
+  x = x + g1 * np_attention(np_layer_norm(x, sd, f"{name}.norm1"), sd, f"{name}.attn", heads,
+                            rel_bias)
   y = np_linear(np_layer_norm(x, sd, f"{name}.norm2"), sd, f"{name}.mlp.fc1")
   y = 0.5 * y * (1 + _erf(y / math.sqrt(2)))
-  return x + np_linear(y, sd, f"{name}.mlp.fc2")
+  return x + g2 * np_linear(y, sd, f"{name}.mlp.fc2")
+
+
+def np_patch_embed(sd, imgs_nchw, patch):
+  b, c, h, w = imgs_nchw.shape
+  x = imgs_nchw.reshape(b, c, h // patch, patch, w // patch, patch)
+  x = np.einsum("bchpwq,dcpq->bhwd", x, sd["patch_embed.proj.weight"])
+  return x.reshape(b, (h // patch) * (w // patch), -1) + sd["patch_embed.proj.bias"]
 
 
 def np_mae_forward(sd, imgs_nchw, ids_shuffle, keep):
   """`forward_encoder` + `forward_decoder` of mae/models_mae.py with a given shuffle."""
   sd = {k: v.astype(np.float64) for k, v in sd.items()}
-  b, c, h, w = imgs_nchw.shape
-  x = imgs_nchw.reshape(b, c, h // PATCH, PATCH, w // PATCH, PATCH)
-  x = np.einsum("bchpwq,dcpq->bhwd", x, sd["patch_embed.proj.weight"])
-  x = x.reshape(b, -1, WIDTH) + sd["patch_embed.proj.bias"] + sd["pos_embed"][:, 1:]
+  b = imgs_nchw.shape[0]
+  x = np_patch_embed(sd, imgs_nchw, PATCH) + sd["pos_embed"][:, 1:]
   ids_restore = np.argsort(ids_shuffle, axis=1)
   x = np.take_along_axis(x, ids_shuffle[:, :keep, None], axis=1)
   cls = np.broadcast_to(sd["cls_token"] + sd["pos_embed"][:, :1], (b, 1, WIDTH))

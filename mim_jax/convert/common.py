@@ -6,6 +6,7 @@ Flax's `scale`; the Conv2d patch embedding [D, C, p, p] is our Dense over patchi
 (p, p, C) vectors. Block variants by official code:
   qkv bias 'fused': attn.qkv.bias [3D] (timm, MAE);
            'qv':    attn.q_bias, attn.v_bias [D] with a zero key bias (BEiT, SimMIM, CAE);
+           'none':  no qkv bias (BEiT-style qkv_bias=False; our bias is then zero);
   LayerScale 'ls':    ls1.gamma, ls2.gamma (timm);
              'gamma': gamma_1, gamma_2 (BEiT, SimMIM, CAE); None: no LayerScale.
 """
@@ -269,10 +270,12 @@ def block(sd, prefix: str, qkv_bias: str = "fused", layer_scale: Optional[str] =
   if qkv_bias == "fused":
     qkv = linear(sd, f"{prefix}.attn.qkv")
   else:
-    q_bias = sd[f"{prefix}.attn.q_bias"]
-    qkv = {"kernel": f32(np.asarray(sd[f"{prefix}.attn.qkv.weight"]).T),
-           "bias": f32(np.concatenate([q_bias, np.zeros_like(q_bias),
-                                       sd[f"{prefix}.attn.v_bias"]]))}
+    kernel = f32(np.asarray(sd[f"{prefix}.attn.qkv.weight"]).T)  # [D, 3D]
+    d = kernel.shape[0]
+    bias = np.zeros(3 * d, np.float32)
+    if qkv_bias == "qv":
+      bias[:d], bias[2 * d:] = sd[f"{prefix}.attn.q_bias"], sd[f"{prefix}.attn.v_bias"]
+    qkv = {"kernel": kernel, "bias": bias}
   params = {"norm1": norm(sd, f"{prefix}.norm1"),
             "attn": {"qkv": qkv, "proj": linear(sd, f"{prefix}.attn.proj")},
             "norm2": norm(sd, f"{prefix}.norm2"),

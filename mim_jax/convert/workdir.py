@@ -1,0 +1,101 @@
+"""Converted parameters -> a pretraining workdir that `train.restore_state` and
+`mim_jax.evaluation.pretrained.load_encoder` read, like one our trainer wrote.
+
+`write_workdir` builds the method's train state from `config` (seeded init), puts the
+converted arrays in place of the initial ones (each must exist in the model with the
+same shape), recomputes the EMA targets from them and a fresh optimizer state, and saves
+it as checkpoint step 0 with `config.json`. Parameters the checkpoint does not provide
+(e.g. CAE's regressor and decoder, MAE's decoder for encoder-only checkpoints) keep their
+initial values; they are listed in the log.
+"""
+import functools
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mim_jax import checkpoint, defaults, methods, optim, train
+from mim_jax.methods import cae, simmim
+
+METHOD_CONFIGS = {"mae": lambda: defaults.base_config().method, "cae": cae.method_config,
+                  "simmim": simmim.method_config}
+
+
+def method_config(method: str, dims: Mapping[str, Any], image_size: int,
+                  decoder: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+  """The base config with `config.method` of `method` (its published defaults) and
+  `config.model` / `data.image_size` describing the converted encoder. `decoder`
+  (decoder_width, decoder_depth, decoder_num_heads) overrides the method's decoder size."""
+  if method not in METHOD_CONFIGS:
+    raise ValueError(f"Unknown method {method!r}; choose one of {sorted(METHOD_CONFIGS)}.")
+  config = defaults.base_config()
+  config.method = METHOD_CONFIGS[method]()
+  if method == "cae":
+    config.model = cae.model_config("base", patch_size=dims["patch_size"])
+    config.model.update(decoder_width=dims["width"], decoder_num_heads=dims["num_heads"])
+    config.optimizer.no_decay_patterns = cae.NO_DECAY_PATTERNS
+  config.model.update(patch_size=dims["patch_size"], width=dims["width"], depth=dims["depth"],
+                      num_heads=dims["num_heads"], mlp_ratio=float(dims["mlp_ratio"]),
+                      layer_scale_init=dims.get("layer_scale_init"),
+                      pos_embedding=dims.get("pos_embedding", "sincos"))
+  if decoder:
+    config.model.update(**decoder)
+  config.data.image_size = image_size
+  return config
+
+
+def _overlay(initial, converted, path=""):
+  """`initial` with the leaves of `converted` put in (same shapes); logs the rest."""
+  if not isinstance(converted, Mapping):
+    want, got = tuple(np.shape(initial)), tuple(np.shape(converted))
+    if want != got:
+      raise ValueError(f"Converted parameter {path} has shape {got}; the model built from the "
+                       f"config expects {want}.")
+    return jnp.asarray(converted, jnp.asarray(initial).dtype)
+  if not isinstance(initial, Mapping):
+    raise ValueError(f"Converted parameter {path} is a tree; the model has an array there.")
+  unknown = sorted(set(converted) - set(initial))
+  if unknown:
+    raise ValueError(f"Converted parameters {[f'{path}/{k}'.lstrip('/') for k in unknown]} do "
+                     f"not exist in the model built from the config (it has "
+                     f"{sorted(initial)} under '{path or '/'}').")
+  out = {}
+  for k, v in initial.items():
+    name = f"{path}/{k}".lstrip("/")
+    if k in converted:
+      out[k] = _overlay(v, converted[k], name)
+    else:
+      logging.info("%s: not in the checkpoint, keeps its initial value.", name)
+      out[k] = v
+  return out
+
+
+def write_workdir(workdir: str, config: ml_collections.ConfigDict,
+                  params: Mapping[str, Any]) -> None:
+  """Save `params` (a sub-tree of the method's params, e.g. {'encoder': ...}) as step 0 of
+  a new pretraining workdir. Refuses a workdir that already has checkpoints."""
+  method = methods.create(config)
+  manager = checkpoint.create_manager(workdir, config)
+  if manager.all_steps():
+    manager.close()
+    raise FileExistsError(f"{manager.directory} already holds checkpoints "
+                          f"{manager.all_steps()}; choose a new --output directory.")
+  tx = optim.create_optimizer(config, lambda count: 0.0)
+  init_fn = functools.partial(train.init_state, method, tx)
+  state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed), train.sample_batch(config, method))
+  new_params = _overlay(state.params, params)
+  source = method.target_source(new_params)
+  state = state.replace(params=new_params,
+                        target_params={} if source is None else jax.tree.map(jnp.copy, source),
+                        opt_state=tx.init(new_params))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  data_state = {"next_element": [0], "skipped_images": [0],
+                "global_batch_size": config.batch_size}
+  checkpoint.save(manager, 0, state, data_state)
+  manager.wait_until_finished()
+  manager.close()
