@@ -81,6 +81,7 @@ def cae_state_dict(seed=0, layer_scale=True):
   sd["mask_token"] = rng.normal(size=(1, 1, WIDTH))
   sd["rd_pos_embed"] = cae_sincos(WIDTH, GRID)
   _add_linear(sd, rng, "regresser.regressor_blocks.0.cross_attn.proj", WIDTH, WIDTH)
+  _add_linear(sd, rng, "decoder.decoder_blocks.0.attn.proj", WIDTH, WIDTH)
   _add_linear(sd, rng, "decoder.head", 64, WIDTH)
   return {k: np.asarray(v, np.float32) for k, v in sd.items()}
 

@@ -43,6 +43,10 @@ def _official(args):
   elif args.format == "cae":
     dims = cae.cae_dims_from_torch(sd, args.num_heads)
     params = {"encoder": cae.cae_encoder_from_torch(sd, args.num_heads)}
+    # The regressor and decoder are initialised afresh, at the checkpoint's depths.
+    decoder = {k: common.depth_of(sd, prefix) for k, prefix in
+               (("regressor_depth", "regresser.regressor_blocks"),
+                ("decoder_depth", "decoder.decoder_blocks")) if common.depth_of(sd, prefix)}
     if dims["channels_permuted"]:
       logging.info("CAE sin-cos layout: encoder channels are stored half-swapped "
                    "(mim_jax/convert/cae.py); features are the official ones permuted.")

@@ -82,7 +82,7 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path) -> None:
   except ImportError as e:
     raise ImportError(f"Writing {path} with torch.save needs torch: `pip install torch`, or "
                       "name the output *.safetensors.") from e
-  torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, path)
 
 
 def _float32(x: np.ndarray) -> np.ndarray:
