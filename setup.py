@@ -29,5 +29,9 @@ setup(
     packages=find_packages(include=["mim_jax", "mim_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.0.3", "pytest-xdist==3.8.0"]},
+    extras_require={
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "nbclient==0.11.0",
+                 "nbformat==5.11.1", "ipykernel==7.4.0", "matplotlib==3.11.2"],
+        "notebook": ["matplotlib==3.11.2"],  # notebooks/inspect_checkpoint.ipynb
+    },
 )

@@ -6,10 +6,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import glob  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
+
+from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_small.npz"
@@ -43,28 +44,6 @@ def cifar_npz():
   if not CIFAR_NPZ.exists():
     pytest.skip(f"{CIFAR_NPZ} not present")
   return CIFAR_NPZ
-
-
-def event_files(workdir):
-  return glob.glob(os.path.join(str(workdir), "**", "events.out.tfevents.*"), recursive=True)
-
-
-def scalar_series(workdir, tag, with_steps=False):
-  """Values of a TensorBoard scalar in step order (as (step, value) with `with_steps`)."""
-  import tensorflow as tf
-  series = []
-  for path in event_files(workdir):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      series += [(event.step, float(tf.make_ndarray(v.tensor)))
-                 for v in event.summary.value if v.tag == tag]
-  series.sort()
-  return series if with_steps else [value for _, value in series]
-
-
-def event_tags(workdir):
-  import tensorflow as tf
-  return {v.tag for path in event_files(workdir)
-          for event in tf.compat.v1.train.summary_iterator(path) for v in event.summary.value}
 
 
 def checkpoint_steps(workdir):

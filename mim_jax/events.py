@@ -1,0 +1,73 @@
+"""Reading the TensorBoard event files that training writes under its workdir (CLU's
+`metric_writers`: scalars as rank-0 tensors under the 'scalars' plugin), with
+tensorboard's protos and without TensorFlow."""
+import glob
+import os
+import struct
+from typing import Dict, Iterator, List, Set, Tuple
+
+from tensorboard.compat.proto import event_pb2
+from tensorboard.util import tensor_util
+
+
+def event_files(workdir: str) -> List[str]:
+  """All `events.out.tfevents.*` files under `workdir`, in subdirectories too."""
+  return sorted(glob.glob(os.path.join(str(workdir), "**", "events.out.tfevents.*"),
+                          recursive=True))
+
+
+def records(path: str) -> Iterator[bytes]:
+  """The records of a TFRecord file: each is [length u64][crc u32][data][crc u32], little
+  endian (tensorflow/core/lib/io/record_writer.cc); CRCs are not checked, and a record
+  cut short (a file still being written) ends the iteration."""
+  with open(path, "rb") as f:
+    while True:
+      header = f.read(12)
+      if len(header) < 12:
+        return
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      if len(data) < length or len(f.read(4)) < 4:
+        return
+      yield data
+
+
+def _summary_values(workdir: str):
+  """(step, summary value) of every value in every event file of `workdir`."""
+  for path in event_files(workdir):
+    for record in records(path):
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        yield event.step, value
+
+
+def _is_scalar(value) -> bool:
+  return (value.metadata.plugin_data.plugin_name == "scalars" or
+          value.HasField("simple_value"))
+
+
+def _scalar(value) -> float:
+  if value.HasField("simple_value"):
+    return float(value.simple_value)
+  return float(tensor_util.make_ndarray(value.tensor))
+
+
+def scalars(workdir: str) -> Dict[str, List[Tuple[int, float]]]:
+  """Every scalar tag of `workdir` -> its (step, value) pairs in step order."""
+  series: Dict[str, List[Tuple[int, float]]] = {}
+  for step, value in _summary_values(workdir):
+    if _is_scalar(value):
+      series.setdefault(value.tag, []).append((step, _scalar(value)))
+  return {tag: sorted(points) for tag, points in sorted(series.items())}
+
+
+def scalar_series(workdir: str, tag: str, with_steps: bool = False) -> list:
+  """Values of the scalar `tag` in step order (as (step, value) with `with_steps`)."""
+  series = sorted((step, _scalar(value)) for step, value in _summary_values(workdir)
+                  if value.tag == tag and _is_scalar(value))
+  return series if with_steps else [value for _, value in series]
+
+
+def event_tags(workdir: str) -> Set[str]:
+  """Every tag written under `workdir` (scalars and images)."""
+  return {value.tag for _, value in _summary_values(workdir)}
