@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "importlib_resources==7.1.0",
     "numpy>=1.26",
+    "safetensors==0.8.0",
     "pillow",
 ]
 
