@@ -1,7 +1,5 @@
 """Our encoder <-> timm VisionTransformer state dicts, position-embedding resampling and
 the `python -m mim_jax.convert` command line on small files."""
-import logging
-
 import jax
 import numpy as np
 import pytest
@@ -15,18 +13,20 @@ from mim_jax.evaluation.pretrained import load_encoder
 from mim_jax.models.vit import ViTEncoder
 from test_convert import max_diff, np_block, np_layer_norm, np_patch_embed
 from test_convert_official import (CHANS, DEPTH, GRID, HEADS, IMAGE, N, PATCH, TOL, WIDTH,
-                                   cae_state_dict, inputs, simmim_state_dict, torch_vit_class)
+                                   cae_state_dict, inputs, np_cae_encoder, simmim_state_dict,
+                                   torch_vit_class)
 
 
 def our_encoder(layer_scale=0.1, seed=0):
+  """A ViTEncoder and random params of its (unscanned) layout; every entry random, so that
+  every mapped LayerScale, norm and bias matters."""
   encoder = ViTEncoder(image_size=IMAGE, patch_size=PATCH, width=WIDTH, depth=DEPTH,
                        num_heads=HEADS, layer_scale_init=layer_scale)
-  params = encoder.init(jax.random.PRNGKey(seed), np.zeros((1, IMAGE, IMAGE, CHANS)))["params"]
-  # Random LayerScale, norms and biases so that every mapped entry matters.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  leaves = [np.asarray(x + 0.2 * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)]
-  return encoder, jax.tree.unflatten(treedef, leaves)
+  shapes = jax.eval_shape(encoder.init, jax.random.PRNGKey(0),
+                          np.zeros((1, IMAGE, IMAGE, CHANS), np.float32))["params"]
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+  return encoder, params
 
 
 def np_timm_forward(sd, imgs_nchw):
@@ -155,7 +155,6 @@ def test_cli_official_cae_to_timm_and_back(tmp_path, capsys):
   assert (config.model.regressor_depth, config.model.decoder_depth) == (1, 1)
   assert tree_equal(jax.tree.map(np.asarray, params), cae_encoder_from_torch(cae_sd, HEADS))
   images, mask = inputs(hidden=0)
-  from test_convert_official import np_cae_encoder
   ref = np_cae_encoder(cae_sd, images.transpose(0, 3, 1, 2), mask)
   out = jax.jit(encoder.apply)({"params": params}, images)
   assert max_diff(np.asarray(out)[..., cae_channel_permutation(WIDTH)], ref) < TOL
@@ -179,7 +178,7 @@ def test_cli_official_cae_to_timm_and_back(tmp_path, capsys):
   assert load_torch_state_dict(resized)["pos_embed"].shape == (1, 37, WIDTH)
 
 
-def test_cli_official_simmim_keeps_the_head(tmp_path, capsys, caplog):
+def test_cli_official_simmim_keeps_the_head(tmp_path, capsys):
   sd = simmim_state_dict(seed=8)
   np.savez(tmp_path / "simmim.npz", **sd)
   run = str(tmp_path / "simmim_run")
