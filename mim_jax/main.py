@@ -6,6 +6,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mim_jax import train
+from mim_jax.evaluation import run as evaluation_run
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -25,7 +26,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(QuietOrbaxInfo())
   logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if "protocol" in FLAGS.config:  # an evaluation config (configs/eval/)
+    evaluation_run.evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

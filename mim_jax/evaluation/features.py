@@ -1,0 +1,95 @@
+"""Frozen-encoder features of a whole split, computed on the mesh like a training step.
+
+The probes and k-NN here work on features computed once from the un-augmented
+(eval-preprocessed) images of each split: cheap enough for a CPU, at the cost of the
+random-crop augmentation the official MAE linear probe (main_linprobe.py) applies.
+"""
+import functools
+from typing import Any, Iterable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mim_jax import sharding
+from mim_jax.models import vit
+
+POOLS = ("cls", "mean", "tokens")
+
+
+def check_pool(pool: str, allowed: Tuple[str, ...] = POOLS, field: str = "pool") -> None:
+  if pool not in allowed:
+    raise ValueError(f"Unknown {field}={pool!r}; choose one of {allowed}.")
+
+
+def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
+  """[B, 1 + L, D] encoder tokens (cls first) -> [B, D] cls token ('cls'), mean of the
+  patch tokens without cls ('mean', MAE's global_pool), or the tokens themselves."""
+  if pool == "cls":
+    return tokens[:, 0]
+  if pool == "mean":
+    return tokens[:, 1:].mean(axis=1)
+  return tokens
+
+
+def data_parallel_mesh() -> Mesh:
+  """All devices on the batch axes, parameters replicated."""
+  return sharding.create_mesh(ml_collections.ConfigDict(
+      {"sharding": {"mode": "data_parallel", "fsdp_size": 1}}))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_forward(encoder: vit.ViTEncoder, pool: str, block: Optional[int], mesh: Mesh):
+  """Jitted (params, images, labels, valid) -> the same three with images replaced by
+  float32 features, every output replicated so each process can read all of them."""
+
+  def forward(params, images, labels, valid):
+    tokens = encoder.apply({"params": params}, images, block=block)
+    return pool_tokens(tokens, pool).astype(jnp.float32), labels, valid
+
+  return jax.jit(forward, out_shardings=sharding.replicated(mesh))
+
+
+def extract_features(encoder: vit.ViTEncoder, params: Any, batches: Iterable[dict], *,
+                     pool: str = "cls", block: Optional[int] = None,
+                     mesh: Optional[Mesh] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """(features, labels) of every valid example in `batches`.
+
+  `batches` yields this process's dicts {'image' [b, H, W, C] normalised float32,
+  'label' [b], optional 'valid' [b] bool} (`mim_jax.data.create_eval_iterator`); rows
+  with valid=False (padding) are dropped. Each batch is assembled into one global array
+  sharded over `mesh`'s batch axes (default: all devices, data parallel) and encoded by
+  a jitted forward with replicated params; the outputs come back to every process, so
+  with several processes each returns the features of all of them (in global batch
+  order). `block` k takes the k-th block's output (1-based, no final norm) instead of
+  the final normed tokens. Returns features float32 [N, D] ('cls', 'mean') or
+  [N, 1 + L, D] ('tokens') and labels int32 [N].
+  """
+  check_pool(pool)
+  encoder.check_block(block)
+  mesh = data_parallel_mesh() if mesh is None else mesh
+  local_devices = mesh.devices.size // jax.process_count()
+  params = jax.device_put(params, sharding.replicated(mesh))
+  forward = _compiled_forward(encoder, pool, block, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  features, labels = [], []
+  for batch in batches:
+    size = len(batch["label"])
+    if size % local_devices:
+      raise ValueError(f"The evaluation batch has {size} examples per process, not divisible "
+                       f"by this process's {local_devices} devices: set the eval batch size "
+                       f"(config.eval_batch_size) to a multiple of {mesh.devices.size}.")
+    valid = batch.get("valid", np.ones(size, bool))
+    local = {"image": np.asarray(batch["image"], np.float32),
+             "label": np.asarray(batch["label"], np.int32), "valid": np.asarray(valid, bool)}
+    inputs = sharding.global_batch(local, batch_sharding)
+    out_features, out_labels, out_valid = forward(params, inputs["image"], inputs["label"],
+                                                  inputs["valid"])
+    keep = np.asarray(out_valid)
+    features.append(np.asarray(out_features)[keep])
+    labels.append(np.asarray(out_labels)[keep])
+  if not features:
+    raise ValueError("extract_features got no batches: is the split empty?")
+  return np.concatenate(features), np.concatenate(labels)

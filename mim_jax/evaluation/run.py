@@ -1,0 +1,222 @@
+"""Evaluate a pretraining run's encoder: `python -m mim_jax.main
+--config=configs/eval/<protocol>.py --config.pretrained=PRETRAIN_WORKDIR --workdir=EVAL_DIR`.
+
+Protocols (../shared/docs/METHODS.md "Evaluation protocols"): 'knn' (weighted k-NN,
+k=20, T=0.07, and 1-NN), 'linear_probe' (BN -> Linear, LARS) and 'attentive_probe'
+(CAE). Both splits are read through the data pipeline with eval preprocessing (resize,
+centre crop, normalise; no augmentation), encoded once on the mesh, and the protocol runs
+on those features. Writes `config.json`, TensorBoard scalars and `metrics.json` into the
+eval workdir.
+
+Config fields (`base_config` holds the defaults):
+  pretrained: workdir of the pretraining run (config.json + checkpoints/).
+  pretrained_step: checkpoint step to evaluate (None: the newest).
+  use_target: evaluate the EMA target encoder (Latent MIM) instead of the online one.
+  protocol: 'knn' | 'linear_probe' | 'attentive_probe'.
+  pool: 'cls' | 'mean' (mean of the patch tokens) for knn / linear_probe; 'tokens'
+    (every token, cls first) for attentive_probe.
+  block: take the output of this block (1-based, before the final norm; SimMIM probes
+    block 8 of 12) instead of the last block after the final norm. None: the last.
+  data: every field None means "as in the pretraining run" (source, path, splits,
+    image_size, normalisation, synthetic set...); set a field to evaluate elsewhere,
+    e.g. --config.data.source=npz --config.data.path=../shared/data/cifar10_small.npz.
+    Features come from data.train_split and data.eval_split.
+  num_classes: None: data.num_classes for the synthetic source, else 1 + the largest
+    label in either split.
+  eval_batch_size: global batch of the feature extraction (a multiple of the devices).
+  seed: probe initialisation and shuffling.
+  knn / linear_probe / attentive_probe: the protocol's hyper-parameters.
+
+TensorBoard: the final test metrics at step = the pretraining checkpoint's step; probe
+training curves ('probe/train_loss', 'probe/lr') at step = epoch.
+"""
+import json
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from mim_jax import data
+from mim_jax.data import default_data_config
+from mim_jax.evaluation import attentive_probe, features, finetune, knn, linear_probe, pretrained
+
+PROTOCOLS = ("knn", "linear_probe", "attentive_probe")
+PROTOCOL_POOLS = {"knn": ("cls", "mean"), "linear_probe": ("cls", "mean"),
+                  "attentive_probe": ("tokens",)}
+_placeholder = ml_collections.config_dict.placeholder
+
+
+def data_overrides() -> ml_collections.ConfigDict:
+  """Every `config.data` field as None (= take the pretraining run's value)."""
+  return ml_collections.ConfigDict({
+      name: _placeholder(tuple if isinstance(value, (tuple, list)) else
+                         str if name in ("path", "data_dir") else type(value))
+      for name, value in default_data_config().items()})
+
+
+def base_config(protocol: str) -> ml_collections.ConfigDict:
+  """Defaults of an evaluation config for `protocol` (see the module docstring)."""
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown protocol {protocol!r}; choose one of {PROTOCOLS}.")
+  config = ml_collections.ConfigDict()
+  config.pretrained = _placeholder(str)
+  config.pretrained_step = _placeholder(int)
+  config.use_target = False
+  config.protocol = protocol
+  config.pool = PROTOCOL_POOLS[protocol][0]
+  config.block = _placeholder(int)
+  config.data = data_overrides()
+  config.num_classes = _placeholder(int)
+  config.eval_batch_size = 256
+  config.seed = 0
+  if protocol == "knn":
+    config.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07, chunk_size=1024))
+  elif protocol == "linear_probe":
+    config.linear_probe = ml_collections.ConfigDict(dict(
+        epochs=90, batch_size=256, base_lr=0.1, warmup_epochs=10.0, weight_decay=0.0))
+  else:
+    config.attentive_probe = ml_collections.ConfigDict(dict(
+        epochs=90, batch_size=256, lr=0.4, warmup_epochs=10.0, min_lr=1e-6,
+        num_heads=_placeholder(int)))
+  return config
+
+
+def read_pretrain_config(workdir) -> ml_collections.ConfigDict:
+  """The pretraining config of `workdir`, or an error naming config.pretrained."""
+  if not workdir:
+    raise ValueError("Set config.pretrained to the workdir of a pretraining run "
+                     "(--config.pretrained=DIR).")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.pretrained={workdir!r} is not a pretraining workdir: "
+                            f"{path} does not exist.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_steps(workdir: str) -> list:
+  root = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def pipeline_config(config, pretrain_config) -> ml_collections.ConfigDict:
+  """{seed, data} for the input pipeline: the pretraining data config with this
+  config's non-None `data` fields on top; the pretraining seed (same synthetic set)."""
+  merged = ml_collections.ConfigDict(pretrain_config.data.to_dict())
+  merged.update({k: v for k, v in config.data.items() if v is not None})
+  return ml_collections.ConfigDict({"seed": pretrain_config.seed, "data": merged})
+
+
+def validate(config, pretrain_config, data_config) -> None:
+  """Errors a user can fix in the eval config, raised before anything is compiled."""
+  if config.protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown config.protocol={config.protocol!r}; choose one of "
+                     f"{PROTOCOLS}.")
+  features.check_pool(config.pool, PROTOCOL_POOLS[config.protocol], "pool")
+  model = pretrain_config.model
+  depth = model.depth
+  if config.block is not None and not 1 <= config.block <= depth:
+    raise ValueError(f"config.block={config.block} must be None (the last block) or in "
+                     f"[1, {depth}] for this depth-{depth} encoder.")
+  size, patch = data_config.data.image_size, model.patch_size
+  if size % patch:
+    raise ValueError(f"config.data.image_size={size} is not divisible by the encoder's "
+                     f"patch size {patch}.")
+  data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count())
+  steps = checkpoint_steps(config.pretrained)
+  if not steps:
+    raise FileNotFoundError(f"config.pretrained={config.pretrained!r} has no checkpoints "
+                            "under checkpoints/.")
+  if config.pretrained_step is not None and config.pretrained_step not in steps:
+    raise ValueError(f"config.pretrained_step={config.pretrained_step} is not among the "
+                     f"checkpoint steps {steps} of {config.pretrained}.")
+  if config.protocol == "attentive_probe":
+    heads = config.attentive_probe.num_heads or model.num_heads
+    if model.width % heads:
+      raise ValueError(f"config.attentive_probe.num_heads={heads} must divide the encoder "
+                       f"width {model.width}.")
+
+
+def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
+                 ) -> Dict[str, Any]:
+  """The protocol's metrics from (features, labels) of both splits."""
+  (train_x, train_y), (test_x, test_y) = train, test
+  if config.protocol == "knn":
+    return knn.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=num_classes,
+                            **config.knn.to_dict())
+  if config.protocol == "linear_probe":
+    return linear_probe.train_linear_probe(train_x, train_y, test_x, test_y,
+                                           num_classes=num_classes, seed=config.seed,
+                                           log_fn=log_fn, **config.linear_probe.to_dict())
+  kwargs = config.attentive_probe.to_dict()
+  kwargs["num_heads"] = kwargs["num_heads"] or num_heads
+  return attentive_probe.train_attentive_probe(train_x, train_y, test_x, test_y,
+                                               num_classes=num_classes, seed=config.seed,
+                                               log_fn=log_fn, **kwargs)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Run `config.protocol` on `config.pretrained`'s encoder; returns the metrics written
+  to `workdir/metrics.json`. 'finetune' (configs/eval/finetune.py) trains the whole
+  encoder with the generic trainer: mim_jax/evaluation/finetune.py."""
+  if config.protocol == "finetune":
+    return finetune.run(config, workdir)
+  pretrain_config = read_pretrain_config(config.pretrained)
+  data_config = pipeline_config(config, pretrain_config)
+  validate(config, pretrain_config, data_config)
+  pretrained_step = (config.pretrained_step if config.pretrained_step is not None
+                     else checkpoint_steps(config.pretrained)[-1])
+  splits = (data_config.data.train_split, data_config.data.eval_split)
+  iterators = [data.create_eval_iterator(data_config, split,
+                                         global_batch_size=config.eval_batch_size)
+               for split in splits]
+  encoder, params, _ = pretrained.load_encoder(
+      config.pretrained, image_size=data_config.data.image_size,
+      step=config.pretrained_step, use_target=config.use_target)
+  logging.info("Evaluating %s (%s, step %d) by %s on %s %s/%s, pool %s, block %s",
+               config.pretrained, pretrain_config.method.name, pretrained_step,
+               config.protocol, data_config.data.source, *splits, config.pool, config.block)
+
+  os.makedirs(workdir, exist_ok=True)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = features.data_parallel_mesh()
+  start = time.perf_counter()
+  train, test = (features.extract_features(encoder, params, batches, pool=config.pool,
+                                           block=config.block, mesh=mesh)
+                 for batches in iterators)
+  feature_seconds = time.perf_counter() - start
+  num_classes = config.num_classes
+  if num_classes is None:
+    num_classes = (data_config.data.num_classes if data_config.data.source == "synthetic"
+                   else int(max(train[1].max(), test[1].max())) + 1)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+  log_fn = lambda epoch, scalars: writer.write_scalars(
+      epoch, {f"probe/{name}": value for name, value in scalars.items()})
+  start = time.perf_counter()
+  try:
+    results = run_protocol(config, train, test, num_classes, log_fn, encoder.num_heads)
+    writer.write_scalars(pretrained_step, {k: v for k, v in results.items()
+                                           if k.endswith("top1")})
+  finally:
+    writer.flush()
+  metrics = dict(results, protocol=config.protocol, pretrained=config.pretrained,
+                 pretrained_step=pretrained_step, method=pretrain_config.method.name,
+                 use_target=config.use_target, pool=config.pool, block=config.block,
+                 data_source=data_config.data.source, splits=list(splits),
+                 num_train=len(train[1]), num_test=len(test[1]), num_classes=num_classes,
+                 feature_shape=list(train[0].shape[1:]), feature_seconds=feature_seconds,
+                 protocol_seconds=time.perf_counter() - start)
+  logging.info("Evaluation results: %s", metrics)
+  if is_writer:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
+  return metrics
