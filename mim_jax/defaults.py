@@ -23,7 +23,13 @@ def vit_model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDi
   width, depth, heads = VIT_SIZES[size]
   return ml_collections.ConfigDict(dict(
       patch_size=patch_size, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
-      drop_path_rate=0.0, remat=False, dtype="float32",
+      drop_path_rate=0.0, dtype="float32",
+      # Speed options (mim_jax/models/vit.py): activation rematerialisation policy per block
+      # ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable'), nn.scan over
+      # the encoder/MAE-decoder blocks (stacked param layout), attention kernel ('xla',
+      # or 'cudnn': fused, GPU, bfloat16). `dtype` is the compute dtype; params and the
+      # loss stay float32.
+      remat="none", scan_layers=False, attention_impl="xla",
       layer_scale_init=ml_collections.config_dict.placeholder(float),
       pos_embedding="sincos",  # or 'shared_rel_bias' (mim_jax/models/vit.py ViTEncoder)
       decoder_width=512, decoder_depth=8, decoder_num_heads=16))
@@ -49,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8, weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0))
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))
+  config.donate_state = True  # the train step reuses the input state's buffers
   config.max_nonfinite_steps = 10  # stop after this many skipped steps in a row
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000

@@ -4,7 +4,7 @@ encoder's cls attention and cls-feature nearest neighbours, and the plots of the
 Computation is plain JAX/NumPy; the `plot_*` functions import matplotlib (the
 `notebook` extra) when called.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mim_jax import checkpoint, data, methods, optim, preemption, sharding
+from mim_jax.models import vit
 from mim_jax.methods.base import Method
 from mim_jax.state import TrainState
 
@@ -48,6 +49,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   if model.width % model.num_heads or model.width % 4:
     raise ValueError(f"config.model.width={model.width} must be divisible by 4 (sin-cos "
                      f"position embedding) and by config.model.num_heads={model.num_heads}.")
+  validate_speed_options(model)
   ratio = config.method.get("mask_ratio")
   if ratio is not None and not 0.0 < ratio < 1.0:
     raise ValueError(f"config.method.mask_ratio={ratio} must be in (0, 1).")
@@ -60,6 +62,24 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     raise ValueError(f"Each micro-batch of config.batch_size / config.grad_accum_steps = "
                      f"{config.batch_size // accum} images must divide over {num_devices} "
                      f"devices; change config.batch_size or config.grad_accum_steps.")
+
+
+def validate_speed_options(model: ml_collections.ConfigDict) -> None:
+  """config.model.dtype, remat, attention_impl and scan_layers (mim_jax/models/vit.py)."""
+  if model.dtype not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"config.model.dtype={model.dtype!r}: choose 'float32', 'bfloat16' or "
+                     f"'float16' (the compute dtype; params stay float32).")
+  vit.remat_policy_name(model.get("remat", False))
+  impl = model.get("attention_impl", "xla")
+  if impl not in vit.ATTENTION_IMPLS:
+    raise ValueError(f"Unknown config.model.attention_impl={impl!r}; choose one of "
+                     f"{vit.ATTENTION_IMPLS}.")
+  if impl == "cudnn" and (jax.default_backend() != "gpu" or model.dtype == "float32"):
+    raise ValueError(f"config.model.attention_impl='cudnn' needs a GPU and "
+                     f"config.model.dtype 'bfloat16' or 'float16' (have "
+                     f"{jax.default_backend()}, {model.dtype!r}); use 'xla'.")
+  if not isinstance(model.get("scan_layers", False), bool):
+    raise ValueError(f"config.model.scan_layers={model.scan_layers!r} must be True or False.")
 
 
 def schedule_lengths(config) -> Tuple[int, int, int]:
@@ -173,12 +193,14 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
 
 
 def jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings) -> Callable:
-  """The train step compiled for the mesh; the input state is donated."""
+  """The train step compiled for the mesh. With `config.donate_state` (default) the input
+  state's buffers are reused for the output state: the caller must not read the state it
+  passed in after the call (keep only the returned one)."""
   return jax.jit(
       make_train_step(method, tx, lr_fn, config, total_steps, mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+      donate_argnums=(0,) if config.get("donate_state", True) else ())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -43,7 +43,8 @@ def build_encoder(config, **overrides) -> vit.ViTEncoder:
                 depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                 drop_path_rate=m.drop_path_rate, layer_scale_init=m.get("layer_scale_init"),
                 pos_embedding=m.get("pos_embedding", "sincos"), remat=m.remat,
-                dtype=jnp.dtype(m.dtype))
+                dtype=jnp.dtype(m.dtype), scan_layers=m.get("scan_layers", False),
+                attention_impl=m.get("attention_impl", "xla"))
   kwargs.update(overrides)
   return vit.ViTEncoder(**kwargs)
 
@@ -65,7 +66,8 @@ class MAE(Method):
     self.decoder = decoders.MAEDecoder(
         grid_hw=self.grid_hw, out_dim=self.patch_size**2 * 3, width=m.decoder_width,
         depth=m.decoder_depth, num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio,
-        remat=m.remat, dtype=jnp.dtype(m.dtype))
+        remat=m.remat, dtype=jnp.dtype(m.dtype), scan_layers=m.get("scan_layers", False),
+        attention_impl=m.get("attention_impl", "xla"))
 
   def init(self, rng, batch):
     enc_rng, dec_rng, mask_rng = jax.random.split(rng, 3)

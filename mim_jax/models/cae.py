@@ -54,7 +54,7 @@ class LatentRegressor(nn.Module):
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = 0.1
-  remat: bool = False
+  remat: Any = False  # vit.REMAT_POLICIES name or bool
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -64,7 +64,7 @@ class LatentRegressor(nn.Module):
       self.encoder_to_regressor = nn.Dense(self.width, dtype=self.dtype,
                                            kernel_init=vit.xavier_uniform)
       self.encoder_to_regressor_norm = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype)
-    block_cls = nn.remat(RegressorBlock, static_argnums=(5,)) if self.remat else RegressorBlock
+    block_cls = vit.maybe_remat(RegressorBlock, self.remat, static_argnums=(5,))
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     self.blocks = [block_cls(self.num_heads, self.mlp_ratio, float(rates[i]),
                              self.layer_scale_init, self.dtype, name=f"regressor_blocks_{i}")

@@ -37,8 +37,10 @@ class MAEDecoder(nn.Module):
   depth: int = 8
   num_heads: int = 16
   mlp_ratio: float = 4.0
-  remat: bool = False
+  remat: Any = False  # vit.REMAT_POLICIES name or bool
   dtype: Dtype = jnp.float32
+  scan_layers: bool = False
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, latents, restore_idx, deterministic: bool = True):
@@ -50,7 +52,8 @@ class MAEDecoder(nn.Module):
     pos = sincos_2d(self.width, self.grid_hw)  # [N, Dd]
     x = jnp.concatenate([x[:, :1], patches + pos.astype(x.dtype)], axis=1)  # [B, 1 + N, Dd]
     for blk in block_stack(self.depth, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
-                           name_prefix="decoder_blocks"):
+                           name_prefix="decoder_blocks", scan=self.scan_layers,
+                           attention_impl=self.attention_impl):
       x = blk(x, deterministic)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="decoder_norm")(x)
     x = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=xavier_uniform,

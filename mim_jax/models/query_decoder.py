@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mim_jax.models.vit import (LN_EPS, Attention, Mlp, block_stack, sincos_2d, token_init,
-                                xavier_uniform)
+from mim_jax.models.vit import (LN_EPS, Attention, Mlp, block_stack, maybe_remat, sincos_2d,
+                                token_init, xavier_uniform)
 
 Dtype = Any
 
@@ -87,7 +87,7 @@ class QueryDecoder(nn.Module):
       cls = self.param("cls_token", token_init, (1, 1, self.width))
       q = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), q],
                           axis=1)  # [B, 1 + Q, W]
-      block_cls = nn.remat(CrossBlock) if self.remat else CrossBlock
+      block_cls = maybe_remat(CrossBlock, self.remat)
       for i in range(self.depth):
         q = block_cls(self.num_heads, self.mlp_ratio, self.dtype,
                       name=f"decoder_blocks_{i}")(q, x)

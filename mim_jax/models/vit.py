@@ -19,6 +19,36 @@ LN_EPS = 1e-6
 xavier_uniform = nn.initializers.xavier_uniform()
 token_init = nn.initializers.normal(stddev=0.02)
 POS_EMBEDDINGS = ("sincos", "shared_rel_bias")
+# jax.nn.dot_product_attention implementations: 'xla' (einsum-softmax-einsum through XLA,
+# any backend and dtype) or 'cudnn' (cuDNN's fused flash attention: GPU, bf16/fp16).
+ATTENTION_IMPLS = ("xla", "cudnn")
+# Activation rematerialisation of each transformer block (jax.checkpoint_policies): 'none'
+# keeps every activation, 'full' recomputes the whole block in the backward pass, the
+# others save only matmul outputs (without / with batch dimensions in the contraction).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy_name(remat) -> str:
+  """A REMAT_POLICIES key from a policy name or a bool (True = 'full', False = 'none')."""
+  if isinstance(remat, (bool, np.bool_)):
+    return "full" if remat else "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat policy config.model.remat={remat!r}; choose one of "
+                     f"{sorted(REMAT_POLICIES)} (or a bool).")
+  return remat
+
+
+def maybe_remat(module_cls, remat, static_argnums=()):
+  """`module_cls` under `nn.remat` with the named policy; `module_cls` itself for 'none'."""
+  name = remat_policy_name(remat)
+  if name == "none":
+    return module_cls
+  return nn.remat(module_cls, static_argnums=static_argnums, policy=REMAT_POLICIES[name])
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -95,10 +125,12 @@ class Attention(nn.Module):
   to [B, H, N, M], is added to the attention logits (relative position bias).
   When the 'intermediates' collection is mutable (`apply(..., mutable=['intermediates'])`)
   the weights are computed explicitly and sown as 'attention_weights' [B, H, N, M];
-  otherwise the fused `jax.nn.dot_product_attention` runs and nothing is sown.
+  otherwise `jax.nn.dot_product_attention` runs with `implementation` (ATTENTION_IMPLS;
+  'cudnn' is the fused kernel) and nothing is sown.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
+  implementation: str = "xla"
 
   @nn.compact
   def __call__(self, x, context=None, values=None, bias=None):
@@ -125,19 +157,22 @@ class Attention(nn.Module):
       self.sow("intermediates", "attention_weights", weights)
       out = jnp.einsum("bhnm,bmhd->bnhd", weights, v)  # [B, N, H, Dh]
     else:
-      out = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, N, H, Dh]
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias,
+                                         implementation=self.implementation)  # [B, N, H, Dh]
     return dense(d, "proj")(out.reshape(b, n, d))
 
 
 class DropPath(nn.Module):
-  """Stochastic depth per sample (timm `drop_path`); needs the 'dropout' rng when active."""
+  """Stochastic depth per sample (timm `drop_path`); needs the 'dropout' rng when active.
+  `rate` given to the call (possibly traced, as in a scanned stack) overrides the field."""
   rate: float
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
-    if deterministic or self.rate == 0.0:
+  def __call__(self, x, deterministic: bool, rate=None):
+    rate = self.rate if rate is None else rate
+    if deterministic or (isinstance(rate, float) and rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
@@ -156,37 +191,114 @@ class Block(nn.Module):
   """Pre-LN transformer block: x + γ1·attn(LN(x)); x + γ2·mlp(LN(x)).
 
   γ (LayerScale, CaiT) is used only when `layer_scale_init` is set (SimMIM/CAE use 0.1).
-  `bias` is added to the attention logits.
+  `bias` is added to the attention logits; `drop_rate`, when given, overrides `drop_path`.
   """
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
   layer_scale_init: Optional[float] = None
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True, bias=None):
+  def __call__(self, x, deterministic: bool = True, bias=None, drop_rate=None):
+    rate = self.drop_path if drop_rate is None else drop_rate
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    y = Attention(self.num_heads, dtype=self.dtype, name="attn")(y, bias=bias)
+    y = Attention(self.num_heads, dtype=self.dtype, implementation=self.attention_impl,
+                  name="attn")(y, bias=bias)
     y = layer_scale(self, "gamma_1", y, self.layer_scale_init)
-    x = x + DropPath(self.drop_path)(y, deterministic)
+    x = x + DropPath(self.drop_path)(y, deterministic, rate)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
     return x + DropPath(self.drop_path)(layer_scale(self, "gamma_2", y, self.layer_scale_init),
-                                        deterministic)
+                                        deterministic, rate)
 
 
-def block_stack(depth: int, num_heads: int, mlp_ratio: float, dtype: Dtype, remat: bool,
+class ScanStep(Block):
+  """A Block as the body of `nn.scan`: carry x (or (x, kept) with `keep_layer`), scanned
+  inputs (layer index, drop-path rate or None), broadcast attention bias. With
+  `keep_layer` k the carry also holds the output of layer k (0-based)."""
+  deterministic: bool = True
+  keep_layer: Optional[int] = None
+
+  def __call__(self, carry, xs, bias):  # pylint: disable=arguments-renamed
+    layer, rate = xs
+    x = carry if self.keep_layer is None else carry[0]
+    x = super().__call__(x, self.deterministic, bias, rate)
+    if self.keep_layer is None:
+      return x, None
+    return (x, jnp.where(layer == self.keep_layer, x, carry[1])), None
+
+
+class ScannedBlocks(nn.Module):
+  """`depth` Blocks as one `nn.scan` over layers: the same function as `block_stack`'s
+  unrolled list, compiled once; params stacked on a leading [depth] axis under
+  'layers' (`stack_block_params` converts). Sown intermediates get the same leading
+  axis. Called like a Block; `block` k (1-based) returns block k's output (all layers
+  still run)."""
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path_rate: float = 0.0
+  layer_scale_init: Optional[float] = None
+  dtype: Dtype = jnp.float32
+  remat: Any = "none"
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True, bias=None, block: Optional[int] = None):
+    keep = None if block is None else block - 1
+    step = nn.scan(maybe_remat(ScanStep, self.remat),
+                   variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True, "dropout": True},
+                   in_axes=(0, nn.broadcast), length=self.depth)
+    rates = (jnp.linspace(0.0, self.drop_path_rate, self.depth, dtype=jnp.float32)
+             if self.drop_path_rate > 0.0 else None)
+    out, _ = step(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                  layer_scale_init=self.layer_scale_init, dtype=self.dtype,
+                  attention_impl=self.attention_impl, deterministic=deterministic,
+                  keep_layer=keep, name="layers")(
+                      x if keep is None else (x, x), (jnp.arange(self.depth), rates), bias)
+    return out if keep is None else out[1]
+
+
+def block_stack(depth: int, num_heads: int, mlp_ratio: float, dtype: Dtype, remat: Any,
                 drop_path_rate: float = 0.0, layer_scale_init: Optional[float] = None,
-                name_prefix: str = "blocks") -> list:
-  """`depth` Blocks with linearly increasing drop-path rate (timm/MAE convention)."""
-  block_cls: Callable = nn.remat(Block, static_argnums=(2,)) if remat else Block
+                name_prefix: str = "blocks", scan: bool = False,
+                attention_impl: str = "xla") -> list:
+  """`depth` Blocks with linearly increasing drop-path rate (timm/MAE convention), each
+  under the `remat` policy (REMAT_POLICIES or a bool), named `{name_prefix}_{i}`; with
+  `scan`, one `ScannedBlocks` named `name_prefix` in a one-element list."""
+  if scan:
+    return [ScannedBlocks(depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init, dtype,
+                          remat, attention_impl, name=name_prefix)]
+  block_cls: Callable = maybe_remat(Block, remat, static_argnums=(2,))
   rates = np.linspace(0.0, drop_path_rate, depth)
   return [
       block_cls(num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path=float(rates[i]),
-                layer_scale_init=layer_scale_init, dtype=dtype, name=f"{name_prefix}_{i}")
+                layer_scale_init=layer_scale_init, dtype=dtype, attention_impl=attention_impl,
+                name=f"{name_prefix}_{i}")
       for i in range(depth)
   ]
+
+
+def stack_block_params(params: dict, depth: int, name_prefix: str = "blocks") -> dict:
+  """Unrolled layout ({prefix}_0 ... {prefix}_{depth-1}) -> scanned layout
+  ({prefix}: {'layers': leaves stacked on a leading [depth] axis}); other keys kept."""
+  out = {k: v for k, v in params.items()
+         if k not in {f"{name_prefix}_{i}" for i in range(depth)}}
+  layers = [params[f"{name_prefix}_{i}"] for i in range(depth)]
+  out[name_prefix] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+  return out
+
+
+def unstack_block_params(params: dict, depth: int, name_prefix: str = "blocks") -> dict:
+  """Inverse of `stack_block_params`."""
+  out = {k: v for k, v in params.items() if k != name_prefix}
+  for i in range(depth):
+    out[f"{name_prefix}_{i}"] = jax.tree.map(lambda x, i=i: x[i],
+                                             params[name_prefix]["layers"])
+  return out
 
 
 def relative_position_index(grid_hw: Sequence[int]) -> np.ndarray:
@@ -234,6 +346,9 @@ class ViTEncoder(nn.Module):
   learned `RelativePositionBias` (the published SimMIM ViT-B, USE_SHARED_RPB).
   Returns [B, 1 + K, D] (cls first) after the final LayerNorm, or, with `block=k`, the
   output of the k-th block (1-based) without the final LayerNorm.
+  Speed options: `remat` (a REMAT_POLICIES name or bool), `scan_layers` (one
+  `ScannedBlocks` named 'blocks' instead of 'blocks_0'...: `stack_block_params`),
+  `attention_impl` (ATTENTION_IMPLS), `dtype` (compute; params stay float32).
   """
   image_size: int = 224
   patch_size: int = 16
@@ -245,8 +360,10 @@ class ViTEncoder(nn.Module):
   layer_scale_init: Optional[float] = None
   use_mask_token: bool = False
   pos_embedding: str = "sincos"
-  remat: bool = False
+  remat: Any = False
   dtype: Dtype = jnp.float32
+  scan_layers: bool = False
+  attention_impl: str = "xla"
 
   @property
   def grid_hw(self):
@@ -271,7 +388,8 @@ class ViTEncoder(nn.Module):
       self.rel_pos_bias = RelativePositionBias(self.grid_hw, self.num_heads,
                                                name="rel_pos_bias")
     self.blocks = block_stack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                              self.remat, self.drop_path_rate, self.layer_scale_init)
+                              self.remat, self.drop_path_rate, self.layer_scale_init,
+                              scan=self.scan_layers, attention_impl=self.attention_impl)
     self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")
 
   def embed(self, images, token_mask=None):
@@ -315,8 +433,11 @@ class ViTEncoder(nn.Module):
     (intermediate-layer probing, as in the MAE/CAE layer-wise analyses)."""
     self.check_block(block)
     bias = self.attention_bias(visible_idx)
-    for blk in self.blocks[:block]:
-      x = blk(x, deterministic, bias)
+    if self.scan_layers:
+      x = self.blocks[0](x, deterministic, bias, block)
+    else:
+      for blk in self.blocks[:block]:
+        x = blk(x, deterministic, bias)
     return self.norm(x) if block is None else x
 
   def __call__(self, images, visible_idx=None, token_mask=None, deterministic: bool = True,
