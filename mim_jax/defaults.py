@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       base_lr=1.5e-4, lr_scaling="linear_256", schedule="cosine", min_lr=0.0,
       min_lr_ratio=0.0, decay_epochs=(), decay_steps=(), decay_rate=0.1, b1=0.9, b2=0.95,
-      eps=1e-8, weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0))
+      eps=1e-8, weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0,
+      layer_decay=1.0))
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))
   config.donate_state = True  # the train step reuses the input state's buffers

@@ -11,6 +11,8 @@ Config fields (`config.optimizer`):
   b1, b2, eps, weight_decay: AdamW.
   no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay.
   grad_clip: global-norm clipping threshold (0 disables).
+  layer_decay: layer-wise lr decay (fine-tuning; 1 disables): each update is scaled by
+    layer_decay^(depth + 1 − layer id), see `layer_id`.
 Steps: `config.num_train_steps` (or `num_epochs` × steps per epoch when < 0) and
 `config.warmup_steps` (or `warmup_epochs` × steps per epoch when < 0).
 """
@@ -20,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -101,6 +104,45 @@ def decay_mask(params: PyTree, no_decay_patterns: Sequence[str]) -> PyTree:
       lambda path, _: not any(c.search(path_name(path)) for c in compiled), params)
 
 
+_EMBEDDING_PATH = re.compile(r"(^|/)(patch_embed|cls_token|mask_token|pos_embed)(/|$)")
+_BLOCK_PATH = re.compile(r"(^|/)blocks_(\d+)(/|$)")
+_SCANNED_PATH = re.compile(r"(^|/)blocks/layers(/|$)")
+
+
+def layer_id(path: str, depth: int) -> int:
+  """Layer of a '/'-joined ViT parameter path for layer-wise lr decay
+  (mae/util/lr_decay.py `get_layer_id_for_vit`, from BEiT optim_factory.py): patch
+  embedding and cls/mask/position tokens 0, block i i + 1, everything else (final norm,
+  fc_norm, head, shared relative position bias) depth + 1."""
+  if _EMBEDDING_PATH.search(path):
+    return 0
+  block = _BLOCK_PATH.search(path)
+  return int(block.group(2)) + 1 if block else depth + 1
+
+
+def layer_decay_multipliers(params: PyTree, decay: float, depth: int) -> PyTree:
+  """decay^(depth + 1 − layer id) per parameter: the lr scale of each layer
+  (mae/util/lr_decay.py `param_groups_lrd`, num_layers = depth + 1). Blocks stacked on a
+  leading [depth] axis ('blocks/layers', `model.scan_layers`) get one scale per slice."""
+  def multiplier(path, leaf):
+    name = path_name(path)
+    if _SCANNED_PATH.search(name):
+      scales = decay ** (depth - np.arange(depth, dtype=np.float64))  # layer ids 1..depth
+      return scales.astype(np.float32).reshape((depth,) + (1,) * (len(leaf.shape) - 1))
+    return float(decay ** (depth + 1 - layer_id(name, depth)))
+  return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformation:
+  """Multiply each parameter's update by its `layer_decay_multipliers` entry. Placed after
+  AdamW this scales lr and decoupled weight decay together, as a per-group lr does."""
+  def update_fn(updates, state, params=None):
+    del params
+    multipliers = layer_decay_multipliers(updates, decay, depth)
+    return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def create_optimizer(config, lr: Callable) -> optax.GradientTransformation:
   opt = config.optimizer
   chain = []
@@ -109,4 +151,10 @@ def create_optimizer(config, lr: Callable) -> optax.GradientTransformation:
   chain.append(optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay,
                            mask=lambda p: decay_mask(p, opt.no_decay_patterns)))
+  layer_decay = opt.get("layer_decay", 1.0)
+  if layer_decay != 1.0:
+    if not 0.0 < layer_decay < 1.0:
+      raise ValueError(f"config.optimizer.layer_decay={layer_decay} must be in (0, 1] "
+                       "(1 disables layer-wise lr decay).")
+    chain.append(scale_by_layer_decay(layer_decay, config.model.depth))
   return optax.chain(*chain)

@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +35,9 @@ PyTree = Any
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
-                    process_count: int) -> None:
+                    process_count: int, check_method_name: bool = True) -> None:
   """Errors a user can cause, raised before anything is compiled."""
-  if config.method.name not in methods.METHODS:
+  if check_method_name and config.method.name not in methods.METHODS:
     raise ValueError(f"Unknown config.method.name={config.method.name!r}; choose one of "
                      f"{sorted(methods.METHODS)}.")
   gap = config.method.get("patch_gap", 0)  # Latent MIM's grid-with-gap cells
@@ -204,17 +204,24 @@ def jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after_step: Optional[int] = None) -> TrainState:
+                       stop_after_step: Optional[int] = None, *,
+                       method: Optional[Method] = None,
+                       evaluations: Sequence[Callable] = ()) -> TrainState:
   """Pretrain `config.method.name` and write checkpoints and metrics under `workdir`.
 
-  Resumes from the latest checkpoint in `workdir`. `stop_after_step` ends the run early
-  at that step with a checkpoint, as a preempted job would, without changing any
-  schedule; running again continues from there.
+  Resumes from the latest checkpoint in `workdir`; a fresh start takes its params from
+  `method.warm_start`. `stop_after_step` ends the run early at that step with a
+  checkpoint, as a preempted job would, without changing any schedule; running again
+  continues from there. `method` replaces the one named by `config.method.name` (e.g.
+  fine-tuning, mim_jax/evaluation/finetune.py). `evaluations` are called as
+  `evaluation(params, step) -> {name: float}` every `evaluation.every_steps` steps and at
+  the last step, and their scalars are written to TensorBoard.
   """
   process_count = jax.process_count()
-  validate_config(config, jax.device_count(), process_count)
+  validate_config(config, jax.device_count(), process_count,
+                  check_method_name=method is None)
   mesh = sharding.create_mesh(config)
-  method = methods.create(config)
+  method = methods.create(config) if method is None else method
   total_steps, warmup_steps, steps_per_epoch = schedule_lengths(config)
   peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
                             config.batch_size)
@@ -240,6 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if restored is not None:
     state, data_state = restored
     logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
+  else:
+    state = state.replace(params=place_like(method.warm_start(state.params), state.params))
   start_step = int(state.step)
   position = InputPosition.resume(data_state, start_step, config.batch_size)
 
@@ -286,6 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if config.image_summary_every_steps and step % config.image_summary_every_steps == 0:
           images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
           writer.write_images(step, jax.device_get(images))
+        for evaluation in evaluations:
+          if step % evaluation.every_steps == 0 or step == total_steps:
+            writer.write_scalars(step, evaluation(state.params, step))
         preempted = watch.should_stop(step)
         if (step % config.checkpoint_every_steps == 0 or step == last_step or preempted):
           checkpoint.save(manager, step, state, position.gathered())
@@ -298,6 +310,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     writer.flush()
   return state
+
+
+def place_like(tree: PyTree, placed: PyTree) -> PyTree:
+  """`tree`'s values in `placed`'s shardings (every process holds the full values)."""
+  return jax.tree.map(
+      lambda value, like: value if value is like else jax.make_array_from_callback(
+          like.shape, like.sharding, lambda index, v=np.asarray(value, like.dtype): v[index]),
+      tree, placed)
 
 
 class InputPosition:

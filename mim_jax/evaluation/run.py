@@ -43,7 +43,7 @@ from clu import metric_writers
 
 from mim_jax import data
 from mim_jax.data import default_data_config
-from mim_jax.evaluation import attentive_probe, features, knn, linear_probe, pretrained
+from mim_jax.evaluation import attentive_probe, features, finetune, knn, linear_probe, pretrained
 
 PROTOCOLS = ("knn", "linear_probe", "attentive_probe")
 PROTOCOL_POOLS = {"knn": ("cls", "mean"), "linear_probe": ("cls", "mean"),
@@ -162,7 +162,10 @@ def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Run `config.protocol` on `config.pretrained`'s encoder; returns the metrics written
-  to `workdir/metrics.json`."""
+  to `workdir/metrics.json`. 'finetune' (configs/eval/finetune.py) trains the whole
+  encoder with the generic trainer: mim_jax/evaluation/finetune.py."""
+  if config.protocol == "finetune":
+    return finetune.run(config, workdir)
   pretrain_config = read_pretrain_config(config.pretrained)
   data_config = pipeline_config(config, pretrain_config)
   validate(config, pretrain_config, data_config)

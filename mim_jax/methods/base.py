@@ -38,6 +38,11 @@ class Method:
   def make_masks(self, rng: jax.Array, batch: Batch) -> Dict[str, jax.Array]:
     raise NotImplementedError
 
+  def warm_start(self, params: PyTree) -> PyTree:
+    """Params of a fresh run (no checkpoint restored) from the initialised `params`, e.g.
+    a pretrained encoder for fine-tuning; the same structure and shapes. Default: as is."""
+    return params
+
   def loss(self, params: PyTree, target_params: Optional[PyTree], batch: Batch,
            masks: Dict[str, jax.Array], rng: jax.Array,
            step: jax.Array) -> Tuple[jax.Array, Metrics]:
