@@ -52,17 +52,18 @@ Each method trains in `<workdir>/<method>` with mim_jax.train.train_and_evaluate
 resumes, so rerunning the command reuses finished pretraining.
 """
 import json
-import math
 import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from mim_jax import defaults, methods, optim, sharding, train
-from mim_jax.methods import cae, latent_mim, multiview_mae, pcae, simmim
+from mim_jax import data, defaults, methods, optim, sharding, train
+from mim_jax.evaluation import (attentive_probe, features, knn, linear_probe,
+                                pretrained)
+from mim_jax.methods import cae, latent_mim, mae, multiview_mae, pcae, simmim
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "One pretraining workdir per method under this.")
@@ -73,9 +74,15 @@ flags.DEFINE_float("cpu_minutes", 8.0, "Pretraining budget per method in CPU-min
 flags.DEFINE_float("epochs", None, "Pretraining epochs for every method (overrides "
                    "--cpu_minutes).")
 flags.DEFINE_bool("eval_only", False, "Only evaluate finished pretraining runs.")
+flags.DEFINE_bool("pretrain_only", False, "Only pretrain (e.g. one process per method).")
 flags.DEFINE_integer("measure_steps", 0, "If > 0: print each method's CPU seconds per "
                      "train step over this many steps (after one compile step) and exit.")
 flags.DEFINE_string("data", "../shared/data/cifar10_small.npz", "CIFAR-10 npz file.")
+flags.DEFINE_list("pools", ["mean", "cls"], "Encoder feature pools for k-NN and the linear "
+                  "probe, one table each (the attentive probe reads all tokens).")
+flags.DEFINE_integer("linear_epochs", 90, "Linear-probe epochs.")
+flags.DEFINE_integer("attentive_epochs", 10, "Attentive-probe epochs (warmup 1/9 of "
+                     "them); 0 skips the attentive probe.")
 flags.mark_flags_as_required(["workdir"])
 
 BATCH_SIZE = 128
@@ -210,12 +217,178 @@ def pretrain(name: str, workdir: str, epochs: float, data_path: str) -> dict:
           "epochs": config.num_train_steps / steps_per_epoch, "cpu_seconds": cpu_seconds}
 
 
+RAW_PIXELS, RANDOM_INIT = "raw pixels", "random init"
+
+
+def eval_config(data_path: str) -> ml_collections.ConfigDict:
+  """Eval data for every encoder: the 32 px CIFAR images, normalised as in pretraining."""
+  return pretrain_config("mae", 1.0, data_path)
+
+
+def split_images(config, split: str):
+  """All images [N, 32, 32, 3] (normalised float32) and labels of `split`, in order."""
+  images, labels = [], []
+  for batch in data.create_eval_iterator(config, split, global_batch_size=500):
+    images.append(batch["image"][batch["valid"]])
+    labels.append(batch["label"][batch["valid"]])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def encoder_tokens(name: str, workdir: str, config, splits) -> dict:
+  """{split: (tokens [N, 1 + 64, 192], labels)} of the encoder pretrained by `name`, or
+  of the randomly initialised encoder (seed 0)."""
+  if name == RANDOM_INIT:
+    encoder = mae.build_encoder(config, use_mask_token=False)
+    params = encoder.init(jax.random.PRNGKey(0), np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3),
+                                                          np.float32))["params"]
+  else:
+    encoder, params, _ = pretrained.load_encoder(os.path.join(workdir, name),
+                                                 image_size=IMAGE_SIZE)
+  return {split: features.extract_features(
+      encoder, params, iter([{"image": x[i:i + 500], "label": y[i:i + 500]}
+                             for i in range(0, len(x), 500)]), pool="tokens")
+          for split, (x, y) in splits.items()}
+
+
+def pixel_patches(images: np.ndarray) -> np.ndarray:
+  """[N, 32, 32, 3] -> [N, 64, 48]: the 4 × 4 patches as tokens, row-major, (p, p, C)."""
+  n = len(images)
+  x = images.reshape(n, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, 64, 48)
+
+
+def knn_and_linear(name: str, tokens: dict, pools) -> dict:
+  """Per pool: k-NN (k=20, T=0.07), 1-NN and the linear probe, with their CPU seconds."""
+  (train_x, train_y), (test_x, test_y) = tokens["train"], tokens["test"]
+  results = {}
+  for pool in pools[:1] if name == RAW_PIXELS else pools:
+    if name == RAW_PIXELS:
+      train_f, test_f = train_x.reshape(len(train_x), -1), test_x.reshape(len(test_x), -1)
+    else:
+      train_f, test_f = (features.pool_tokens(train_x, pool),
+                         features.pool_tokens(test_x, pool))
+    start = time.process_time()
+    result = knn.knn_accuracy(train_f, train_y, test_f, test_y, num_classes=10, k=20,
+                              temperature=0.07)
+    result["knn_cpu_seconds"] = time.process_time() - start
+    start = time.process_time()
+    result["linear_top1"] = linear_probe.train_linear_probe(
+        train_f, train_y, test_f, test_y, num_classes=10, epochs=FLAGS.linear_epochs,
+        batch_size=256, base_lr=0.1, warmup_epochs=FLAGS.linear_epochs / 9)["top1"]
+    result["linear_cpu_seconds"] = time.process_time() - start
+    results[pool] = result
+  return results
+
+
+def attentive(name: str, tokens: dict, num_heads: int) -> dict:
+  """The attentive probe on all tokens (raw pixels: the 4 × 4 pixel patches)."""
+  (train_x, train_y), (test_x, test_y) = tokens["train"], tokens["test"]
+  if name == RAW_PIXELS:
+    train_x, test_x = pixel_patches(train_x), pixel_patches(test_x)
+  start = time.process_time()
+  top1 = attentive_probe.train_attentive_probe(
+      train_x, train_y, test_x, test_y, num_classes=10, epochs=FLAGS.attentive_epochs,
+      batch_size=256, lr=0.4, num_heads=num_heads,
+      warmup_epochs=FLAGS.attentive_epochs / 9)["top1"]
+  return {"attentive_top1": top1, "attentive_cpu_seconds": time.process_time() - start}
+
+
+def cached_tokens(name: str, workdir: str, config, splits, step) -> dict:
+  """The encoder's tokens of both splits, kept in <workdir>/eval/<name>.npz."""
+  path = os.path.join(workdir, "eval", name.replace(" ", "_") + ".npz")
+  if os.path.exists(path):
+    stored = np.load(path)
+    if int(stored["step"]) == step:
+      return {split: (stored[f"{split}_x"], stored[f"{split}_y"]) for split in splits}
+  start = time.process_time()
+  tokens = encoder_tokens(name, workdir, config, splits)
+  print(f"{name}: tokens in {time.process_time() - start:.0f} CPU-s", flush=True)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path, step=step, **{f"{split}_{part}": array for split, (x, y) in tokens.items()
+                               for part, array in (("x", x), ("y", y))})
+  return tokens
+
+
+def evaluate(name: str, workdir: str, config, splits) -> dict:
+  """Probe results of one encoder (or raw pixels), cached in <workdir>/eval/<name>.json
+  per protocol for the same probe settings and checkpoint."""
+  step = 0
+  if name not in (RAW_PIXELS, RANDOM_INIT):
+    with open(os.path.join(workdir, name, "pretrain_cpu.json")) as f:
+      step = json.load(f)["step"]
+  protocols = {"knn_linear": {"pools": list(FLAGS.pools), "linear_epochs": FLAGS.linear_epochs,
+                              "step": step},
+               "attentive": {"attentive_epochs": FLAGS.attentive_epochs, "step": step}}
+  path = os.path.join(workdir, "eval", name.replace(" ", "_") + ".json")
+  cached = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+  todo = [p for p, settings in protocols.items()
+          if cached.get(p, {}).get("settings") != settings
+          and not (p == "attentive" and FLAGS.attentive_epochs == 0)]
+  if todo:
+    tokens = (splits if name == RAW_PIXELS else
+              cached_tokens(name, workdir, config, splits, step))
+    for protocol in todo:
+      if protocol == "knn_linear":
+        results = knn_and_linear(name, tokens, FLAGS.pools)
+      else:
+        results = attentive(name, tokens, 3 if name == RAW_PIXELS else config.model.num_heads)
+      cached[protocol] = {"settings": protocols[protocol], "results": results}
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w") as f:
+        json.dump(cached, f, indent=1)
+  results = dict(cached["knn_linear"]["results"])
+  if "attentive" in cached and FLAGS.attentive_epochs:
+    results.update(cached["attentive"]["results"])
+  return results
+
+
+def print_tables(pretrain_results: dict, eval_results: dict, pools) -> None:
+  """One table per pool: method, pretraining, k-NN, 1-NN, linear, attentive."""
+  for pool in pools:
+    print(f"\nFeatures: {pool} ({'cls token' if pool == 'cls' else 'mean of patch tokens'} "
+          f"for k-NN and linear; attentive probe on all tokens; raw pixels: flattened "
+          f"normalised 32x32x3, attentive over 4x4 pixel patches)")
+    print("| method | pretrain steps (epochs) | pretrain CPU-s | k-NN | 1-NN | linear | "
+          "attentive |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, result in eval_results.items():
+      row = result.get(pool, result.get(pools[0]))
+      if name in pretrain_results:
+        p = pretrain_results[name]
+        pretraining = (f"{p['steps']} ({p['epochs']:.1f})", f"{p['cpu_seconds']:.0f}")
+      else:
+        pretraining = ("0", "0")
+      attentive_top1 = (f"{result['attentive_top1']:.1f}" if "attentive_top1" in result
+                        else "—")
+      print(f"| {name} | {pretraining[0]} | {pretraining[1]} | {row['knn_top1']:.1f} | "
+            f"{row['nn1_top1']:.1f} | {row['linear_top1']:.1f} | {attentive_top1} |")
+
+
+def check_requirement(eval_results: dict, pools) -> None:
+  """Issue 6's bar per pool: linear > both baselines, k-NN > random init."""
+  for pool in pools:
+    rand, raw = eval_results[RANDOM_INIT][pool], eval_results[RAW_PIXELS][pools[0]]
+    for name, result in eval_results.items():
+      if name in (RAW_PIXELS, RANDOM_INIT):
+        continue
+      row = result[pool]
+      linear_ok = row["linear_top1"] > max(rand["linear_top1"], raw["linear_top1"])
+      knn_ok = row["knn_top1"] > rand["knn_top1"]
+      print(f"{pool} {name}: linear beats both baselines: {linear_ok}; k-NN beats random "
+            f"init: {knn_ok}; k-NN vs raw pixels: {row['knn_top1'] - raw['knn_top1']:+.1f}")
+
+
 def main(argv):
   del argv
   for name in FLAGS.methods:
     if name not in methods.METHODS:
       raise app.UsageError(f"Unknown method {name!r} in --methods; choose from "
                            f"{sorted(methods.METHODS)}.")
+  for pool in FLAGS.pools:
+    features.check_pool(pool, ("mean", "cls"), "--pools")
   if FLAGS.measure_steps > 0:
     steps_per_epoch = 10_000 // BATCH_SIZE
     for name in FLAGS.methods:
@@ -224,12 +397,32 @@ def main(argv):
       print(f"{name}: {seconds:.3f} CPU-s per step, "
             f"{60.0 / (seconds * steps_per_epoch):.2f} epochs per CPU-minute", flush=True)
     return
-  results = {}
+  pretrain_results = {}
   for name in FLAGS.methods:
     workdir = os.path.join(FLAGS.workdir, name)
-    results[name] = pretrain(name, workdir, budget_epochs(name), FLAGS.data)
-    logging.info("%s pretrained: %s", name, results[name])
-    print(f"{name}: {results[name]}", flush=True)
+    if FLAGS.eval_only:
+      config = pretrain_config(name, budget_epochs(name), FLAGS.data)
+      with open(os.path.join(workdir, "pretrain_cpu.json")) as f:
+        cpu = json.load(f)
+      if cpu["step"] != config.num_train_steps:
+        raise ValueError(f"{workdir} has pretrained {cpu['step']} of "
+                         f"{config.num_train_steps} steps: run without --eval_only first.")
+      pretrain_results[name] = {"steps": config.num_train_steps,
+                                "epochs": config.num_train_steps / (10_000 // BATCH_SIZE),
+                                "cpu_seconds": cpu["cpu_seconds"]}
+    else:
+      pretrain_results[name] = pretrain(name, workdir, budget_epochs(name), FLAGS.data)
+    print(f"{name}: {pretrain_results[name]}", flush=True)
+  if FLAGS.pretrain_only:
+    return
+  config = eval_config(FLAGS.data)
+  splits = {split: split_images(config, split) for split in ("train", "test")}
+  eval_results = {}
+  for name in (RAW_PIXELS, RANDOM_INIT) + tuple(FLAGS.methods):
+    eval_results[name] = evaluate(name, FLAGS.workdir, config, splits)
+    print(f"{name}: {eval_results[name]}", flush=True)
+  print_tables(pretrain_results, eval_results, FLAGS.pools)
+  check_requirement(eval_results, FLAGS.pools)
 
 
 if __name__ == "__main__":
