@@ -46,7 +46,9 @@ def test_the_inspection_notebook_runs_on_a_quickstart_checkpoint(tmp_path, monke
       [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
   kernel = this_python_kernel(tmp_path / "jupyter")
   notebook = nbformat.read(NOTEBOOK, as_version=4)
-  client = nbclient.NotebookClient(notebook, kernel_name=kernel, timeout=120,
+  notebook.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+  client = nbclient.NotebookClient(notebook, kernel_name=kernel, timeout=300,
+                                   startup_timeout=120,
                                    resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # raises CellExecutionError naming the cell if any cell fails
 
@@ -59,3 +61,4 @@ def test_the_inspection_notebook_runs_on_a_quickstart_checkpoint(tmp_path, monke
   assert images[3] == images[4] == images[5] == images[6] == images[7] == 1
   assert "of the 5 nearest neighbours of 32 eval images" in text[6]
   assert "Logged scalars:" in text[7] and "mae_loss" in text[7]
+  assert text[8].strip() == sys.executable  # the kernel is the Python running pytest
