@@ -1,11 +1,12 @@
 """Entry point: python -m mim_jax.main --config=configs/<name>.py[:arg] --workdir=DIR
-[--config.field=value ...]."""
+[--config.field=value ...] [--coordinator_address=host:port --num_processes=N
+--process_id=I] (multi-process flags: mim_jax/distributed.py)."""
 import logging as py_logging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mim_jax import train
+from mim_jax import distributed, train
 from mim_jax.evaluation import run as evaluation_run
 
 FLAGS = flags.FLAGS
@@ -24,6 +25,7 @@ class QuietOrbaxInfo(py_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize_from_flags()  # before anything touches the devices
   logging.get_absl_handler().addFilter(QuietOrbaxInfo())
   logging.info("Config:\n%s", FLAGS.config)
   if "protocol" in FLAGS.config:  # an evaluation config (configs/eval/)

@@ -1,12 +1,20 @@
-"""tf.data train and eval pipelines: deterministic, exactly resumable, one shard per process.
+"""tf.data train and eval pipelines: deterministic, exactly resumable, split over processes.
 
-Train elements are numbered t = 0, 1, 2, ... per process; element t belongs to epoch
-t // shard_size. Which example it is comes from a stateless per-epoch permutation
-(`tf.random.experimental.index_shuffle`, keyed by seed, process and epoch) and its crops
-and flips from stateless ops keyed by (seed, process, t). Starting at step k therefore
-starts the counter at k * local_batch_size and never reads the skipped examples
-(tfds: reads but does not decode the rest of the current epoch's skipped examples).
+Train elements are numbered t = 0, 1, 2, ... per process. With B = global_batch_size and
+b = B / process_count, the t-th element of process p is element T = (t // b)·B + p·b +
+t % b of one global stream: step k's global batch is elements k·B ... k·B + B − 1,
+process p holding its p-th slice. Random-access sources (synthetic, npz, image_folder)
+hold the whole split in every process; element T is example
+`index_shuffle(T % size, key(seed, T // size))` of the split (a fresh permutation per
+epoch) and its crops and flips come from stateless ops keyed by (seed, T). The global
+batch of every step is thus the same however many processes share it. tfds streams one
+file shard per process (`tfds.split_for_jax_process`), its epochs t // shard_size
+permuted window by window with a key of (seed, process, epoch); its augmentation is
+keyed by (seed, T) too. Starting at step k starts the counter at k·b and never reads the
+skipped examples (tfds: reads but does not decode the rest of the current epoch's
+skipped examples).
 """
+import functools
 import math
 from typing import Iterator, Optional
 
@@ -16,6 +24,7 @@ import tensorflow as tf
 from mim_jax.data import sources
 
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+_STREAMED_SOURCES = ("tfds",)  # one file shard per process; the others hold every example
 _CROP_ATTEMPTS = 10
 _INTERPOLATIONS = {"bicubic": tf.image.ResizeMethod.BICUBIC,
                    "bilinear": tf.image.ResizeMethod.BILINEAR}
@@ -87,8 +96,15 @@ def _fold(key: tf.Tensor, *data) -> tf.Tensor:
   return key
 
 
-def _stream_key(seed: int, stream: int, process_index: int) -> tf.Tensor:
-  return _fold(tf.constant([seed, stream], tf.int64), process_index)
+def _stream_key(seed: int, stream: int, *data) -> tf.Tensor:
+  return _fold(tf.constant([seed, stream], tf.int64), *data)
+
+
+def _global_element(t: tf.Tensor, local_batch: int, process_index: int,
+                    process_count: int) -> tf.Tensor:
+  """Position in the global element stream of this process's element t (module docstring)."""
+  return ((t // local_batch) * (local_batch * process_count) + process_index * local_batch
+          + t % local_batch)
 
 
 def random_resized_crop_window(height, width, key, scale, ratio):
@@ -232,14 +248,17 @@ def _eval_image(image: tf.Tensor, kind: str, config) -> tf.Tensor:
   return _normalize(image, config)
 
 
-def _random_access_elements(shard: sources.Shard, shuffle_key, start: int) -> tf.data.Dataset:
-  """(t, image, label) for t = start, start + 1, ...; each epoch a fresh full permutation."""
+def _random_access_elements(shard: sources.Shard, shuffle_key, start: int,
+                            global_element) -> tf.data.Dataset:
+  """(t, image, label) for t = start, start + 1, ...: global element T = global_element(t)
+  of a stream that permutes the whole split afresh each epoch."""
   images, labels = tf.constant(shard.images), tf.constant(shard.labels)
   size = tf.constant(shard.size, tf.int64)
 
   def lookup(t):
-    index = tf.random.experimental.index_shuffle(t % size, _fold(shuffle_key, t // size),
-                                                 size - 1)
+    element = global_element(t)
+    index = tf.random.experimental.index_shuffle(element % size,
+                                                 _fold(shuffle_key, element // size), size - 1)
     return t, tf.gather(images, index), tf.gather(labels, index)
 
   return tf.data.Dataset.counter(start=start).map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
@@ -301,18 +320,23 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
   if start_step < 0 or num_views < 1:
     raise ValueError(f"Need start_step >= 0 and num_views >= 1, got {start_step}, {num_views}.")
   _check_image_config(config)
-  shard = sources.open_shard(config, config.data.train_split, process_index, process_count)
+  streamed = sources.check_source(config) in _STREAMED_SOURCES
+  shard = sources.open_shard(config, config.data.train_split,
+                             *((process_index, process_count) if streamed else (0, 1)))
   start = start_step * local_batch if start_element is None else start_element
-  shuffle_key = _stream_key(config.seed, _SHUFFLE_STREAM, process_index)
-  if shard.random_access:
-    elements = _random_access_elements(shard, shuffle_key, start)
+  global_element = functools.partial(_global_element, local_batch=local_batch,
+                                     process_index=process_index, process_count=process_count)
+  if streamed:
+    elements = _streamed_elements(shard, _stream_key(config.seed, _SHUFFLE_STREAM, process_index),
+                                  start, config.data.shuffle_buffer)
   else:
-    elements = _streamed_elements(shard, shuffle_key, start, config.data.shuffle_buffer)
-  augment_key = _stream_key(config.seed, _AUGMENT_STREAM, process_index)
+    elements = _random_access_elements(shard, _stream_key(config.seed, _SHUFFLE_STREAM), start,
+                                       global_element)
+  augment_key = _stream_key(config.seed, _AUGMENT_STREAM)
 
   def example(t, image, label):
-    views, boxes, flips = _train_views(image, shard.kind, _fold(augment_key, t), num_views,
-                                       config)
+    views, boxes, flips = _train_views(image, shard.kind, _fold(augment_key, global_element(t)),
+                                       num_views, config)
     stack = (lambda x: x[0]) if num_views == 1 else tf.stack
     return {"image": stack(views), "crop_box": stack(boxes), "flip": stack(flips),
             "label": label, "element": t}

@@ -1,0 +1,209 @@
+"""Multi-process runs: 2 processes × 4 CPU devices (gloo) train like 1 process × 8 devices;
+their checkpoints restore in one process; how mim_jax.distributed reads the layout."""
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, scalar_series
+from mim_jax import data, distributed, train
+
+STEPS = 4
+TINY = {"model.width": 32, "model.depth": 1, "model.num_heads": 4, "model.decoder_width": 16,
+        "model.decoder_depth": 1, "model.decoder_num_heads": 2, "data.image_size": 16,
+        "data.synthetic_train_size": 64, "batch_size": 16, "log_every_steps": 1,
+        "image_summary_every_steps": 0, "warmup_steps": 2, "num_train_steps": STEPS,
+        "checkpoint_every_steps": 2, "keep_checkpoints": 2}
+# One process sums the 8 devices' gradients in its own all-reduce, two processes over
+# gloo: the same sums in another order, and Adam magnifies the difference where a
+# gradient is near its epsilon. Measured on the 2-core CI CPU: identical losses;
+# parameters within 7.5e-9 after 4 steps, within 9.9e-8 when steps 3-4 of the 2-process
+# run are redone in one process. One Adam step moves a parameter by up to lr = 3.75e-5
+# here, so 5e-7 (1/75 of a step) still catches a wrong batch, step or lr.
+LOSS_RTOL, PARAM_ATOL = 1e-6, 5e-7
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def tiny_config():
+  spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs/quickstart.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update_from_flattened_dict(TINY)
+  return config
+
+
+def start_two_processes(workdir):
+  """main.py as 2 processes × 4 CPU devices on localhost (each reads its half of every
+  global batch). Returns [(process, log path)]."""
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  started = []
+  for index in range(2):
+    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/quickstart.py",
+           f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
+           "--num_processes=2", f"--process_id={index}"]
+    cmd += [f"--config.{k}={v}" for k, v in TINY.items()]
+    log_path = workdir / f"log{index}.txt"
+    with open(log_path, "w") as log:
+      started.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log_path))
+  return started
+
+
+def wait_for(started, timeout=300):
+  deadline = time.time() + timeout
+  try:
+    for proc, _ in started:
+      proc.wait(timeout=max(deadline - time.time(), 1))
+  finally:
+    for proc, _ in started:
+      if proc.poll() is None:
+        proc.kill()
+  texts = [log_path.read_text() for _, log_path in started]
+  for (proc, _), text in zip(started, texts):
+    assert proc.returncode == 0, text[-3000:]
+  return texts
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """(workdir of the 2-process run, workdir of the same run in this 1-process, 8-device
+  pytest process, trained while the two processes run)."""
+  two, one = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one_process")
+  started = start_two_processes(two)
+  try:
+    assert jax.process_count() == 1 and jax.device_count() == 8
+    train.train_and_evaluate(tiny_config(), str(one))
+  finally:
+    texts = wait_for(started)
+  assert "Process 1 of 2: 4 local devices of 8." in texts[1]
+  return two, one
+
+
+def params_of(workdir, step=None):
+  return jax.device_get(train.restore_state(str(workdir), step)[1].params)
+
+
+def assert_params_close(got, want):
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=0, atol=PARAM_ATOL, err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_processes_train_like_one_process_with_eight_devices(runs):
+  two, one = runs
+  two_losses = scalar_series(str(two), "loss", with_steps=True)
+  one_losses = scalar_series(str(one), "loss", with_steps=True)
+  assert [s for s, _ in two_losses] == [s for s, _ in one_losses] == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([v for _, v in two_losses], [v for _, v in one_losses],
+                             rtol=LOSS_RTOL)
+  assert len({v for _, v in one_losses}) == STEPS  # every step saw a new batch
+  # Each process read 8 of the 16 examples of each step; the checkpoint records both.
+  data_item = json.loads((two / "checkpoints" / str(STEPS) / "data" / "metadata").read_text())
+  assert data_item["next_element"] == [STEPS * 8, STEPS * 8]
+  # The 2-process checkpoint restores in this single process.
+  assert_params_close(params_of(two), params_of(one))
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+  two, one = runs
+  shutil.copy(two / "config.json", tmp_path / "config.json")
+  shutil.copytree(two / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+  state = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert int(state.step) == STEPS
+  resumed = scalar_series(str(tmp_path), "loss", with_steps=True)
+  want = dict(scalar_series(str(one), "loss", with_steps=True))
+  assert [s for s, _ in resumed] == [3, 4]
+  np.testing.assert_allclose([v for _, v in resumed], [want[3], want[4]], rtol=LOSS_RTOL)
+  assert_params_close(jax.device_get(state.params), params_of(one))
+
+
+# --- the input pipeline under different process counts -----------------------------------
+
+def test_the_global_batch_does_not_depend_on_the_process_count(tmp_path):
+  """Batches of 12 from a 20-example split (step 1 straddles two epochs): the local
+  batches of 4 processes, resumed at step 1 from their element positions, concatenate to
+  the global batches of 1 process, crops and flips included."""
+  images = np.random.default_rng(0).integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
+  np.savez(tmp_path / "d.npz", x_train=images, y_train=np.arange(20), x_test=images,
+           y_test=np.arange(20))
+  config = tiny_config()
+  config.data.update(source="npz", path=str(tmp_path / "d.npz"))
+
+  def local_batches(count, start_step=0):
+    """Steps start_step..3: per step, the list of each process's local batch."""
+    iterators = [data.create_train_iterator(
+        config, global_batch_size=12, process_index=p, process_count=count,
+        start_element=start_step * 12 // count) for p in range(count)]
+    return [[next(it) for it in iterators] for _ in range(4 - start_step)]
+
+  want = [b[0] for b in local_batches(1)]
+  epoch = np.concatenate([b["label"] for b in want])[:20]
+  np.testing.assert_array_equal(np.sort(epoch), np.arange(20))  # a permutation per epoch
+  for got, one in zip(local_batches(4, start_step=1), want[1:]):
+    for key in ("image", "label", "crop_box", "flip"):
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), one[key])
+
+
+# --- how the process layout is read -----------------------------------------------------
+
+SLURM_2_TASKS = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]",
+                 "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+
+
+def plan(mode="auto", environ=None, cloud_tpu=False, **layout):
+  return distributed.plan(mode, environ={} if environ is None else environ,
+                          cloud_tpu=cloud_tpu, **layout)
+
+
+def test_a_laptop_run_is_one_process():
+  assert plan() is None
+  assert plan("off", environ=SLURM_2_TASKS, cloud_tpu=True) is None
+  assert plan(environ=dict(SLURM_2_TASKS, SLURM_NTASKS="1")) is None
+
+
+def test_explicit_flags_are_passed_to_jax():
+  assert plan(coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3,
+              local_device_ids=["0", "1"]) == {
+                  "coordinator_address": "10.0.0.2:1234", "num_processes": 4,
+                  "process_id": 3, "local_device_ids": [0, 1]}
+
+
+def test_cluster_environments_leave_the_layout_to_jax():
+  assert plan(environ=SLURM_2_TASKS) == {}
+  assert plan(cloud_tpu=True) == {}
+  assert plan("on") == {}
+  assert plan(environ=SLURM_2_TASKS, process_id=1) == {"process_id": 1}
+  assert plan(environ={"JAX_COORDINATOR_ADDRESS": "h:1"}, num_processes=2,
+              process_id=0) == {"num_processes": 2, "process_id": 0}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"coordinator_address": "h:1", "num_processes": 2}, "also set --process_id"),
+    ({"num_processes": 2, "process_id": 0}, "also set --coordinator_address"),
+    ({"environ": {"JAX_COORDINATOR_ADDRESS": "h:1"}}, "--num_processes, --process_id"),
+    ({"coordinator_address": "h", "num_processes": 2, "process_id": 0}, "must be host:port"),
+    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2},
+     r"--process_id=2 must be in \[0, --num_processes=2\)"),
+    ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0},
+     "--num_processes=0 must be at least 1"),
+    ({"mode": "off", "num_processes": 2}, "--distributed=off contradicts --num_processes"),
+    ({"mode": "sometimes"}, "--distributed='sometimes'"),
+])
+def test_layout_errors_name_the_flag(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    plan(**kwargs)
