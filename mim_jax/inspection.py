@@ -78,9 +78,15 @@ def hide_patches(pixels: np.ndarray, mask: np.ndarray, patch_size: int,
 
 def encoder_of(config: ml_collections.ConfigDict, state) -> Tuple[vit.ViTEncoder, dict]:
   """The run's online encoder at config.data.image_size without SimMIM's mask token, as
-  evaluation builds it (mim_jax/evaluation/pretrained.py), and its params."""
+  evaluation builds it (mim_jax/evaluation/pretrained.py), and its params; always
+  unrolled ('blocks_0', ... : the params of a `model.scan_layers` run are unstacked) with
+  XLA attention and no remat, so that it runs anywhere and each block sows its weights."""
   params = {k: v for k, v in state.params["encoder"].items() if k != "mask_token"}
-  return build_encoder(config, use_mask_token=False), params
+  if config.model.get("scan_layers", False):
+    params = vit.unstack_block_params(params, config.model.depth)
+  encoder = build_encoder(config, use_mask_token=False, scan_layers=False, remat="none",
+                          attention_impl="xla")
+  return encoder, params
 
 
 def cls_attention(encoder: vit.ViTEncoder, params, images) -> np.ndarray:

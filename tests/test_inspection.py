@@ -144,6 +144,22 @@ def test_encoder_of_a_simmim_run_drops_the_mask_token_and_encodes_every_patch():
   assert inspection.cls_attention(encoder, params, batch["image"]).shape == (2, 4, 4, 4)
 
 
+def test_encoder_of_a_scanned_run_is_unrolled_and_computes_the_same_features():
+  config = tiny_mae_config()
+  config.model.scan_layers = True
+  method = methods.create(config)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  state = types.SimpleNamespace(params=jax.jit(method.init)(jax.random.PRNGKey(1),
+                                                            {"image": images}))
+  encoder, params = inspection.encoder_of(config, state)
+  assert "blocks" in state.params["encoder"]
+  assert sorted(k for k in params if k.startswith("blocks")) == ["blocks_0", "blocks_1"]
+  scanned = jax.jit(method.encoder.apply)({"params": state.params["encoder"]}, images)
+  np.testing.assert_allclose(inspection.cls_features(encoder, params, images), scanned[:, 0],
+                             atol=1e-5)
+  assert inspection.cls_attention(encoder, params, images).shape == (2, 4, 4, 4)
+
+
 def test_run_images_come_from_the_train_and_eval_pipelines():
   config = tiny_mae_config()
   config.data.synthetic_eval_size = 6
