@@ -3,8 +3,10 @@
 A shard lists its examples in a fixed order. Sources with random access (synthetic, npz,
 image_folder) hold every example's image (pixels or file path) and label in memory as
 NumPy arrays; tfds streams its examples with images left encoded, so that the pipeline
-decodes only what it uses. Process `i` of `n` owns examples `i, i + n, i + 2n, ...`
-(tfds: `tfds.split_for_jax_process`, contiguous and evenly sized).
+decodes only what it uses. For evaluation, process `i` of `n` owns examples
+`i, i + n, i + 2n, ...`; training with random access reads the whole split's index in
+every process (one global element stream, see pipeline.create_train_iterator); tfds
+always reads `tfds.split_for_jax_process`'s contiguous, evenly sized shard.
 """
 import dataclasses
 import functools
