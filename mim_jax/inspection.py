@@ -42,6 +42,16 @@ def eval_images(config: ml_collections.ConfigDict,
   return batch["image"][valid], batch["label"][valid]
 
 
+def method_batch(config: ml_collections.ConfigDict, method: Method,
+                 num_images: int) -> Dict[str, jax.Array]:
+  """A batch to draw masks on: the first `num_images` eval images, whole and centre
+  cropped; for a multi-view method, which needs views and their crop geometry, the first
+  train batch instead."""
+  if method.num_views > 1:
+    return training_batch(config, method, num_images)
+  return {"image": jnp.asarray(eval_images(config, num_images)[0])}
+
+
 def to_pixels(config: ml_collections.ConfigDict, images) -> np.ndarray:
   """Normalised images -> [0, 1] pixels (undo config.data.mean/std, clip)."""
   mean = np.asarray(config.data.mean, np.float32)

@@ -163,12 +163,16 @@ def test_encoder_of_a_scanned_run_is_unrolled_and_computes_the_same_features():
 def test_run_images_come_from_the_train_and_eval_pipelines():
   config = tiny_mae_config()
   config.data.synthetic_eval_size = 6
-  batch = inspection.training_batch(config, methods.create(config), 3)
-  assert sorted(batch) == ["image"] and batch["image"].shape == (3, 16, 16, 3)
   images, labels = inspection.eval_images(config, 4)
   assert images.shape == (4, 16, 16, 3) and labels.shape == (4,)
+  batch = inspection.method_batch(config, methods.create(config), 4)
+  np.testing.assert_array_equal(batch["image"], images)
   images, labels = inspection.eval_images(config, 8)  # only 6 in the split
   assert images.shape == (6, 16, 16, 3) and labels.shape == (6,)
+  config.method = multiview_mae.method_config()
+  batch = inspection.method_batch(config, methods.create(config), 3)
+  assert sorted(batch) == ["crop_box", "flip", "image"]
+  assert batch["image"].shape == (3, 2, 16, 16, 3) and batch["crop_box"].shape == (3, 2, 4)
 
 
 def test_plots_lay_out_one_panel_per_image_head_neighbour_and_curve():
