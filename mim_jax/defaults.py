@@ -57,6 +57,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))
   config.donate_state = True  # the train step reuses the input state's buffers
+  # k-NN top-1 of the online encoder on held-out data during pretraining, written to
+  # TensorBoard as knn_top1 (mim_jax/evaluation/monitor.py); every_steps=0: off.
+  config.knn_monitor = ml_collections.ConfigDict(dict(
+      every_steps=0, train_split=ml_collections.config_dict.placeholder(str),
+      eval_split=ml_collections.config_dict.placeholder(str), num_train=10_000,
+      num_eval=2_000, batch_size=256, pool="cls",
+      block=ml_collections.config_dict.placeholder(int), k=20, temperature=0.07))
   config.max_nonfinite_steps = 10  # stop after this many skipped steps in a row
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mim_jax import checkpoint, data, methods, optim, preemption, sharding
+from mim_jax.evaluation import monitor
 from mim_jax.models import vit
 from mim_jax.methods.base import Method
 from mim_jax.state import TrainState
@@ -213,7 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `method.warm_start`. `stop_after_step` ends the run early at that step with a
   checkpoint, as a preempted job would, without changing any schedule; running again
   continues from there. `method` replaces the one named by `config.method.name` (e.g.
-  fine-tuning, mim_jax/evaluation/finetune.py). `evaluations` are called as
+  fine-tuning, mim_jax/evaluation/finetune.py). `evaluations`, and the k-NN monitor when
+  `config.knn_monitor.every_steps` > 0 (mim_jax/evaluation/monitor.py), are called as
   `evaluation(params, step) -> {name: float}` every `evaluation.every_steps` steps and at
   the last step, and their scalars are written to TensorBoard.
   """
@@ -222,6 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   check_method_name=method is None)
   mesh = sharding.create_mesh(config)
   method = methods.create(config) if method is None else method
+  evaluations = list(evaluations) + monitor.knn_monitors(config)
   total_steps, warmup_steps, steps_per_epoch = schedule_lengths(config)
   peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
                             config.batch_size)

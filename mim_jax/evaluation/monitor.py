@@ -1,0 +1,82 @@
+"""k-NN monitor of a pretraining run: every `config.knn_monitor.every_steps` steps (and at
+the last step) the current online encoder embeds the first `num_train` examples of the
+train split and the first `num_eval` of the held-out split (eval preprocessing, no
+augmentation; features.py), and the weighted k-NN top-1 (knn.py: cosine, k = 20,
+T = 0.07) and 1-NN top-1 of the held-out examples are written to TensorBoard as
+`knn_top1` and `nn1_top1` (percent).
+
+config.knn_monitor fields (defaults in mim_jax/defaults.py):
+  every_steps: 0 turns the monitor off.
+  train_split, eval_split: None: config.data.train_split / config.data.eval_split.
+  num_train, num_eval: examples taken from the start of each split (-1: all of it).
+  batch_size: global batch of the feature pass (a multiple of the devices).
+  pool: 'cls' or 'mean' (mean of the patch tokens); block: None (last block + final
+    norm) or a 1-based block whose output is used; k, temperature: the vote.
+"""
+import itertools
+import math
+from typing import Dict, List, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from mim_jax import data
+from mim_jax.evaluation import features, knn
+from mim_jax.methods.mae import build_encoder
+
+POOLS = ("cls", "mean")
+
+
+class KnnMonitor:
+  """`monitor(params, step) -> {'knn_top1', 'nn1_top1'}` on `params['encoder']`."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    monitor = config.knn_monitor
+    features.check_pool(monitor.pool, POOLS, "config.knn_monitor.pool")
+    if monitor.k < 1 or monitor.temperature <= 0:
+      raise ValueError(f"config.knn_monitor.k={monitor.k} must be >= 1 and "
+                       f"config.knn_monitor.temperature={monitor.temperature} > 0.")
+    devices = jax.device_count()
+    if monitor.batch_size <= 0 or monitor.batch_size % devices:
+      raise ValueError(f"config.knn_monitor.batch_size={monitor.batch_size} must be a positive "
+                       f"multiple of the {devices} devices.")
+    if monitor.num_train == 0 or monitor.num_eval == 0:
+      raise ValueError("config.knn_monitor.num_train and num_eval must be positive or -1 "
+                       "(the whole split).")
+    self.config = config
+    self.monitor = monitor
+    self.every_steps = monitor.every_steps
+    self.encoder = build_encoder(config, use_mask_token=False)
+    self.encoder.check_block(monitor.block)
+    self.splits = (monitor.train_split or config.data.train_split,
+                   monitor.eval_split or config.data.eval_split)
+
+  def features(self, params, split: str, count: int):
+    """(features [n, D], labels [n]) of the first `count` examples of `split` (-1: all)."""
+    batches = data.create_eval_iterator(self.config, split,
+                                        global_batch_size=self.monitor.batch_size)
+    if count > 0:
+      batches = itertools.islice(batches, math.ceil(count / self.monitor.batch_size))
+    x, y = features.extract_features(self.encoder, params, batches, pool=self.monitor.pool,
+                                     block=self.monitor.block)
+    return (x, y) if count < 0 else (x[:count], y[:count])
+
+  def __call__(self, params, step: Optional[int] = None) -> Dict[str, float]:
+    if "encoder" not in params:
+      raise ValueError("The k-NN monitor needs params['encoder'] (a ViT encoder); set "
+                       "config.knn_monitor.every_steps=0 for this method.")
+    encoder_params = {k: v for k, v in params["encoder"].items() if k != "mask_token"}
+    train_x, train_y = self.features(encoder_params, self.splits[0], self.monitor.num_train)
+    test_x, test_y = self.features(encoder_params, self.splits[1], self.monitor.num_eval)
+    num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
+    return knn.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=num_classes,
+                            k=self.monitor.k, temperature=self.monitor.temperature)
+
+
+def knn_monitors(config: ml_collections.ConfigDict) -> List[KnnMonitor]:
+  """[KnnMonitor] when `config.knn_monitor.every_steps` > 0, else []."""
+  monitor = config.get("knn_monitor")
+  if monitor is None or monitor.every_steps <= 0:
+    return []
+  return [KnnMonitor(config)]
