@@ -11,15 +11,15 @@ from conftest import tiny_mae_config
 from mim_jax import methods, optim, sharding, train
 from mim_jax.models import vit
 
-KW = dict(image_size=16, patch_size=4, width=32, depth=3, num_heads=4)
+KW = dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=4)
 IMAGES = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
 VISIBLE = jnp.array([[0, 3, 5, 9, 12, 15], [1, 2, 4, 8, 10, 14]])
 
 
 def _encoder_outputs(encoder, params):
-  """(output, block-2 output, sown intermediates) of `encoder` on IMAGES at VISIBLE."""
+  """(output, block-1 output, sown intermediates) of `encoder` on IMAGES at VISIBLE."""
   apply = lambda **kw: encoder.apply({"params": params}, IMAGES, VISIBLE, **kw)
-  return apply(), apply(block=2), apply(mutable=["intermediates"])[1]["intermediates"]
+  return apply(), apply(block=1), apply(mutable=["intermediates"])[1]["intermediates"]
 
 
 def test_scanned_encoder_equals_unrolled_with_restacked_params():
@@ -29,20 +29,20 @@ def test_scanned_encoder_equals_unrolled_with_restacked_params():
   # a non-zero relative position bias table, so that the bias matters
   params["rel_pos_bias"]["relative_position_bias_table"] = jax.random.normal(
       jax.random.PRNGKey(2), params["rel_pos_bias"]["relative_position_bias_table"].shape)
-  stacked = vit.stack_block_params(params, 3)
-  assert stacked["blocks"]["layers"]["attn"]["qkv"]["kernel"].shape == (3, 32, 96)
+  stacked = vit.stack_block_params(params, 2)
+  assert stacked["blocks"]["layers"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
   assert jax.tree.structure(stacked) == jax.tree.structure(
       scanned.init(jax.random.PRNGKey(1), IMAGES, VISIBLE)["params"])
-  jax.tree.map(np.testing.assert_array_equal, vit.unstack_block_params(stacked, 3), params)
-  out, out_2, sown = jax.jit(functools.partial(_encoder_outputs, unrolled))(params)
-  scan_out, scan_out_2, scan_sown = jax.jit(functools.partial(_encoder_outputs, scanned))(
+  jax.tree.map(np.testing.assert_array_equal, vit.unstack_block_params(stacked, 2), params)
+  out, out_1, sown = jax.jit(functools.partial(_encoder_outputs, unrolled))(params)
+  scan_out, scan_out_1, scan_sown = jax.jit(functools.partial(_encoder_outputs, scanned))(
       stacked)
   np.testing.assert_allclose(scan_out, out, atol=2e-5)
-  np.testing.assert_allclose(scan_out_2, out_2, atol=2e-5)
-  assert not np.allclose(out_2, out, atol=1e-2)
+  np.testing.assert_allclose(scan_out_1, out_1, atol=2e-5)
+  assert not np.allclose(out_1, out, atol=1e-2)
   weights = scan_sown["blocks"]["layers"]["attn"]["attention_weights"][0]
-  assert weights.shape == (3, 2, 4, 7, 7)  # [depth, B, H, 1 + K, 1 + K]
-  for i in range(3):
+  assert weights.shape == (2, 2, 4, 7, 7)  # [depth, B, H, 1 + K, 1 + K]
+  for i in range(2):
     np.testing.assert_allclose(weights[i], sown[f"blocks_{i}"]["attn"]["attention_weights"][0],
                                atol=1e-5)
 
@@ -105,11 +105,10 @@ def test_bfloat16_compute_keeps_float32_params_and_a_close_float32_loss():
 
 
 def test_remat_policies_and_scan_give_identical_gradients():
-  kw = dict(KW, depth=2)
-  params = vit.ViTEncoder(**kw).init(jax.random.PRNGKey(10), IMAGES, VISIBLE)["params"]
+  params = vit.ViTEncoder(**KW).init(jax.random.PRNGKey(10), IMAGES, VISIBLE)["params"]
 
   def grads(p, drop_path_rate=0.1, **options):
-    encoder = vit.ViTEncoder(**kw, drop_path_rate=drop_path_rate, **options)
+    encoder = vit.ViTEncoder(**KW, drop_path_rate=drop_path_rate, **options)
     loss = lambda p: jnp.sum(encoder.apply({"params": p}, IMAGES, VISIBLE, deterministic=False,
                                            rngs={"dropout": jax.random.PRNGKey(11)})**2)
     return jax.grad(loss)(p)
