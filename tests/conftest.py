@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import runpy  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -14,6 +15,14 @@ from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_small.npz"
+
+
+def config_file(name, arg=None, overrides=None):
+  """configs/<name>'s get_config(arg), with flattened `overrides` ({'model.width': 32})."""
+  get_config = runpy.run_path(str(REPO / "configs" / name))["get_config"]
+  config = get_config() if arg is None else get_config(arg)
+  config.update_from_flattened_dict(overrides or {})
+  return config
 
 
 def tiny_mae_config(**overrides):

@@ -1,7 +1,6 @@
 """CAE: the regressor's official block order, the loss against NumPy, the stop-gradient
 alignment target, tokenizer targets, the published recipe, sharded steps and learning on
 CIFAR."""
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from conftest import REPO, scalar_series, tiny_mae_config
+from conftest import config_file, scalar_series, tiny_mae_config
 from mim_jax import methods, optim, train
 from mim_jax.methods import cae
 from mim_jax.models import cae as cae_models
@@ -226,8 +225,7 @@ def test_tokenizer_targets_use_cross_entropy_over_the_ids(pixel_cae):
 
 
 def load_config(name, arg=None):
-  get_config = runpy.run_path(str(REPO / "configs" / name))["get_config"]
-  return get_config() if arg is None else get_config(arg)
+  return config_file(name, arg)
 
 
 def test_published_vit_base_recipe_and_tiny_config():

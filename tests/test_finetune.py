@@ -1,6 +1,5 @@
 """Fine-tuning: layer-wise lr decay, mixup/cutmix/label smoothing, and the protocol end to
 end on a tiny pretraining checkpoint (warm start, metrics JSON, resume)."""
-import importlib.util
 import json
 
 import jax
@@ -9,18 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_steps, scalar_series, tiny_mae_config
+from conftest import checkpoint_steps, config_file, scalar_series, tiny_mae_config
 from mim_jax import defaults, optim, train
 from mim_jax.evaluation import finetune, mixup, pretrained
 from mim_jax.models import vit
 
 
 def finetune_config_file():
-  spec = importlib.util.spec_from_file_location("finetune_config",
-                                                REPO / "configs" / "eval" / "finetune.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_file("eval/finetune.py")
 
 
 def test_layer_decay_multipliers_equal_the_closed_form():
@@ -189,7 +184,7 @@ def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
 def test_finetune_config_errors_name_the_field(tmp_path, pretrain_dir):
   config = tiny_finetune_config(pretrain_dir)
   config.pretrained = str(tmp_path / "nowhere")
-  with pytest.raises(ValueError, match="config.pretrained"):
+  with pytest.raises(FileNotFoundError, match="config.pretrained"):
     finetune.run(config, str(tmp_path / "a"))
   config = tiny_finetune_config(pretrain_dir)
   config.method.pool = "max"

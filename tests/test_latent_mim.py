@@ -1,13 +1,12 @@
 """Latent MIM: grid-with-gap sampling, losses, target modes, decoders, EMA, sharding."""
 import math
-import runpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_mae_config
+from conftest import config_file, tiny_mae_config
 from test_train import event_tags, scalar_series
 from mim_jax import masking, methods, optim, sharding, train
 from mim_jax.methods import latent_mim
@@ -85,7 +84,7 @@ def test_grid_gap_crop_takes_one_window_per_cell_and_windows_never_touch():
 
 
 def test_published_geometry_and_visible_target_split_by_count():
-  config = runpy.run_path(str(REPO / "configs" / "latent_mim_vit_base.py"))["get_config"]()
+  config = config_file("latent_mim_vit_base.py")
   assert config.data.image_size == 280  # 14·(16 + 4)
   method = methods.create(config)
   assert (method.num_patches, method.num_visible, method.encoder.image_size) == (196, 20, 224)

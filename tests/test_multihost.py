@@ -1,6 +1,5 @@
 """Multi-process runs: 2 processes × 4 CPU devices (gloo) train like 1 process × 8 devices;
 their checkpoints restore in one process; how mim_jax.distributed reads the layout."""
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, scalar_series
+from conftest import REPO, config_file, scalar_series
 from mim_jax import data, distributed, train
 
 STEPS = 4
@@ -38,12 +37,7 @@ def free_port() -> int:
 
 
 def tiny_config():
-  spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs/quickstart.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update_from_flattened_dict(TINY)
-  return config
+  return config_file("quickstart.py", overrides=TINY)
 
 
 def start_two_processes(workdir):

@@ -1,6 +1,5 @@
 """Multi-View MAE: NT-Xent over the global batch, cross-view targets, loss, sharding,
 learning on CIFAR."""
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import REPO, scalar_series, tiny_mae_config
+from conftest import REPO, config_file, scalar_series, tiny_mae_config
 from mim_jax import data, methods, optim, sharding, train
 from mim_jax.methods import multiview_mae as mv
 from mim_jax.models import vit
@@ -237,7 +236,7 @@ def test_ablation_switches():
 
 
 def test_configs_hold_the_paper_defaults():
-  config = runpy.run_path(str(REPO / "configs" / "multiview_mae_vit_base.py"))["get_config"]()
+  config = config_file("multiview_mae_vit_base.py")
   m = config.method
   assert (m.name, m.mask_ratio, m.contrastive_weight, m.contrastive, m.two_targets) == (
       "multiview_mae", 0.8, 2.0, True, True)
@@ -245,7 +244,7 @@ def test_configs_hold_the_paper_defaults():
       768, 8, 224)
   train.validate_config(config, 8, 1)
   assert isinstance(methods.create(config), mv.MultiViewMAE)
-  small = runpy.run_path(str(REPO / "configs" / "multiview_mae_cifar.py"))["get_config"]()
+  small = config_file("multiview_mae_cifar.py")
   train.validate_config(small, 8, 1)
   assert small.method.mask_ratio == 0.8 and (REPO / small.data.path).resolve() == (
       REPO.parent / "shared" / "data" / "cifar10_small.npz")

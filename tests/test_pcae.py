@@ -1,12 +1,11 @@
 """PCAE: token compression in the teacher, target, loss, gradients, EMA, sharding."""
 import math
-import runpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import REPO, tiny_mae_config
+from conftest import config_file, tiny_mae_config
 from test_latent_mim import assert_trees_close, random_images, run_train_steps
 from mim_jax import methods
 from mim_jax.methods import pcae
@@ -35,7 +34,7 @@ def test_token_dropping_keeps_exactly_the_least_similar_tokens():
 
 
 def test_teacher_compresses_147_to_73_36_18_at_vit_base():
-  config = runpy.run_path(str(REPO / "configs" / "pcae_vit_base.py"))["get_config"]()
+  config = config_file("pcae_vit_base.py")
   method = methods.create(config)
   assert method.drop_layers == (0, 4, 8)
   images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
@@ -46,7 +45,7 @@ def test_teacher_compresses_147_to_73_36_18_at_vit_base():
   assert features.shape == (2, 18, 768)
   # the prediction head is as wide as the encoder at every size (not p²·3)
   assert params["decoder"]["decoder_pred"]["kernel"].shape == (512, 768)
-  large = runpy.run_path(str(REPO / "configs" / "pcae_vit_base.py"))["get_config"]("large")
+  large = config_file("pcae_vit_base.py", "large")
   large_method = methods.create(large)
   assert large_method.drop_layers == (0, 8, 16)
   large_params = jax.eval_shape(large_method.init, jax.random.PRNGKey(0), {"image": images})

@@ -1,5 +1,4 @@
 """Failure behaviour: signals, kills, damaged checkpoints, non-finite steps, bad configs."""
-import importlib.util
 import os
 import random
 import re
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_steps, scalar_series, tiny_mae_config
+from conftest import REPO, checkpoint_steps, config_file, scalar_series, tiny_mae_config
 from mim_jax import checkpoint, methods, optim, sharding, train
 from mim_jax.methods import mae
 
@@ -21,15 +20,6 @@ TINY = {"model.width": 32, "model.depth": 1, "model.num_heads": 4, "model.decode
         "model.decoder_depth": 1, "model.decoder_num_heads": 2, "data.image_size": 16,
         "data.synthetic_train_size": 256, "batch_size": 16, "log_every_steps": 1,
         "image_summary_every_steps": 0, "warmup_steps": 2}
-
-
-def quickstart_config(overrides):
-  spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs/quickstart.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update_from_flattened_dict(overrides)
-  return config
 
 
 def start_main(workdir, overrides):
@@ -76,7 +66,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
   stopped = checkpoint_steps(tmp_path)
   assert len(stopped) == 1 and 3 <= stopped[0] < 400, stopped
   assert f"Stopped at step {stopped[0]}" in err
-  config = quickstart_config(dict(overrides, num_train_steps=stopped[0] + 3))
+  config = config_file("quickstart.py", overrides=dict(overrides, num_train_steps=stopped[0] + 3))
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == stopped[0] + 3
   logged = scalar_series(str(tmp_path), "loss", with_steps=True)
@@ -85,7 +75,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
 
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
   overrides = dict(TINY, num_train_steps=60, checkpoint_every_steps=2)
-  config = quickstart_config(overrides)
+  config = config_file("quickstart.py", overrides=overrides)
   reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
   kill_at = random.Random().randint(3, 20)
   proc = start_main(tmp_path / "killed", overrides)

@@ -1,13 +1,12 @@
 """SimMIM: the L1 loss on hidden pixels, the mask-token encoder with a linear
 head, the published recipe, sharded steps and learning on CIFAR."""
-import runpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, scalar_series, tiny_mae_config
+from conftest import config_file, scalar_series, tiny_mae_config
 from mim_jax import masking, methods, optim, train
 from mim_jax.methods import simmim
 from test_sharding import images_for, run_steps
@@ -78,7 +77,7 @@ def test_encoder_sees_mask_tokens_and_the_head_is_linear_per_token():
 
 
 def load_config(name):
-  return runpy.run_path(str(REPO / "configs" / name))["get_config"]()
+  return config_file(name)
 
 
 def test_published_vit_base_recipe_and_tiny_config():

@@ -177,15 +177,7 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   `data.num_classes` from `config.num_classes`. Raises ValueError on bad fields before
   any compilation."""
   workdir = config.get("pretrained")
-  if not workdir:
-    raise ValueError("Set config.pretrained to the workdir of a pretraining run "
-                     "(--config.pretrained=WORKDIR).")
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"config.pretrained={workdir!r} has no config.json: point it at the "
-                     "workdir of a pretraining run.")
-  with open(config_path) as f:
-    pretrain = ml_collections.ConfigDict(json.load(f))
+  pretrain = pretrained.read_pretrain_config(workdir)
   m = config.method
   if m.pool not in POOLS:
     raise ValueError(f"Unknown config.method.pool={m.pool!r}; choose one of {POOLS}.")

@@ -1,5 +1,7 @@
 """The encoder of a pretraining run, rebuilt from its workdir for evaluation."""
-from typing import Any, Optional, Tuple
+import json
+import os
+from typing import Any, List, Optional, Tuple
 
 import ml_collections
 
@@ -32,3 +34,22 @@ def load_encoder(workdir: str, *, image_size: Optional[int] = None,
   size = config.data.image_size if image_size is None else image_size
   encoder = build_encoder(config, image_size=size, use_mask_token=False, **overrides)
   return encoder, params, config
+
+
+def read_pretrain_config(workdir) -> ml_collections.ConfigDict:
+  """The pretraining config of `workdir`, or an error naming config.pretrained."""
+  if not workdir:
+    raise ValueError("Set config.pretrained to the workdir of a pretraining run "
+                     "(--config.pretrained=DIR).")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.pretrained={workdir!r} is not a pretraining workdir: "
+                            f"{path} does not exist.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_steps(workdir: str) -> List[int]:
+  """Steps of the finished checkpoints in `workdir` (none: [])."""
+  root = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []

@@ -37,7 +37,6 @@ from typing import Any, Dict
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import metric_writers
 
@@ -86,24 +85,6 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
   return config
 
 
-def read_pretrain_config(workdir) -> ml_collections.ConfigDict:
-  """The pretraining config of `workdir`, or an error naming config.pretrained."""
-  if not workdir:
-    raise ValueError("Set config.pretrained to the workdir of a pretraining run "
-                     "(--config.pretrained=DIR).")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.pretrained={workdir!r} is not a pretraining workdir: "
-                            f"{path} does not exist.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def checkpoint_steps(workdir: str) -> list:
-  root = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
-
-
 def pipeline_config(config, pretrain_config) -> ml_collections.ConfigDict:
   """{seed, data} for the input pipeline: the pretraining data config with this
   config's non-None `data` fields on top; the pretraining seed (same synthetic set)."""
@@ -128,7 +109,7 @@ def validate(config, pretrain_config, data_config) -> None:
     raise ValueError(f"config.data.image_size={size} is not divisible by the encoder's "
                      f"patch size {patch}.")
   data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count())
-  steps = checkpoint_steps(config.pretrained)
+  steps = pretrained.checkpoint_steps(config.pretrained)
   if not steps:
     raise FileNotFoundError(f"config.pretrained={config.pretrained!r} has no checkpoints "
                             "under checkpoints/.")
@@ -166,11 +147,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   encoder with the generic trainer: mim_jax/evaluation/finetune.py."""
   if config.protocol == "finetune":
     return finetune.run(config, workdir)
-  pretrain_config = read_pretrain_config(config.pretrained)
+  pretrain_config = pretrained.read_pretrain_config(config.pretrained)
   data_config = pipeline_config(config, pretrain_config)
   validate(config, pretrain_config, data_config)
   pretrained_step = (config.pretrained_step if config.pretrained_step is not None
-                     else checkpoint_steps(config.pretrained)[-1])
+                     else pretrained.checkpoint_steps(config.pretrained)[-1])
   splits = (data_config.data.train_split, data_config.data.eval_split)
   iterators = [data.create_eval_iterator(data_config, split,
                                          global_batch_size=config.eval_batch_size)
