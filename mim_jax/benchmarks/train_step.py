@@ -10,11 +10,13 @@ For each method's ViT-B/16 config (configs/<method>_vit_base.py, at its own imag
 time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
 FLOPs per image and, with --peak_tflops (of all local devices together), the MFU.
 
-FLOPs: `model` is 3 × XLA's cost-analysis count of the forward loss (the forward pass
-plus a backward pass of twice its cost, the PaLM definition of model FLOPs: no
-rematerialisation, no optimizer); `step` is XLA's count of the whole compiled train step
-(backward as compiled, recomputation under remat, AdamW). MFU = model FLOPs · images/s /
-peak. Random images, no input pipeline (see input_pipeline.py).
+FLOPs: `step` is XLA's cost-analysis count of the compiled train step (recomputation
+under remat included); `model` is the same count for the step compiled without remat
+(forward passes, backward passes where gradients flow, e.g. not through EMA targets,
+and AdamW; the PaLM definition up to the optimizer's few FLOPs per parameter).
+MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount methods with a
+stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pipeline
+(see input_pipeline.py).
 """
 import importlib.util
 import os
@@ -27,6 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mim_jax import methods, optim, sharding, train
+from mim_jax.models import vit
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
@@ -59,17 +62,24 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def random_images(config, method, batch_size: int) -> np.ndarray:
+def random_batch(config, method, batch_size: int) -> Dict[str, np.ndarray]:
+  """Random images with `method.batch_keys`; views (if several) cover the whole image,
+  unflipped ('crop_box' [B, V, 4] as (y0, x0, h, w) fractions, 'flip' [B, V])."""
   size = config.data.image_size
   views = (method.num_views,) if method.num_views > 1 else ()
-  return np.random.default_rng(0).normal(size=(batch_size,) + views + (size, size, 3)).astype(
-      np.float32)
+  batch = {"image": np.random.default_rng(0).normal(
+      size=(batch_size,) + views + (size, size, 3)).astype(np.float32),
+           "crop_box": np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32),
+                               (batch_size,) + views + (1,)),
+           "flip": np.zeros((batch_size,) + views, np.bool_)}
+  return {k: batch[k] for k in method.batch_keys}
 
 
 class CompiledStep:
   """The jitted train step of `config` on random images, compiled once; `run(n)` times n
   steps. compile_s: lower + compile of the step; step_flops: XLA's count for one step;
-  forward_flops: XLA's count for the forward loss alone (with `count_model_flops`)."""
+  model_flops: XLA's count for one step compiled without remat (with
+  `count_model_flops`)."""
 
   def __init__(self, config, count_model_flops: bool = True):
     train.validate_config(config, jax.device_count(), jax.process_count())
@@ -79,30 +89,27 @@ class CompiledStep:
     total_steps = 1000
     lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
     tx = optim.create_optimizer(config, lr_fn)
-    images = random_images(config, method, config.batch_size)
-    self.state, shardings = train.create_train_state(method, tx, config, mesh,
-                                                     {"image": images[:1]})
+    batch = random_batch(config, method, config.batch_size)
+    self.state, shardings = train.create_train_state(
+        method, tx, config, mesh, {k: v[:1] for k, v in batch.items()})
     step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
-    self.batch = sharding.global_batch({"image": images}, sharding.batch_sharding(mesh))
+    self.batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
     self.compiled = step_fn.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     self.step_flops = _flops(self.compiled)
-    self.forward_flops = float("nan")
+    self.model_flops = float("nan")
     if count_model_flops:
-      self.forward_flops = self._forward_flops(method)
+      self.model_flops = self.step_flops
+      if vit.remat_policy_name(config.model.get("remat", False)) != "none":
+        plain = config.copy_and_resolve_references()
+        plain.model.remat = "none"
+        self.model_flops = _flops(
+            train.jit_train_step(methods.create(plain), tx, lr_fn, plain, total_steps, mesh,
+                                 shardings).lower(self.state, self.batch).compile())
     self.times: List[float] = []
     self.loss = float("nan")
     self.run(1, record=False)  # warm-up
-
-  def _forward_flops(self, method) -> float:
-    def forward_loss(params, target_params, batch, rng):
-      mask_rng, loss_rng = jax.random.split(rng)
-      masks = method.make_masks(mask_rng, batch)
-      return method.loss(params, target_params, batch, masks, loss_rng, 0)[0]
-
-    return _flops(jax.jit(forward_loss).lower(self.state.params, self.state.target_params,
-                                              self.batch, jax.random.PRNGKey(0)).compile())
 
   def run(self, steps: int, record: bool = True) -> List[float]:
     times = []
@@ -119,7 +126,7 @@ class CompiledStep:
   def summary(self, peak_tflops: float = 0.0) -> Dict[str, Any]:
     batch = self.config.batch_size
     step_s = float(np.median(self.times))
-    model_flops = 3.0 * self.forward_flops / batch
+    model_flops = self.model_flops / batch
     out = dict(compile_s=self.compile_s, step_s=step_s, images_per_s=batch / step_s,
                model_gflops_per_image=model_flops / 1e9,
                step_gflops_per_image=self.step_flops / batch / 1e9, final_loss=self.loss)
@@ -161,7 +168,7 @@ def print_summary(config, result: Dict[str, Any]) -> None:
   print(describe(config))
   line = (f"  compile_s={result['compile_s']:.1f} step_s_median={result['step_s']:.4f} "
           f"images_per_s={result['images_per_s']:.2f} "
-          f"model_gflops_per_image={result['model_gflops_per_image']:.2f} (3 x XLA forward) "
+          f"model_gflops_per_image={result['model_gflops_per_image']:.2f} (XLA, no remat) "
           f"step_gflops_per_image={result['step_gflops_per_image']:.2f} (XLA step)")
   if "mfu" in result:
     line += f" mfu={result['mfu']:.3f}"
@@ -177,6 +184,7 @@ def main(argv):
     configs = []
     for name in FLAGS.methods:
       config = load_config(os.path.join(CONFIG_DIR, f"{name}_vit_base.py"))
+      config.data.source = "synthetic"  # the step runs on random images; no ImageNet needed
       apply_overrides(config, FLAGS.batch_size)
       configs.append(config)
   for config in configs:
