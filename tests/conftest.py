@@ -11,6 +11,7 @@ import runpy  # noqa: E402
 
 import pytest  # noqa: E402
 
+from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -54,8 +55,3 @@ def cifar_npz():
     pytest.skip(f"{CIFAR_NPZ} not present")
   return CIFAR_NPZ
 
-
-def checkpoint_steps(workdir):
-  """Steps of the finished checkpoints in workdir/checkpoints."""
-  root = os.path.join(str(workdir), "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit())

@@ -1,6 +1,8 @@
 """k-NN, linear probe, attentive probe, intermediate-block features and the eval entry."""
 import json
 import math
+import os
+import shutil
 import sys
 
 import jax
@@ -234,4 +236,13 @@ def test_eval_config_errors_name_the_field(pretrained_dir, tmp_path):
     config = eval_config("knn", pretrained_dir)
     config.data.image_size = 18
     run.evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"config.pretrained_step=5 is not among .*\[2\]"):
+    config = eval_config("knn", pretrained_dir)
+    config.pretrained_step = 5
+    run.evaluate(config, str(tmp_path))
+  no_checkpoints = tmp_path / "no_checkpoints"
+  no_checkpoints.mkdir()
+  shutil.copy(os.path.join(pretrained_dir, "config.json"), no_checkpoints)
+  with pytest.raises(FileNotFoundError, match="config.pretrained=.* has no checkpoints"):
+    run.evaluate(eval_config("knn", str(no_checkpoints)), str(tmp_path))
   assert not (tmp_path / "metrics.json").exists()

@@ -1,6 +1,8 @@
 """Fine-tuning: layer-wise lr decay, mixup/cutmix/label smoothing, and the protocol end to
 end on a tiny pretraining checkpoint (warm start, metrics JSON, resume)."""
 import json
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -194,3 +196,9 @@ def test_finetune_config_errors_name_the_field(tmp_path, pretrain_dir):
   config.eval_batch_size = 12
   with pytest.raises(ValueError, match="config.eval_batch_size"):
     finetune.run(config, str(tmp_path / "c"))
+  (tmp_path / "no_checkpoints").mkdir()
+  shutil.copy(os.path.join(pretrain_dir, "config.json"), tmp_path / "no_checkpoints")
+  config = tiny_finetune_config(str(tmp_path / "no_checkpoints"))
+  with pytest.raises(FileNotFoundError, match="config.pretrained=.* has no checkpoints"):
+    finetune.run(config, str(tmp_path / "d"))
+  assert not any((tmp_path / d).exists() for d in "abcd")  # nothing written

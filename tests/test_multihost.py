@@ -2,7 +2,9 @@
 their checkpoints restore in one process; how mim_jax.distributed reads the layout."""
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, config_file, scalar_series
+from conftest import REPO, checkpoint_steps, config_file, scalar_series
 from mim_jax import data, distributed, train
 
 STEPS = 4
@@ -40,7 +42,7 @@ def tiny_config():
   return config_file("quickstart.py", overrides=TINY)
 
 
-def start_two_processes(workdir):
+def start_two_processes(workdir, overrides=TINY):
   """main.py as 2 processes × 4 CPU devices on localhost (each reads its half of every
   global batch). Returns [(process, log path)]."""
   port = free_port()
@@ -51,7 +53,7 @@ def start_two_processes(workdir):
     cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/quickstart.py",
            f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
            "--num_processes=2", f"--process_id={index}"]
-    cmd += [f"--config.{k}={v}" for k, v in TINY.items()]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
     log_path = workdir / f"log{index}.txt"
     with open(log_path, "w") as log:
       started.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
@@ -124,6 +126,31 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
   assert [s for s, _ in resumed] == [3, 4]
   np.testing.assert_allclose([v for _, v in resumed], [want[3], want[4]], rtol=LOSS_RTOL)
   assert_params_close(jax.device_get(state.params), params_of(one))
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+  """The preempted host gets SIGTERM (as a Cloud TPU VM or SLURM would send it); JAX's
+  preemption sync point makes both processes save step N and exit cleanly, and the
+  rerun continues at N + 1."""
+  overrides = dict(TINY, num_train_steps=400, checkpoint_every_steps=1000)
+  started = start_two_processes(tmp_path, overrides)
+  (victim, victim_log) = started[1]
+  deadline = time.time() + 240
+  while not re.search(r"\] \[([3-9]|\d\d+)\] .*loss=", victim_log.read_text()):
+    assert time.time() < deadline and victim.poll() is None, victim_log.read_text()[-3000:]
+    time.sleep(0.2)
+  victim.send_signal(signal.SIGTERM)
+  texts = wait_for(started, timeout=120)
+  stopped = checkpoint_steps(tmp_path)
+  assert len(stopped) == 1 and 3 <= stopped[0] < 400, stopped
+  for text in texts:
+    assert f"Stopped at step {stopped[0]};" in text
+  config = config_file("quickstart.py", overrides=dict(overrides,
+                                                       num_train_steps=stopped[0] + 2))
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == stopped[0] + 2
+  logged = [s for s, _ in scalar_series(str(tmp_path), "loss", with_steps=True)]
+  assert logged == list(range(1, stopped[0] + 3))  # no step twice, none left out
 
 
 # --- the input pipeline under different process counts -----------------------------------

@@ -50,7 +50,7 @@ def wait_for_a_finished_checkpoint(workdir, timeout=120):
   """Async saves lag the logged step on a loaded machine; kill only once one has landed."""
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if os.path.isdir(os.path.join(workdir, "checkpoints")) and checkpoint_steps(workdir):
+    if checkpoint_steps(workdir):
       return
     time.sleep(0.05)
   raise AssertionError("no checkpoint finished in %s within %d s" % (workdir, timeout))

@@ -63,17 +63,13 @@ def train_attentive_probe(train_tokens: np.ndarray, train_labels: np.ndarray,
                           log_fn: Optional[linear_probe.LogFn] = None) -> Dict[str, Any]:
   """Attentive probe on [N, 1 + L, D] tokens; returns fit_classifier's dict ('top1' in
   percent) plus 'peak_lr'. `num_heads` must divide D (CAE uses the encoder's heads)."""
-  train_x = np.asarray(train_tokens, np.float32)
-  test_x = np.asarray(test_tokens, np.float32)
-  train_y, test_y = np.asarray(train_labels), np.asarray(test_labels)
-  if train_x.ndim != 3:
-    raise ValueError(f"The attentive probe needs [N, T, D] tokens, got {train_x.shape}: "
-                     "extract them with pool='tokens'.")
+  train_x, train_y, test_x, test_y = linear_probe.probe_arrays(
+      train_tokens, train_labels, test_tokens, test_labels, ndim=3,
+      shape_hint="[N, T, D] tokens (pool='tokens')", num_classes=num_classes,
+      batch_size=batch_size, epochs=epochs)
   if num_heads < 1 or train_x.shape[-1] % num_heads:
     raise ValueError(f"num_heads={num_heads} must divide the token width "
                      f"{train_x.shape[-1]}.")
-  linear_probe.check_probe_data(train_x, train_y, test_x, test_y, num_classes, batch_size,
-                                epochs)
   batch_size = min(batch_size, len(train_x))
   steps_per_epoch = len(train_x) // batch_size
   lr_fn = linear_probe.warmup_cosine(lr, epochs * steps_per_epoch,

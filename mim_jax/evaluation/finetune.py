@@ -178,6 +178,7 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   any compilation."""
   workdir = config.get("pretrained")
   pretrain = pretrained.read_pretrain_config(workdir)
+  pretrained.pretrained_step(workdir, config.get("pretrained_step"))
   m = config.method
   if m.pool not in POOLS:
     raise ValueError(f"Unknown config.method.pool={m.pool!r}; choose one of {POOLS}.")

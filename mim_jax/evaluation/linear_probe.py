@@ -33,8 +33,15 @@ class LinearProbe(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="head")(x)
 
 
-def check_probe_data(train_x, train_y, test_x, test_y, num_classes: int, batch_size: int,
-                     epochs: int) -> None:
+def probe_arrays(train_x, train_y, test_x, test_y, *, ndim: int, shape_hint: str,
+                 num_classes: int, batch_size: int, epochs: int):
+  """(train_x, train_y, test_x, test_y) as float32 / integer NumPy arrays, or a
+  ValueError saying what to change: features of rank `ndim` (`shape_hint` names the
+  expected shape and how to get it), one label per example, labels in range."""
+  train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
+  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+  if train_x.ndim != ndim:
+    raise ValueError(f"The probe needs {shape_hint}, got {train_x.shape}.")
   if len(train_x) != len(train_y) or len(test_x) != len(test_y):
     raise ValueError(f"Need one label per example: train {len(train_x)} vs {len(train_y)}, "
                      f"test {len(test_x)} vs {len(test_y)}.")
@@ -49,6 +56,7 @@ def check_probe_data(train_x, train_y, test_x, test_y, num_classes: int, batch_s
                        f"[{y.min()}, {y.max()}].")
   if batch_size < 1 or epochs < 1:
     raise ValueError(f"Need batch_size >= 1 and epochs >= 1, got {batch_size}, {epochs}.")
+  return train_x, train_y, test_x, test_y
 
 
 def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int,
@@ -144,13 +152,10 @@ def train_linear_probe(train_features: np.ndarray, train_labels: np.ndarray,
   The published recipe uses batch 16384 (lr 6.4); `batch_size` is capped at the number
   of training examples, and the peak lr scales with the batch actually used.
   """
-  train_x = np.asarray(train_features, np.float32)
-  test_x = np.asarray(test_features, np.float32)
-  train_y, test_y = np.asarray(train_labels), np.asarray(test_labels)
-  if train_x.ndim != 2:
-    raise ValueError(f"The linear probe needs [N, D] features, got {train_x.shape}: use "
-                     "pool='cls' or 'mean'.")
-  check_probe_data(train_x, train_y, test_x, test_y, num_classes, batch_size, epochs)
+  train_x, train_y, test_x, test_y = probe_arrays(
+      train_features, train_labels, test_features, test_labels, ndim=2,
+      shape_hint="[N, D] features (pool='cls' or 'mean')", num_classes=num_classes,
+      batch_size=batch_size, epochs=epochs)
   batch_size = min(batch_size, len(train_x))
   steps_per_epoch = len(train_x) // batch_size
   peak_lr = base_lr * batch_size / 256

@@ -24,6 +24,7 @@ import numpy as np
 from mim_jax import data
 from mim_jax.evaluation import features, knn
 from mim_jax.methods.mae import build_encoder
+from mim_jax.models import vit
 
 POOLS = ("cls", "mean")
 
@@ -66,7 +67,7 @@ class KnnMonitor:
     if "encoder" not in params:
       raise ValueError("The k-NN monitor needs params['encoder'] (a ViT encoder); set "
                        "config.knn_monitor.every_steps=0 for this method.")
-    encoder_params = {k: v for k, v in params["encoder"].items() if k != "mask_token"}
+    encoder_params = vit.without_mask_token(params["encoder"])
     train_x, train_y = self.features(encoder_params, self.splits[0], self.monitor.num_train)
     test_x, test_y = self.features(encoder_params, self.splits[1], self.monitor.num_eval)
     num_classes = int(max(np.max(train_y), np.max(test_y))) + 1

@@ -30,7 +30,7 @@ def load_encoder(workdir: str, *, image_size: Optional[int] = None,
     params = state.target_params["encoder"]
   else:
     params = state.params["encoder"]
-  params = {k: v for k, v in params.items() if k != "mask_token"}
+  params = vit.without_mask_token(params)
   size = config.data.image_size if image_size is None else image_size
   encoder = build_encoder(config, image_size=size, use_mask_token=False, **overrides)
   return encoder, params, config
@@ -53,3 +53,16 @@ def checkpoint_steps(workdir: str) -> List[int]:
   """Steps of the finished checkpoints in `workdir` (none: [])."""
   root = os.path.join(workdir, "checkpoints")
   return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def pretrained_step(workdir: str, step: Optional[int]) -> int:
+  """`step` (config.pretrained_step), or the newest checkpoint step of `workdir`; an
+  error naming the field when the workdir has no such checkpoint."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"config.pretrained={workdir!r} has no checkpoints under "
+                            "checkpoints/: point it at a pretraining run that has saved one.")
+  if step is not None and step not in steps:
+    raise ValueError(f"config.pretrained_step={step} is not among the checkpoint steps "
+                     f"{steps} of {workdir}.")
+  return steps[-1] if step is None else step

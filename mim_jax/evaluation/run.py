@@ -109,13 +109,7 @@ def validate(config, pretrain_config, data_config) -> None:
     raise ValueError(f"config.data.image_size={size} is not divisible by the encoder's "
                      f"patch size {patch}.")
   data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count())
-  steps = pretrained.checkpoint_steps(config.pretrained)
-  if not steps:
-    raise FileNotFoundError(f"config.pretrained={config.pretrained!r} has no checkpoints "
-                            "under checkpoints/.")
-  if config.pretrained_step is not None and config.pretrained_step not in steps:
-    raise ValueError(f"config.pretrained_step={config.pretrained_step} is not among the "
-                     f"checkpoint steps {steps} of {config.pretrained}.")
+  pretrained.pretrained_step(config.pretrained, config.pretrained_step)
   if config.protocol == "attentive_probe":
     heads = config.attentive_probe.num_heads or model.num_heads
     if model.width % heads:
@@ -150,8 +144,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   pretrain_config = pretrained.read_pretrain_config(config.pretrained)
   data_config = pipeline_config(config, pretrain_config)
   validate(config, pretrain_config, data_config)
-  pretrained_step = (config.pretrained_step if config.pretrained_step is not None
-                     else pretrained.checkpoint_steps(config.pretrained)[-1])
+  pretrained_step = pretrained.pretrained_step(config.pretrained, config.pretrained_step)
   splits = (data_config.data.train_split, data_config.data.eval_split)
   iterators = [data.create_eval_iterator(data_config, split,
                                          global_batch_size=config.eval_batch_size)

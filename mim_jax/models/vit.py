@@ -301,6 +301,12 @@ def unstack_block_params(params: dict, depth: int, name_prefix: str = "blocks") 
   return out
 
 
+def without_mask_token(params: dict) -> dict:
+  """Encoder params for a `use_mask_token=False` encoder (evaluation never hides
+  patches): SimMIM's `mask_token` dropped, everything else kept."""
+  return {k: v for k, v in params.items() if k != "mask_token"}
+
+
 def relative_position_index(grid_hw: Sequence[int]) -> np.ndarray:
   """[1 + N, 1 + N] (query, key) indices into a (2h−1)(2w−1) + 3 entry table: token pairs
   by (Δrow, Δcol), then cls→token, token→cls, cls→cls (SimMIM
