@@ -1,9 +1,11 @@
 """PCAE: token compression in the teacher, target, loss, gradients, EMA, sharding."""
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import config_file, tiny_mae_config
 from test_latent_mim import assert_trees_close, random_images, run_train_steps
@@ -97,6 +99,16 @@ def test_teacher_drops_after_the_configured_blocks_by_similarity_or_noise():
   b = random_method.make_masks(jax.random.PRNGKey(5), {"image": images})
   assert a["drop_noise"].shape == (2, 2, 12)
   np.testing.assert_array_equal(a["drop_noise"], b["drop_noise"])
+
+
+@pytest.mark.parametrize("keep_ratio,message", [
+    (0.0, "keep_ratio=0.0 must be in (0, 1]"),
+    (1.5, "keep_ratio=1.5 must be in (0, 1]"),
+    (0.1, "it leaves 0)"),  # 12 hidden patches -> int(1.2) = 1 -> int(0.1) = 0
+])
+def test_a_keep_ratio_that_empties_the_teacher_is_refused(keep_ratio, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    methods.create(tiny_pcae_config(keep_ratio=keep_ratio))
 
 
 def test_pcae_loss_matches_numpy():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_steps, config_file, scalar_series, tiny_mae_config
-from mim_jax import checkpoint, methods, optim, sharding, train
+from mim_jax import checkpoint, methods, optim, preemption, sharding, train
 from mim_jax.methods import mae
 
 TINY = {"model.width": 32, "model.depth": 1, "model.num_heads": 4, "model.decoder_width": 16,
@@ -71,6 +71,16 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
   assert int(state.step) == stopped[0] + 3
   logged = scalar_series(str(tmp_path), "loss", with_steps=True)
   assert [s for s, _ in logged] == list(range(1, stopped[0] + 4))  # no step twice
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_watch_turns_a_signal_into_a_stop_and_restores_the_old_handler(sig):
+  before = signal.getsignal(sig)
+  with preemption.PreemptionWatch() as watch:
+    assert not watch.should_stop(1)
+    os.kill(os.getpid(), sig)  # delivered to the main thread before kill() returns
+    assert watch.should_stop(2)
+  assert signal.getsignal(sig) is before
 
 
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
@@ -178,9 +188,15 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_last_good_ch
 
 
 @pytest.mark.parametrize("field,value,message", [
+    ("method.name", "beit", "Unknown config.method.name='beit'"),
     ("data.source", "parquet", "config.data.source"),
     ("data.tfds_name", "no_such_dataset", "config.data.tfds_name"),
     ("model.num_heads", 3, "num_heads"),
+    ("model.patch_size", 5, "not divisible by config.model.patch_size=5"),
+    ("method.mask_ratio", 0.0, "config.method.mask_ratio=0.0 must be in (0, 1)"),
+    ("method.mask_ratio", 1.0, "config.method.mask_ratio=1.0 must be in (0, 1)"),
+    ("batch_size", 12, "config.batch_size=12 (the global batch) is not divisible by the 8 "
+                       "devices: set it to a multiple of 8 (e.g. 8 or 16)"),
 ])
 def test_config_errors_say_what_to_change(tmp_path, field, value, message):
   config = tiny_mae_config()

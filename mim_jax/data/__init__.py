@@ -5,7 +5,7 @@
                         process_index=None, process_count=None)
   create_eval_iterator(config, split, *, global_batch_size, process_index=None,
                        process_count=None)
-  check_batch_size(global_batch_size, num_devices, process_count)
+  check_batch_size(global_batch_size, num_devices, process_count, field='config.batch_size')
   default_data_config()
 
 Iterators yield dicts of NumPy arrays holding this process's share of the global batch.

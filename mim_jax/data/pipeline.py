@@ -41,20 +41,22 @@ def _hide_gpus_from_tf():
 _hide_gpus_from_tf()
 
 
-def _require_multiple(global_batch_size: int, count: int, what: str) -> None:
+def _require_multiple(global_batch_size: int, count: int, what: str, field: str) -> None:
   if global_batch_size % count:
     lower = global_batch_size // count * count
     example = f"{lower} or {lower + count}" if lower else f"{count}"
-    raise ValueError(f"Global batch size {global_batch_size} is not divisible by the {count} "
-                     f"{what}: set it to a multiple of {count} (e.g. {example}).")
+    raise ValueError(f"{field}={global_batch_size} (the global batch) is not divisible by "
+                     f"the {count} {what}: set it to a multiple of {count} (e.g. {example}).")
 
 
-def check_batch_size(global_batch_size: int, num_devices: int, process_count: int) -> None:
-  """ValueError unless the global batch splits evenly over devices and processes."""
+def check_batch_size(global_batch_size: int, num_devices: int, process_count: int,
+                     field: str = "config.batch_size") -> None:
+  """ValueError naming `field` unless the global batch splits evenly over devices and
+  processes."""
   if global_batch_size <= 0:
-    raise ValueError(f"The global batch size must be positive, got {global_batch_size}.")
-  _require_multiple(global_batch_size, num_devices, "devices")
-  _require_multiple(global_batch_size, process_count, "processes")
+    raise ValueError(f"{field} must be positive, got {global_batch_size}.")
+  _require_multiple(global_batch_size, num_devices, "devices", field)
+  _require_multiple(global_batch_size, process_count, "processes", field)
 
 
 def _process_info(process_index: Optional[int], process_count: Optional[int]):
@@ -68,7 +70,8 @@ def _process_info(process_index: Optional[int], process_count: Optional[int]):
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-  check_batch_size(global_batch_size, num_devices=1, process_count=process_count)
+  check_batch_size(global_batch_size, num_devices=1, process_count=process_count,
+                   field="global_batch_size")
   return global_batch_size // process_count
 
 

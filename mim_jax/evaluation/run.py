@@ -108,7 +108,8 @@ def validate(config, pretrain_config, data_config) -> None:
   if size % patch:
     raise ValueError(f"config.data.image_size={size} is not divisible by the encoder's "
                      f"patch size {patch}.")
-  data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count())
+  data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count(),
+                        field="config.eval_batch_size")
   pretrained.pretrained_step(config.pretrained, config.pretrained_step)
   if config.protocol == "attentive_probe":
     heads = config.attentive_probe.num_heads or model.num_heads

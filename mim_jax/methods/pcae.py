@@ -96,6 +96,14 @@ class PCAE(Method):
     self.encoder = build_encoder(config)
     self.num_patches = self.encoder.num_patches
     self.num_visible = masking.num_visible(self.num_patches, mc.mask_ratio)
+    kept = self.num_patches - self.num_visible
+    for _ in set(mc.drop_layers):
+      kept = int(kept * mc.keep_ratio)
+    if not 0 < mc.keep_ratio <= 1 or kept < 1:
+      raise ValueError(f"config.method.keep_ratio={mc.keep_ratio} must be in (0, 1] and leave "
+                       f"the teacher at least one of the {self.num_patches - self.num_visible} "
+                       f"hidden patches after {len(set(mc.drop_layers))} drops (it leaves "
+                       f"{kept}); raise keep_ratio or drop after fewer blocks.")
     self.drop_layers = tuple(mc.drop_layers)
     self.random_drop = mc.random_drop
     self.teacher_forward = functools.partial(compressed_forward, drop_layers=self.drop_layers,
