@@ -5,6 +5,9 @@ state, rng, step counters) and 'data' (JSON: each process's position in its inpu
 stream, so that training resumes on exactly the next example). Saves are asynchronous,
 every `config.checkpoint_every_steps` and at the last step; the last
 `config.keep_checkpoints` are kept; restore takes the newest one that reads.
+
+A workdir is a local directory or a URL that `etils.epath` and Orbax read and write
+(`gs://bucket/run`: every host of a TPU pod sees the same checkpoints and config.json).
 """
 import os
 from typing import Any, Optional, Tuple
@@ -12,8 +15,23 @@ from typing import Any, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 PyTree = Any
+
+
+def workdir_path(workdir: str) -> epath.Path:
+  """`workdir` as a path object: URLs (gs://, s3://) as given, local paths absolute."""
+  workdir = os.fspath(workdir)
+  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
+def write_text(workdir: str, name: str, text: str) -> None:
+  """Create `workdir` and write `text` to workdir/name, from process 0 only."""
+  path = workdir_path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (path / name).write_text(text)
 
 
 def create_manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -21,8 +39,7 @@ def create_manager(workdir: str, config) -> ocp.CheckpointManager:
       max_to_keep=config.keep_checkpoints,
       enable_async_checkpointing=True,
       create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
 
 
 def abstract_with_shardings(state: PyTree, shardings: PyTree) -> PyTree:

@@ -1,4 +1,5 @@
 """Failure behaviour: signals, kills, damaged checkpoints, non-finite steps, bad configs."""
+import json
 import os
 import random
 import re
@@ -269,3 +270,34 @@ def test_unknown_model_size_is_named():
   from mim_jax import defaults
   with pytest.raises(ValueError, match=r"Unknown ViT size 'gigantic'.*base"):
     defaults.vit_model_config("gigantic")
+
+
+def test_a_gs_workdir_is_read_and_written_through_epath(tmp_path, monkeypatch):
+  """A gs:// workdir keeps its URL (no local abspath) and our own files (config.json,
+  metrics, the checkpoint listing) go through etils.epath, the layer Orbax uses; here
+  epath's gs:// backend is redirected to tmp_path, as there is no bucket offline."""
+  from etils.epath import gpath
+  from etils.epath import testing as epath_testing
+  # With TensorFlow installed epath picks its gfile backend past the mock: turn that off.
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  from mim_jax.evaluation import pretrained
+  local = lambda path: str(path).replace("gs://bucket", str(tmp_path))
+  redirect = lambda fn, path, *args, **kwargs: fn(local(path), *args, **kwargs)
+  two_paths = lambda fn, src, dst, *args, **kwargs: fn(local(src), local(dst), *args, **kwargs)
+  fns = {name: redirect for name in ("exists", "glob", "isdir", "listdir", "makedirs",
+                                     "mkdir", "open", "remove", "rmtree", "stat", "walk")}
+  fns.update(copy=two_paths, rename=two_paths, replace=two_paths)
+  assert str(checkpoint.workdir_path("gs://bucket/run")) == "gs://bucket/run"
+  assert str(checkpoint.workdir_path("run")) == os.path.join(os.getcwd(), "run")
+  config = tiny_mae_config()
+  with epath_testing.mock_epath(**fns):
+    checkpoint.write_text("gs://bucket/run", "config.json", config.to_json_best_effort())
+    read = pretrained.read_pretrain_config("gs://bucket/run")
+    assert read.to_json_best_effort() == config.to_json_best_effort()
+    assert pretrained.checkpoint_steps("gs://bucket/run") == []
+    for name in ("2", "4", "6.orbax-checkpoint-tmp-1"):
+      (tmp_path / "run" / "checkpoints" / name).mkdir(parents=True)
+    assert pretrained.checkpoint_steps("gs://bucket/run") == [2, 4]
+    with pytest.raises(FileNotFoundError, match="gs://bucket/none"):
+      pretrained.read_pretrain_config("gs://bucket/none")
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16

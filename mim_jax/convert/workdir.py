@@ -9,7 +9,6 @@ it as checkpoint step 0 with `config.json`. Parameters the checkpoint does not p
 initial values; they are listed in the log.
 """
 import functools
-import os
 from typing import Any, Mapping, Optional
 
 import jax
@@ -92,8 +91,7 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict,
   state = state.replace(params=new_params,
                         target_params={} if source is None else jax.tree.map(jnp.copy, source),
                         opt_state=tx.init(new_params))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  checkpoint.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
   data_state = {"next_element": [0], "skipped_images": [0],
                 "global_batch_size": config.batch_size}
   checkpoint.save(manager, 0, state, data_state)

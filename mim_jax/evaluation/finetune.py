@@ -18,7 +18,6 @@ top-1 on `data.eval_split` is logged every `eval_every_steps` and at the end, an
 final figures go to `workdir/metrics.json`.
 """
 import json
-import os
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mim_jax import data, optim, sharding, train
+from mim_jax import checkpoint, data, optim, sharding, train
 from mim_jax.evaluation import mixup, pretrained
 from mim_jax.methods.base import Method
 from mim_jax.methods.mae import build_encoder
@@ -224,8 +223,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   metrics = {"protocol": "finetune", "top1": scalars["eval_top1"],
              "loss": scalars["eval_loss"], "step": total_steps,
              "pretrained": config.pretrained, "pool": config.method.pool}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, METRICS_FILE), "w") as f:
-      json.dump(metrics, f, indent=2)
+  checkpoint.write_text(workdir, METRICS_FILE, json.dumps(metrics, indent=2))
   logging.info("Fine-tuning top-1 %.2f%% on %s", metrics["top1"], config.data.eval_split)
   return metrics

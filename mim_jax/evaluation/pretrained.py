@@ -1,11 +1,10 @@
 """The encoder of a pretraining run, rebuilt from its workdir for evaluation."""
 import json
-import os
 from typing import Any, List, Optional, Tuple
 
 import ml_collections
 
-from mim_jax import train
+from mim_jax import checkpoint, train
 from mim_jax.methods.mae import build_encoder
 from mim_jax.models import vit
 
@@ -41,18 +40,19 @@ def read_pretrain_config(workdir) -> ml_collections.ConfigDict:
   if not workdir:
     raise ValueError("Set config.pretrained to the workdir of a pretraining run "
                      "(--config.pretrained=DIR).")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = checkpoint.workdir_path(workdir) / "config.json"
+  if not path.is_file():
     raise FileNotFoundError(f"config.pretrained={workdir!r} is not a pretraining workdir: "
                             f"{path} does not exist.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def checkpoint_steps(workdir: str) -> List[int]:
   """Steps of the finished checkpoints in `workdir` (none: [])."""
-  root = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+  root = checkpoint.workdir_path(workdir) / "checkpoints"
+  if not root.is_dir():
+    return []
+  return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit())
 
 
 def pretrained_step(workdir: str, step: Optional[int]) -> int:

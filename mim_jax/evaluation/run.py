@@ -31,7 +31,6 @@ TensorBoard: the final test metrics at step = the pretraining checkpoint's step;
 training curves ('probe/train_loss', 'probe/lr') at step = epoch.
 """
 import json
-import os
 import time
 from typing import Any, Dict
 
@@ -40,7 +39,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers
 
-from mim_jax import data
+from mim_jax import checkpoint, data
 from mim_jax.data import default_data_config
 from mim_jax.evaluation import attentive_probe, features, finetune, knn, linear_probe, pretrained
 
@@ -157,11 +156,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                config.pretrained, pretrain_config.method.name, pretrained_step,
                config.protocol, data_config.data.source, *splits, config.pool, config.block)
 
-  os.makedirs(workdir, exist_ok=True)
-  is_writer = jax.process_index() == 0
-  if is_writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  checkpoint.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
   mesh = features.data_parallel_mesh()
   start = time.perf_counter()
   train, test = (features.extract_features(encoder, params, batches, pool=config.pool,
@@ -173,7 +168,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     num_classes = (data_config.data.num_classes if data_config.data.source == "synthetic"
                    else int(max(train[1].max(), test[1].max())) + 1)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() != 0)
   log_fn = lambda epoch, scalars: writer.write_scalars(
       epoch, {f"probe/{name}": value for name, value in scalars.items()})
   start = time.perf_counter()
@@ -191,7 +187,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                  feature_shape=list(train[0].shape[1:]), feature_seconds=feature_seconds,
                  protocol_seconds=time.perf_counter() - start)
   logging.info("Evaluation results: %s", metrics)
-  if is_writer:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(metrics, f, indent=2)
+  checkpoint.write_text(workdir, "metrics.json", json.dumps(metrics, indent=2))
   return metrics
