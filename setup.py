@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "etils[epath]==1.15.0",  # workdir paths (local or gs://), as Orbax uses them
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
     "ml_collections==1.1.0",
