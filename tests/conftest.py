@@ -9,6 +9,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pathlib  # noqa: E402
 import runpy  # noqa: E402
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
@@ -55,3 +57,56 @@ def cifar_npz():
     pytest.skip(f"{CIFAR_NPZ} not present")
   return CIFAR_NPZ
 
+
+
+def random_images(config, seed=0):
+  """[config.batch_size, size, size, 3] standard-normal float32 images."""
+  size = config.data.image_size
+  return np.random.default_rng(seed).normal(size=(config.batch_size, size, size, 3)).astype(
+      np.float32)
+
+
+def run_train_steps(config, devices, batch, num_steps=2, total_steps=10):
+  """`num_steps` steps of the generic train step (lr 1e-3, warmup 1 of `total_steps`) on
+  a mesh over `devices`, from the state that config.seed initialises. `batch`: images or
+  a dict of the method's inputs. Returns (the final state, still sharded, [host state
+  before and after each step], [host metrics of each step])."""
+  from mim_jax import methods, optim, sharding, train
+  batch = batch if isinstance(batch, dict) else {"image": batch}
+  mesh = sharding.create_mesh(config, devices)
+  method = methods.create(config)
+  lr_fn = optim.lr_schedule(1e-3, total_steps=total_steps, warmup_steps=1)
+  tx = optim.create_optimizer(config, lr_fn)
+  sample = {k: v[:1] for k, v in batch.items()}
+  state, shardings = train.create_train_state(method, tx, config, mesh, sample)
+  step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
+  global_batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
+  states, metrics = [jax.device_get(state)], []
+  for _ in range(num_steps):
+    state, step_metrics = step_fn(state, global_batch)
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(step_metrics))
+  return state, states, metrics
+
+
+def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                       atol=atol, rtol=rtol), a, b)
+
+
+def assert_sharded_equals_one_device(config, batch, metric_keys=("loss",), num_steps=2):
+  """The same steps on all 8 devices and on one: `metric_keys` of every step, params and
+  EMA targets agree to 1e-5. Set config.optimizer.eps to 1e-6 or more first: the key
+  bias of attention has an exactly-zero gradient whose float noise depends on the
+  reduction order, and Adam with eps 1e-8 would turn it into ±lr steps. Returns both
+  runs as run_train_steps gives them (8 devices first)."""
+  assert jax.device_count() == 8
+  runs = [run_train_steps(config, devices, batch, num_steps)
+          for devices in (jax.devices(), jax.devices()[:1])]
+  (_, states8, metrics8), (_, states1, metrics1) = runs
+  for key in metric_keys:
+    np.testing.assert_allclose([m[key] for m in metrics8], [m[key] for m in metrics1],
+                               rtol=1e-5, atol=1e-5, err_msg=key)
+  assert_trees_close(states8[-1].params, states1[-1].params)
+  assert_trees_close(states8[-1].target_params, states1[-1].target_params)
+  return runs
