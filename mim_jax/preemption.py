@@ -1,10 +1,15 @@
 """Noticing that a run must stop: SIGTERM/SIGINT, or a Cloud TPU preemption notice.
 
-One process: SIGTERM and SIGINT are caught and remembered, so the trainer can save a
-checkpoint at the end of the current step and exit cleanly. Several processes: JAX's
-preemption sync point (`jax.experimental.multihost_utils.reached_preemption_sync_point`),
-which the coordination service raises on SIGTERM and on the Cloud TPU maintenance
-notice, makes every process stop at the same step.
+Without `jax.distributed`: SIGTERM and SIGINT are caught and remembered, so the trainer
+can save a checkpoint at the end of the current step and exit cleanly.
+
+With `jax.distributed` initialised (several processes, or one process launched with
+--distributed=on, as on a single-host TPU VM): JAX's preemption sync point
+(`jax.experimental.multihost_utils.reached_preemption_sync_point`) decides. The
+coordination service raises it on SIGTERM to any process and on the Cloud TPU
+maintenance notice, and picks one step at which every process stops. SIGTERM is left to
+JAX's own handler there. SIGINT is still caught when there is one process; with several,
+Ctrl-C on one of them cannot stop the others at the same step, so it is not caught.
 """
 import signal
 import threading
@@ -22,7 +27,11 @@ class PreemptionWatch:
   def __init__(self):
     self.received = None
     self._previous = {}
-    self._multi_process = jax.process_count() > 1
+    self._sync_point = jax.distributed.is_initialized()
+    if not self._sync_point:
+      self._caught = STOP_SIGNALS
+    else:
+      self._caught = (signal.SIGINT,) if jax.process_count() == 1 else ()
 
   def _handle(self, signum, frame):
     del frame
@@ -31,8 +40,8 @@ class PreemptionWatch:
     self.received = signum
 
   def __enter__(self):
-    if not self._multi_process and threading.current_thread() is threading.main_thread():
-      for sig in STOP_SIGNALS:
+    if threading.current_thread() is threading.main_thread():
+      for sig in self._caught:
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -42,6 +51,8 @@ class PreemptionWatch:
     self._previous.clear()
 
   def should_stop(self, step: int) -> bool:
-    if self._multi_process:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.received is not None
+    """True at the step where the run must save and stop. With jax.distributed every
+    process must call this at every step (the sync point is agreed on step ids)."""
+    if self.received is not None:
+      return True
+    return self._sync_point and multihost_utils.reached_preemption_sync_point(step)

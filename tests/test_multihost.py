@@ -42,17 +42,17 @@ def tiny_config():
   return config_file("quickstart.py", overrides=TINY)
 
 
-def start_two_processes(workdir, overrides=TINY):
-  """main.py as 2 processes × 4 CPU devices on localhost (each reads its half of every
-  global batch). Returns [(process, log path)]."""
+def start_processes(workdir, overrides=TINY, count=2):
+  """main.py as `count` jax.distributed processes × 4 CPU devices on localhost (each
+  reads its share of every global batch). Returns [(process, log path)]."""
   port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   started = []
-  for index in range(2):
+  for index in range(count):
     cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/quickstart.py",
            f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
-           "--num_processes=2", f"--process_id={index}"]
+           f"--num_processes={count}", f"--process_id={index}"]
     cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
     log_path = workdir / f"log{index}.txt"
     with open(log_path, "w") as log:
@@ -81,7 +81,7 @@ def runs(tmp_path_factory):
   """(workdir of the 2-process run, workdir of the same run in this 1-process, 8-device
   pytest process, trained while the two processes run)."""
   two, one = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one_process")
-  started = start_two_processes(two)
+  started = start_processes(two)
   try:
     assert jax.process_count() == 1 and jax.device_count() == 8
     train.train_and_evaluate(tiny_config(), str(one))
@@ -128,13 +128,15 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
   assert_params_close(jax.device_get(state.params), params_of(one))
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("count", [2, 1])
+def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp_path, count):
   """The preempted host gets SIGTERM (as a Cloud TPU VM or SLURM would send it); JAX's
-  preemption sync point makes both processes save step N and exit cleanly, and the
-  rerun continues at N + 1."""
+  preemption sync point, which also carries the Cloud TPU maintenance notice, makes every
+  process save step N and exit cleanly, and the rerun continues at N + 1. count=1 is a
+  single-host TPU VM: one process, jax.distributed initialised."""
   overrides = dict(TINY, num_train_steps=400, checkpoint_every_steps=1000)
-  started = start_two_processes(tmp_path, overrides)
-  (victim, victim_log) = started[1]
+  started = start_processes(tmp_path, overrides, count)
+  (victim, victim_log) = started[-1]
   deadline = time.time() + 240
   while not re.search(r"\] \[([3-9]|\d\d+)\] .*loss=", victim_log.read_text()):
     assert time.time() < deadline and victim.poll() is None, victim_log.read_text()[-3000:]
@@ -144,6 +146,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tm
   stopped = checkpoint_steps(tmp_path)
   assert len(stopped) == 1 and 3 <= stopped[0] < 400, stopped
   for text in texts:
+    assert f"Reached preemption sync point, step={stopped[0]}" in text
     assert f"Stopped at step {stopped[0]};" in text
   config = config_file("quickstart.py", overrides=dict(overrides,
                                                        num_train_steps=stopped[0] + 2))
