@@ -9,15 +9,18 @@ every `config.checkpoint_every_steps` and at the last step; the last
 A workdir is a local directory or a URL that `etils.epath` and Orbax read and write
 (`gs://bucket/run`: every host of a TPU pod sees the same checkpoints and config.json).
 """
+import json
 import os
 from typing import Any, Optional, Tuple
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 PyTree = Any
+CONFIG_FILE = "config.json"
 
 
 def workdir_path(workdir: str) -> epath.Path:
@@ -32,6 +35,19 @@ def write_text(workdir: str, name: str, text: str) -> None:
   path.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (path / name).write_text(text)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """workdir/config.json (from process 0): the config the run was started with."""
+  write_text(workdir, CONFIG_FILE, config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """workdir/config.json, or FileNotFoundError naming the missing file."""
+  path = workdir_path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def create_manager(workdir: str, config) -> ocp.CheckpointManager:

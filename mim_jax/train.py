@@ -11,7 +11,6 @@ A step (`make_train_step`):
      multistep) lr.
 """
 import functools
-import json
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -234,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.method.name, total_steps, steps_per_epoch, warmup_steps, peak_lr,
                dict(mesh.shape))
 
-  checkpoint.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+  checkpoint.write_config(workdir, config)
 
   state, state_shardings = create_train_state(method, tx, config, mesh,
                                               sample_batch(config, method))
@@ -376,8 +375,7 @@ def check_nonfinite_streak(streak: int, step: int, manager, max_streak: int) -> 
 def restore_state(workdir: str, step: Optional[int] = None):
   """(config, TrainState) of a pretraining run, from `workdir/config.json` and its latest
   (or given) checkpoint, on the default device. Encoder params: state.params['encoder']."""
-  config = ml_collections.ConfigDict(
-      json.loads((checkpoint.workdir_path(workdir) / "config.json").read_text()))
+  config = checkpoint.read_config(workdir)
   method = methods.create(config)
   tx = optim.create_optimizer(config, lambda count: 0.0)  # lr values are not part of state
   init_fn = functools.partial(init_state, method, tx)

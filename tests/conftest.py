@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from mim_jax import defaults, methods, optim, sharding, train  # noqa: E402
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
@@ -30,7 +31,6 @@ def config_file(name, arg=None, overrides=None):
 
 def tiny_mae_config(**overrides):
   """MAE on 16 px synthetic images with a 2-block, 32-wide encoder: compiles in seconds."""
-  from mim_jax import defaults
   config = defaults.base_config()
   config.data.source = "synthetic"
   config.data.image_size = 16
@@ -58,7 +58,6 @@ def cifar_npz():
   return CIFAR_NPZ
 
 
-
 def random_images(config, seed=0):
   """[config.batch_size, size, size, 3] standard-normal float32 images."""
   size = config.data.image_size
@@ -71,7 +70,6 @@ def run_train_steps(config, devices, batch, num_steps=2, total_steps=10):
   a mesh over `devices`, from the state that config.seed initialises. `batch`: images or
   a dict of the method's inputs. Returns (the final state, still sharded, [host state
   before and after each step], [host metrics of each step])."""
-  from mim_jax import methods, optim, sharding, train
   batch = batch if isinstance(batch, dict) else {"image": batch}
   mesh = sharding.create_mesh(config, devices)
   method = methods.create(config)

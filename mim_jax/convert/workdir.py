@@ -91,7 +91,7 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict,
   state = state.replace(params=new_params,
                         target_params={} if source is None else jax.tree.map(jnp.copy, source),
                         opt_state=tx.init(new_params))
-  checkpoint.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+  checkpoint.write_config(workdir, config)
   data_state = {"next_element": [0], "skipped_images": [0],
                 "global_batch_size": config.batch_size}
   checkpoint.save(manager, 0, state, data_state)

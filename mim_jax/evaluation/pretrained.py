@@ -1,5 +1,4 @@
 """The encoder of a pretraining run, rebuilt from its workdir for evaluation."""
-import json
 from typing import Any, List, Optional, Tuple
 
 import ml_collections
@@ -40,11 +39,11 @@ def read_pretrain_config(workdir) -> ml_collections.ConfigDict:
   if not workdir:
     raise ValueError("Set config.pretrained to the workdir of a pretraining run "
                      "(--config.pretrained=DIR).")
-  path = checkpoint.workdir_path(workdir) / "config.json"
-  if not path.is_file():
+  try:
+    return checkpoint.read_config(workdir)
+  except FileNotFoundError as e:
     raise FileNotFoundError(f"config.pretrained={workdir!r} is not a pretraining workdir: "
-                            f"{path} does not exist.")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+                            f"{e}") from None
 
 
 def checkpoint_steps(workdir: str) -> List[int]:

@@ -92,8 +92,9 @@ def pipeline_config(config, pretrain_config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"seed": pretrain_config.seed, "data": merged})
 
 
-def validate(config, pretrain_config, data_config) -> None:
-  """Errors a user can fix in the eval config, raised before anything is compiled."""
+def validate(config, pretrain_config, data_config) -> int:
+  """Errors a user can fix in the eval config, raised before anything is compiled.
+  Returns the pretraining checkpoint step to evaluate."""
   if config.protocol not in PROTOCOLS:
     raise ValueError(f"Unknown config.protocol={config.protocol!r}; choose one of "
                      f"{PROTOCOLS}.")
@@ -109,12 +110,13 @@ def validate(config, pretrain_config, data_config) -> None:
                      f"patch size {patch}.")
   data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count(),
                         field="config.eval_batch_size")
-  pretrained.pretrained_step(config.pretrained, config.pretrained_step)
+  step = pretrained.pretrained_step(config.pretrained, config.pretrained_step)
   if config.protocol == "attentive_probe":
     heads = config.attentive_probe.num_heads or model.num_heads
     if model.width % heads:
       raise ValueError(f"config.attentive_probe.num_heads={heads} must divide the encoder "
                        f"width {model.width}.")
+  return step
 
 
 def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
@@ -143,20 +145,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     return finetune.run(config, workdir)
   pretrain_config = pretrained.read_pretrain_config(config.pretrained)
   data_config = pipeline_config(config, pretrain_config)
-  validate(config, pretrain_config, data_config)
-  pretrained_step = pretrained.pretrained_step(config.pretrained, config.pretrained_step)
+  pretrained_step = validate(config, pretrain_config, data_config)
   splits = (data_config.data.train_split, data_config.data.eval_split)
   iterators = [data.create_eval_iterator(data_config, split,
                                          global_batch_size=config.eval_batch_size)
                for split in splits]
   encoder, params, _ = pretrained.load_encoder(
       config.pretrained, image_size=data_config.data.image_size,
-      step=config.pretrained_step, use_target=config.use_target)
+      step=pretrained_step, use_target=config.use_target)
   logging.info("Evaluating %s (%s, step %d) by %s on %s %s/%s, pool %s, block %s",
                config.pretrained, pretrain_config.method.name, pretrained_step,
                config.protocol, data_config.data.source, *splits, config.pool, config.block)
 
-  checkpoint.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+  checkpoint.write_config(workdir, config)
   mesh = features.data_parallel_mesh()
   start = time.perf_counter()
   train, test = (features.extract_features(encoder, params, batches, pool=config.pool,
