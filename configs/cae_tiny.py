@@ -21,7 +21,7 @@ def get_config():
   config.warmup_steps = 40
   config.optimizer.update(
       base_lr=1e-3, lr_scaling="absolute", min_lr=1e-5, b1=0.9, b2=0.999,
-      weight_decay=0.05, grad_clip=3.0, no_decay_patterns=cae.NO_DECAY_PATTERNS)
+      weight_decay=0.05, grad_clip=3.0)
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2

@@ -32,5 +32,5 @@ def get_config(arg="800"):
   config.warmup_epochs = WARMUP_EPOCHS[epochs]
   config.optimizer.update(
       base_lr=1.5e-3, lr_scaling="absolute", min_lr=1e-5, b1=0.9, b2=0.999, eps=1e-8,
-      weight_decay=0.05, grad_clip=3.0, no_decay_patterns=cae.NO_DECAY_PATTERNS)
+      weight_decay=0.05, grad_clip=3.0)
   return config

@@ -25,8 +25,8 @@ def get_config():
   config.num_train_steps = 400
   config.warmup_steps = 40
   config.optimizer.base_lr = 1e-3
-  config.optimizer.no_decay_patterns = defaults.NO_DECAY_PATTERNS + (r"embed",)
-  config.optimizer.min_lr_ratio = 0.25
+  config.optimizer.no_decay_patterns = (r"embed",)  # as configs/latent_mim_vit_base.py
+  config.optimizer.update(min_lr_ratio=0.25, warmup_start_ratio=0.25)
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2

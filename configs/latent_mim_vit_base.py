@@ -23,8 +23,10 @@ def get_config(arg="base"):
   config.data.image_size = 14 * (config.model.get_ref("patch_size") +
                                  config.method.get_ref("patch_gap"))
   config.data.crop_scale = (0.2, 1.0)
-  # no weight decay on biases, norms and embeddings ('bias'/'norm'/'embed' in main_lmim.py)
-  config.optimizer.no_decay_patterns = defaults.NO_DECAY_PATTERNS + (r"embed",)
-  config.optimizer.min_lr_ratio = 0.25  # cosine to 0.25·lr (min_lr_frac)
+  # main_lmim.py also skips weight decay on parameters with 'embed' in their name (the
+  # patch embedding and the decoder's input projection; 'bias', 'norm' are 1-D)
+  config.optimizer.no_decay_patterns = (r"embed",)
+  # util/lr_sched.py: warmup from min_lr = 0.25·lr (min_lr_frac), cosine back to it
+  config.optimizer.update(min_lr_ratio=0.25, warmup_start_ratio=0.25)
   config.sharding.mode = "fsdp" if arg == "large" else "data_parallel"
   return config

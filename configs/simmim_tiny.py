@@ -23,7 +23,8 @@ def get_config():
   config.warmup_steps = 40
   config.optimizer.update(
       base_lr=2e-3, lr_scaling="linear_512", schedule="multistep", decay_steps=(350,),
-      b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=5.0)  # higher lr for a short run
+      b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=5.0,  # higher lr for a short run
+      no_decay_patterns=(r"(^|/)cls_token$",), warmup_start_ratio=5e-7 / 1e-4)
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2

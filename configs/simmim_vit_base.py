@@ -8,9 +8,10 @@ python -m mim_jax.main --config=configs/simmim_vit_base.py --workdir=DIR \
 from mim_jax import defaults
 from mim_jax.methods import simmim
 
-# optimizer.py `get_pretrain_param_groups`: 1-D params, biases and cls_token skip weight
-# decay; the mask token and the relative position bias table are decayed.
-NO_DECAY_PATTERNS = (r"(^|/)bias$", r"(^|/)scale$", r"(^|/)gamma_\d$", r"(^|/)cls_token$")
+# optimizer.py `get_pretrain_param_groups` skips, besides 1-D params and biases, the ViT's
+# `no_weight_decay()` = {pos_embed, cls_token}; the mask token and the relative position
+# bias table are decayed (our sin-cos pos_embed is no parameter).
+NO_DECAY_PATTERNS = (r"(^|/)cls_token$",)
 
 
 def get_config():
@@ -32,5 +33,7 @@ def get_config():
   config.optimizer.update(
       base_lr=1e-4, lr_scaling="linear_512", schedule="multistep", decay_epochs=(700,),
       decay_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip=5.0,
-      no_decay_patterns=NO_DECAY_PATTERNS)
+      no_decay_patterns=NO_DECAY_PATTERNS,
+      # the warmup starts at WARMUP_LR 5e-7 per 512 images (config.py), 0.005 of the peak
+      warmup_start_ratio=5e-7 / 1e-4)
   return config

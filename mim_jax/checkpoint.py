@@ -96,6 +96,23 @@ def restore_latest(manager: ocp.CheckpointManager,
   return None
 
 
+def restore_subtree(workdir: str, step: int, abstract: PyTree) -> PyTree:
+  """Only the arrays named by `abstract` (a sub-tree of the saved TrainState's fields,
+  e.g. {'params': {'encoder': ...}}, as ShapeDtypeStructs with shardings) from checkpoint
+  `step` of `workdir`; nothing else (optimizer state, other parameters) is read."""
+  manager = ocp.CheckpointManager(workdir_path(workdir) / "checkpoints",
+                                  options=ocp.CheckpointManagerOptions(create=False))
+  restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                     dtype=x.dtype), abstract)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True)))
+  finally:
+    manager.close()
+  return restored.state
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data_state: dict) -> bool:
   """Start an asynchronous save of `state` and the JSON-able `data_state`."""
   return manager.save(step, args=ocp.args.Composite(

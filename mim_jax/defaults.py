@@ -12,9 +12,6 @@ VIT_SIZES = {
     "huge": (1280, 32, 16),
 }
 
-NO_DECAY_PATTERNS = (r"(^|/)bias$", r"(^|/)scale$", r"(^|/)gamma_\d(_cross)?$",
-                     r"(^|/)(cls_token|mask_token|pos_embed)$")
-
 
 def vit_model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDict:
   """Encoder of a standard size with the MAE decoder (512 wide, 8 deep, 16 heads)."""
@@ -51,9 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.warmup_steps = -1  # >= 0 overrides warmup_epochs
   config.optimizer = ml_collections.ConfigDict(dict(
       base_lr=1.5e-4, lr_scaling="linear_256", schedule="cosine", min_lr=0.0,
-      min_lr_ratio=0.0, decay_epochs=(), decay_steps=(), decay_rate=0.1, b1=0.9, b2=0.95,
-      eps=1e-8, weight_decay=0.05, no_decay_patterns=NO_DECAY_PATTERNS, grad_clip=0.0,
-      layer_decay=1.0))
+      min_lr_ratio=0.0, warmup_start_ratio=0.0, decay_epochs=(), decay_steps=(),
+      decay_rate=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
+      # extra exemptions on top of the official rule (no decay on 1-D params and biases,
+      # optim.decay_mask); a method's config lists its official code's skip list here
+      no_decay_patterns=(), grad_clip=0.0, layer_decay=1.0))
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))
   config.donate_state = True  # the train step reuses the input state's buffers

@@ -1,10 +1,12 @@
 """What notebooks/inspect_checkpoint.ipynb shows of a pretraining run: its masks, the
-encoder's cls attention and cls-feature nearest neighbours, and the plots of them.
+encoder's cls attention and cls-feature nearest neighbours, and the plots of them. The
+run is read with `mim_jax.evaluation.pretrained.load_params`; the encoder is the method's
+`eval_encoder`.
 
 Computation is plain JAX/NumPy; the `plot_*` functions import matplotlib (the
 `notebook` extra) when called.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from mim_jax import data
+from mim_jax.methods import common
 from mim_jax.methods.base import Method
-from mim_jax.methods.mae import build_encoder
 from mim_jax.models import vit
 
 MASK_GREY = 0.5
@@ -31,10 +33,15 @@ def training_batch(config: ml_collections.ConfigDict, method: Method,
   return {k: jnp.asarray(batch[k]) for k in method.batch_keys}
 
 
-def eval_images(config: ml_collections.ConfigDict,
-                num_images: int) -> Tuple[np.ndarray, np.ndarray]:
+def eval_images(config: ml_collections.ConfigDict, num_images: int,
+                image_size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
   """The first `num_images` images [M, S, S, 3] (normalised) and labels [M] of the run's
-  eval split, centre-cropped as for evaluation (fewer if the split is smaller)."""
+  eval split, centre-cropped as for evaluation to `image_size` (default
+  config.data.image_size; the encoder's: `eval_encoder().image_size`), fewer if the split
+  is smaller."""
+  if image_size is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.image_size = image_size
   batch = next(data.create_eval_iterator(config, config.data.eval_split,
                                          global_batch_size=num_images, process_index=0,
                                          process_count=1))
@@ -53,27 +60,11 @@ def method_batch(config: ml_collections.ConfigDict, method: Method,
 
 
 def to_pixels(config: ml_collections.ConfigDict, images) -> np.ndarray:
-  """Normalised images -> [0, 1] pixels (undo config.data.mean/std, clip)."""
-  mean = np.asarray(config.data.mean, np.float32)
-  std = np.asarray(config.data.std, np.float32)
-  return np.clip(np.asarray(images, np.float32) * std + mean, 0.0, 1.0)
+  """Normalised images -> [0, 1] pixels as a NumPy array (`common.to_pixels`)."""
+  return np.asarray(common.to_pixels(config, images))
 
 
-# --- masks ---------------------------------------------------------------------------
-
-def masked_inputs(method: Method, batch: Dict[str, jax.Array],
-                  masks: Dict[str, jax.Array]) -> Tuple[jax.Array, jax.Array]:
-  """(images [B', S, S, 3], mask [B', N]) as the method's encoder sees them: Latent MIM's
-  sampled windows packed side by side (its mask: 1 = target patch), and each view of a
-  multi-view method as its own row (B' = B·V); 1 = hidden."""
-  images, mask = batch["image"], masks["mask"]
-  if hasattr(method, "sampled_images"):
-    images = method.sampled_images(images, masks)
-  if images.ndim == 5:  # [B, V, S, S, 3] with mask [B, V, N]
-    images = images.reshape((-1,) + images.shape[2:])
-    mask = mask.reshape(-1, mask.shape[-1])
-  return images, mask
-
+# --- masks (the images and mask the encoder sees: `Method.encoder_inputs`) ---------------
 
 def hide_patches(pixels: np.ndarray, mask: np.ndarray, patch_size: int,
                  fill: float = MASK_GREY) -> np.ndarray:
@@ -86,17 +77,13 @@ def hide_patches(pixels: np.ndarray, mask: np.ndarray, patch_size: int,
 
 # --- encoder: cls attention and features ---------------------------------------------
 
-def encoder_of(config: ml_collections.ConfigDict, state) -> Tuple[vit.ViTEncoder, dict]:
-  """The run's online encoder at config.data.image_size without SimMIM's mask token, as
-  evaluation builds it (mim_jax/evaluation/pretrained.py), and its params; always
-  unrolled ('blocks_0', ... : the params of a `model.scan_layers` run are unstacked) with
-  XLA attention and no remat, so that it runs anywhere and each block sows its weights."""
-  params = {k: v for k, v in state.params["encoder"].items() if k != "mask_token"}
-  if config.model.get("scan_layers", False):
-    params = vit.unstack_block_params(params, config.model.depth)
-  encoder = build_encoder(config, use_mask_token=False, scan_layers=False, remat="none",
-                          attention_impl="xla")
-  return encoder, params
+def encoder_of(method: Method, params, use_target: bool = False
+               ) -> Tuple[vit.ViTEncoder, dict]:
+  """The run's encoder as evaluation builds it (`method.eval_encoder`) and its params from
+  `params` ({'params', 'target_params'}, or a TrainState), unrolled with XLA attention and
+  no remat (`vit.unrolled`), so that it runs anywhere and each block sows its weights."""
+  encoder = method.eval_encoder(use_target)
+  return vit.unrolled(encoder.module, encoder.params(params))
 
 
 def cls_attention(encoder: vit.ViTEncoder, params, images) -> np.ndarray:

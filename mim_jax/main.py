@@ -6,7 +6,7 @@ import logging as py_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mim_jax import distributed, train
+from mim_jax import distributed, pretrain
 from mim_jax.evaluation import run as evaluation_run
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,7 @@ def main(argv):
   if "protocol" in FLAGS.config:  # an evaluation config (configs/eval/)
     evaluation_run.evaluate(FLAGS.config, FLAGS.workdir)
   else:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    pretrain.run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ Config fields (`config.optimizer`):
     × `decay_rate` at each milestone: `decay_steps`, or `decay_epochs` when empty; SimMIM).
   min_lr, min_lr_ratio: the cosine decays to max(min_lr, min_lr_ratio·peak lr)
     (Latent MIM: ratio 0.25).
+  warmup_start_ratio: the linear warmup starts at this fraction of the peak lr (0; Latent
+    MIM: 0.25, its util/lr_sched.py warms up from min_lr = 0.25·lr).
   b1, b2, eps, weight_decay: AdamW.
-  no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay.
+  no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay on
+    top of the official rule, which exempts 1-D parameters and biases only (`decay_mask`).
   grad_clip: global-norm clipping threshold (0 disables).
   layer_decay: layer-wise lr decay (fine-tuning; 1 disables): each update is scaled by
     layer_decay^(depth + 1 − layer id), see `layer_id`.
@@ -47,10 +50,11 @@ def steps_from_epochs(steps: int, epochs: float, steps_per_epoch: int) -> int:
 
 def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
                 min_lr: float = 0.0, schedule: str = "cosine", decay_steps: Sequence[int] = (),
-                decay_rate: float = 0.1) -> optax.Schedule:
-  """Linear warmup from 0, then per step either a half-cosine from peak_lr to min_lr
-  ('cosine': mae/util/lr_sched.py `adjust_learning_rate`, applied per iteration) or
-  peak_lr·decay_rate^(number of `decay_steps` milestones ≤ step) ('multistep': SimMIM
+                decay_rate: float = 0.1, warmup_start_ratio: float = 0.0) -> optax.Schedule:
+  """Linear warmup from warmup_start_ratio·peak_lr (LatentMIM util/lr_sched.py starts at
+  its min_lr; MAE at 0) to peak_lr, then per step either a half-cosine from peak_lr to
+  min_lr ('cosine': mae/util/lr_sched.py `adjust_learning_rate`, applied per iteration)
+  or peak_lr·decay_rate^(number of `decay_steps` milestones ≤ step) ('multistep': SimMIM
   lr_scheduler.py `MultiStepLRScheduler`)."""
   if schedule not in SCHEDULES:
     raise ValueError(f"Unknown config.optimizer.schedule={schedule!r}; choose one of "
@@ -58,11 +62,15 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
   if schedule == "multistep" and any(m < warmup_steps for m in decay_steps):
     raise ValueError(f"lr decay milestones {tuple(decay_steps)} must not fall inside the "
                      f"{warmup_steps} warmup steps.")
+  if not 0.0 <= warmup_start_ratio <= 1.0:
+    raise ValueError(f"config.optimizer.warmup_start_ratio={warmup_start_ratio} must be in "
+                     "[0, 1] (the warmup's first lr as a fraction of the peak).")
   milestones = jnp.asarray(sorted(decay_steps), jnp.float32)
+  warm_start = warmup_start_ratio * peak_lr
 
   def schedule_fn(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = peak_lr * step / max(warmup_steps, 1)
+    warm = warm_start + (peak_lr - warm_start) * step / max(warmup_steps, 1)
     if schedule == "multistep":
       after = peak_lr * decay_rate ** jnp.sum(milestones <= step)
     else:
@@ -82,7 +90,7 @@ def lr_schedule_from_config(config, peak_lr: float, total_steps: int, warmup_ste
                                    for e in opt.decay_epochs]
   min_lr = max(opt.min_lr, opt.get("min_lr_ratio", 0.0) * peak_lr)
   return lr_schedule(peak_lr, total_steps, warmup_steps, min_lr, opt.schedule, milestones,
-                     opt.decay_rate)
+                     opt.decay_rate, opt.get("warmup_start_ratio", 0.0))
 
 
 def cosine_momentum(step, total_steps: int, base: float, final: float = 1.0) -> jax.Array:
@@ -96,12 +104,23 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def decay_mask(params: PyTree, no_decay_patterns: Sequence[str]) -> PyTree:
-  """True where weight decay applies: every parameter whose path matches none of the
-  patterns (default: biases, norm scales, LayerScale, cls/mask/position tokens)."""
+_STACKED_PATH = re.compile(r"blocks/layers/")  # nn.scan-ned blocks: a leading [depth] axis
+
+
+def decay_mask(params: PyTree, no_decay_patterns: Sequence[str] = ()) -> PyTree:
+  """True where weight decay applies. The official rule (timm `add_weight_decay` /
+  `param_groups_weight_decay` as mae/main_pretrain.py uses it; CAE furnace/optim_factory.py
+  and SimMIM optimizer.py alike): no decay on 1-D parameters (norm scales, LayerScale)
+  and biases, decay on everything else, cls and mask tokens included. A parameter
+  whose '/'-joined path matches one of `no_decay_patterns` is exempt too (a method's own
+  skip list). Blocks stacked by `model.scan_layers` count their per-layer rank."""
   compiled = [re.compile(p) for p in no_decay_patterns]
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(c.search(path_name(path)) for c in compiled), params)
+
+  def decays(path, leaf):
+    name = path_name(path)
+    ndim = len(np.shape(leaf)) - (1 if _STACKED_PATH.search(name) else 0)
+    return not (ndim <= 1 or name.endswith("bias") or any(c.search(name) for c in compiled))
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 _EMBEDDING_PATH = re.compile(r"(^|/)(patch_embed|cls_token|mask_token|pos_embed)(/|$)")

@@ -24,34 +24,23 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import checkpoint, data, methods, optim, preemption, sharding
-from mim_jax.evaluation import monitor
-from mim_jax.models import vit
+from mim_jax import checkpoint, data, optim, preemption, sharding
 from mim_jax.methods.base import Method
+from mim_jax.models import vit
 from mim_jax.state import TrainState
 
 PyTree = Any
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
-                    process_count: int, check_method_name: bool = True) -> None:
-  """Errors a user can cause, raised before anything is compiled."""
-  if check_method_name and config.method.name not in methods.METHODS:
-    raise ValueError(f"Unknown config.method.name={config.method.name!r}; choose one of "
-                     f"{sorted(methods.METHODS)}.")
-  gap = config.method.get("patch_gap", 0)  # Latent MIM's grid-with-gap cells
-  if config.data.image_size % (config.model.patch_size + gap):
-    raise ValueError(f"config.data.image_size={config.data.image_size} is not divisible by "
-                     f"config.model.patch_size={config.model.patch_size}"
-                     + (f" + config.method.patch_gap={gap}." if gap else "."))
+                    process_count: int) -> None:
+  """Errors a user can cause in the trainer's fields, raised before anything is compiled
+  (a method checks its own fields when it is built)."""
   model = config.model
   if model.width % model.num_heads or model.width % 4:
     raise ValueError(f"config.model.width={model.width} must be divisible by 4 (sin-cos "
                      f"position embedding) and by config.model.num_heads={model.num_heads}.")
   validate_speed_options(model)
-  ratio = config.method.get("mask_ratio")
-  if ratio is not None and not 0.0 < ratio < 1.0:
-    raise ValueError(f"config.method.mask_ratio={ratio} must be in (0, 1).")
   accum = config.grad_accum_steps
   if accum < 1 or config.batch_size % accum:
     raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
@@ -202,27 +191,23 @@ def jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings
       donate_argnums=(0,) if config.get("donate_state", True) else ())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: Method,
                        stop_after_step: Optional[int] = None, *,
-                       method: Optional[Method] = None,
                        evaluations: Sequence[Callable] = ()) -> TrainState:
-  """Pretrain `config.method.name` and write checkpoints and metrics under `workdir`.
+  """Train `method` (built from `config`, e.g. `methods.create`; fine-tuning:
+  mim_jax/evaluation/finetune.py) and write checkpoints and metrics under `workdir`.
 
   Resumes from the latest checkpoint in `workdir`; a fresh start takes its params from
   `method.warm_start`. `stop_after_step` ends the run early at that step with a
   checkpoint, as a preempted job would, without changing any schedule; running again
-  continues from there. `method` replaces the one named by `config.method.name` (e.g.
-  fine-tuning, mim_jax/evaluation/finetune.py). `evaluations`, and the k-NN monitor when
-  `config.knn_monitor.every_steps` > 0 (mim_jax/evaluation/monitor.py), are called as
-  `evaluation(params, step) -> {name: float}` every `evaluation.every_steps` steps and at
-  the last step, and their scalars are written to TensorBoard.
+  continues from there. `evaluations` (e.g. the k-NN monitor, mim_jax/evaluation/
+  monitor.py) are called as `evaluation(state, step) -> {name: float}` every
+  `evaluation.every_steps` steps and at the last step, and their scalars are written to
+  TensorBoard.
   """
   process_count = jax.process_count()
-  validate_config(config, jax.device_count(), process_count,
-                  check_method_name=method is None)
+  validate_config(config, jax.device_count(), process_count)
   mesh = sharding.create_mesh(config)
-  method = methods.create(config) if method is None else method
-  evaluations = list(evaluations) + monitor.knn_monitors(config)
   total_steps, warmup_steps, steps_per_epoch = schedule_lengths(config)
   peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
                             config.batch_size)
@@ -295,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write_images(step, jax.device_get(images))
         for evaluation in evaluations:
           if step % evaluation.every_steps == 0 or step == total_steps:
-            writer.write_scalars(step, evaluation(state.params, step))
+            writer.write_scalars(step, evaluation(state, step))
         preempted = watch.should_stop(step)
         if (step % config.checkpoint_every_steps == 0 or step == last_step or preempted):
           checkpoint.save(manager, step, state, position.gathered())
@@ -370,29 +355,3 @@ def check_nonfinite_streak(streak: int, step: int, manager, max_streak: int) -> 
       f"and were skipped (config.max_nonfinite_steps={max_streak}). Last good checkpoint: "
       f"{last_good}. Lower optimizer.base_lr, raise warmup, set optimizer.grad_clip or use "
       f"float32 compute, then resume from it.")
-
-
-def restore_state(workdir: str, step: Optional[int] = None):
-  """(config, TrainState) of a pretraining run, from `workdir/config.json` and its latest
-  (or given) checkpoint, on the default device. Encoder params: state.params['encoder']."""
-  config = checkpoint.read_config(workdir)
-  method = methods.create(config)
-  tx = optim.create_optimizer(config, lambda count: 0.0)  # lr values are not part of state
-  init_fn = functools.partial(init_state, method, tx)
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0), sample_batch(config, method))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device,
-                                                                      abstract))
-  manager = checkpoint.create_manager(workdir, config)
-  if step is None:
-    restored = checkpoint.restore_latest(manager, abstract)
-  elif step in manager.all_steps():
-    restored = checkpoint.restore(manager, step, abstract)
-  else:
-    restored = None
-  manager.close()
-  if restored is None:
-    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} under "
-                            f"{manager.directory}: point it at the workdir of a pretraining run "
-                            f"(steps there: {manager.all_steps()}).")
-  return config, restored[0]

@@ -7,13 +7,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
-import runpy  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mim_jax import defaults, methods, optim, sharding, train  # noqa: E402
+from mim_jax import config_files, defaults, methods, optim, sharding, train  # noqa: E402
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
@@ -23,8 +22,7 @@ CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_small.npz"
 
 def config_file(name, arg=None, overrides=None):
   """configs/<name>'s get_config(arg), with flattened `overrides` ({'model.width': 32})."""
-  get_config = runpy.run_path(str(REPO / "configs" / name))["get_config"]
-  config = get_config() if arg is None else get_config(arg)
+  config = config_files.load(str(REPO / "configs" / name) + ("" if arg is None else f":{arg}"))
   config.update_from_flattened_dict(overrides or {})
   return config
 
@@ -72,7 +70,7 @@ def run_train_steps(config, devices, batch, num_steps=2, total_steps=10):
   before and after each step], [host metrics of each step])."""
   batch = batch if isinstance(batch, dict) else {"image": batch}
   mesh = sharding.create_mesh(config, devices)
-  method = methods.create(config)
+  method = methods.create(config, total_steps)
   lr_fn = optim.lr_schedule(1e-3, total_steps=total_steps, warmup_steps=1)
   tx = optim.create_optimizer(config, lr_fn)
   sample = {k: v[:1] for k, v in batch.items()}

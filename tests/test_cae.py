@@ -10,7 +10,7 @@ from scipy.special import erf
 
 from conftest import (assert_sharded_equals_one_device, config_file, random_images,
                       scalar_series, tiny_mae_config)
-from mim_jax import methods, optim, train
+from mim_jax import methods, optim, pretrain, train
 from mim_jax.methods import cae
 from mim_jax.models import cae as cae_models
 from mim_jax.models import vit
@@ -274,7 +274,7 @@ def test_cae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   config.method.min_block_patches = 16
   config.batch_size = 32
   config.optimizer.update(base_lr=2e-3, lr_scaling="absolute", b2=0.999, grad_clip=3.0)
-  train.train_and_evaluate(config, str(tmp_path))
+  pretrain.run(config, str(tmp_path))
   losses, recon = (scalar_series(str(tmp_path), tag) for tag in ("loss", "loss_main"))
   assert len(losses) == len(recon) == 20
   assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2]), losses

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mim_jax import train
+from mim_jax.evaluation import pretrained
 from mim_jax.convert import (cae_channel_permutation, cae_encoder_from_torch, encoder_from_timm,
                              encoder_to_timm, load_torch_state_dict, posemb, save_state_dict,
                              simmim_from_torch)
@@ -156,13 +156,14 @@ def test_cli_official_cae_to_timm_and_back(tmp_path, capsys):
   assert tree_equal(jax.tree.map(np.asarray, params), cae_encoder_from_torch(cae_sd, HEADS))
   images, mask = inputs(hidden=0)
   ref = np_cae_encoder(cae_sd, images.transpose(0, 3, 1, 2), mask)
-  out = jax.jit(encoder.apply)({"params": params}, images)
+  out = jax.jit(encoder.module.apply)({"params": params}, images)
   assert max_diff(np.asarray(out)[..., cae_channel_permutation(WIDTH)], ref) < TOL
 
   timm_file = str(tmp_path / "vit.safetensors")
   assert main(["to-timm", "--workdir", run, "--output", timm_file]) == 0
   run2 = str(tmp_path / "timm_run")
-  assert main(["from-timm", "--checkpoint", timm_file, "--output", run2, "--method", "simmim",
+  assert main(["from-timm", "--checkpoint", timm_file, "--output", run2, "--config",
+               "configs/simmim_vit_base.py",
                "--num_heads", str(HEADS)]) == 0
   _, params2, config2 = load_encoder(run2)
   assert config2.method.name == "simmim" and config2.model.pos_embedding == "sincos"
@@ -184,7 +185,7 @@ def test_cli_official_simmim_keeps_the_head(tmp_path, capsys):
   run = str(tmp_path / "simmim_run")
   assert main(["from-official", "--format", "simmim", "--checkpoint",
                str(tmp_path / "simmim.npz"), "--output", run]) == 0
-  config, state = train.restore_state(run)
+  config, state = pretrained.restore_state(run)
   assert config.model.pos_embedding == "shared_rel_bias" and config.model.num_heads == HEADS
   assert tree_equal(jax.tree.map(np.asarray, state.params), simmim_from_torch(sd))
   assert int(state.step) == 0

@@ -13,6 +13,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO, scalar_series, tiny_mae_config
+from mim_jax import pretrain
 from mim_jax.evaluation import attentive_probe, features, knn, linear_probe, run
 from mim_jax.models import vit
 
@@ -169,14 +170,13 @@ def nn_layer_norm(params, x, eps=vit.LN_EPS):
 @pytest.fixture(scope="module")
 def pretrained_dir(tmp_path_factory):
   """A tiny MAE pretrained for 2 steps on 16 px synthetic images (4 classes)."""
-  from mim_jax import train
   workdir = tmp_path_factory.mktemp("pretrain")
   config = tiny_mae_config(num_train_steps=2, checkpoint_every_steps=2,
                            image_summary_every_steps=0)
   config.data.synthetic_train_size = 128
   config.data.synthetic_eval_size = 64
   config.data.num_classes = 4
-  train.train_and_evaluate(config, str(workdir))
+  pretrain.run(config, str(workdir))
   return str(workdir)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import checkpoint_steps, config_file, scalar_series, tiny_mae_config
-from mim_jax import defaults, optim, train
+from mim_jax import defaults, optim, pretrain
 from mim_jax.evaluation import finetune, mixup, pretrained
 from mim_jax.models import vit
 
@@ -121,7 +121,7 @@ def pretrain_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("pretrain")
   config = tiny_mae_config(num_train_steps=1, image_summary_every_steps=0)
   config.model.depth = 1  # compiles faster; the layer-decay test covers depth 3
-  train.train_and_evaluate(config, str(workdir))
+  pretrain.run(config, str(workdir))
   return workdir
 
 

@@ -99,13 +99,13 @@ def test_nearest_neighbours_by_cosine_similarity_exclude_the_query():
     inspection.nearest_neighbours(features, 4)
 
 
-def test_masked_inputs_of_mae_latent_mim_and_multiview_mae():
+def test_encoder_inputs_of_mae_latent_mim_and_multiview_mae():
   rng = jax.random.PRNGKey(0)
   mae_config = tiny_mae_config()
   mae = methods.create(mae_config)
   batch = {"image": jax.random.normal(rng, (3, 16, 16, 3))}
   masks = jax.jit(mae.make_masks)(rng, batch)
-  images, mask = inspection.masked_inputs(mae, batch, masks)
+  images, mask = mae.encoder_inputs(batch, masks)
   assert images is batch["image"] and mask is masks["mask"]
 
   config = tiny_mae_config()  # 4×4 cells of 4 px patches with a 1 px gap: 20 px images
@@ -114,7 +114,7 @@ def test_masked_inputs_of_mae_latent_mim_and_multiview_mae():
   lmim = methods.create(config)
   batch = {"image": jax.random.normal(rng, (3, 20, 20, 3))}
   masks = jax.jit(lmim.make_masks)(rng, batch)
-  images, mask = inspection.masked_inputs(lmim, batch, masks)
+  images, mask = lmim.encoder_inputs(batch, masks)
   assert images.shape == (3, 16, 16, 3) and mask.shape == (3, 16)
   np.testing.assert_array_equal(images, lmim.sampled_images(batch["image"], masks))
   np.testing.assert_array_equal(mask.sum(-1), [12, 12, 12])  # targets: all but 4 visible
@@ -124,7 +124,7 @@ def test_masked_inputs_of_mae_latent_mim_and_multiview_mae():
   mv = methods.create(config)
   batch = {"image": jax.random.normal(rng, (3, 2, 16, 16, 3))}
   masks = jax.jit(mv.make_masks)(rng, batch)
-  images, mask = inspection.masked_inputs(mv, batch, masks)
+  images, mask = mv.encoder_inputs(batch, masks)
   assert images.shape == (6, 16, 16, 3) and mask.shape == (6, 16)
   np.testing.assert_array_equal(images[3], batch["image"][1, 1])  # views stay adjacent
   np.testing.assert_array_equal(mask[3], masks["mask"][1, 1])
@@ -136,7 +136,7 @@ def test_encoder_of_a_simmim_run_drops_the_mask_token_and_encodes_every_patch():
   method = methods.create(config)
   batch = {"image": jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))}
   state = types.SimpleNamespace(params=jax.jit(method.init)(jax.random.PRNGKey(1), batch))
-  encoder, params = inspection.encoder_of(config, state)
+  encoder, params = inspection.encoder_of(method, state)
   assert "mask_token" in state.params["encoder"] and "mask_token" not in params
   features = inspection.cls_features(encoder, params, batch["image"], batch_size=1)
   want = jax.jit(encoder.apply)({"params": params}, batch["image"])[:, 0]  # [2, 32]
@@ -151,7 +151,7 @@ def test_encoder_of_a_scanned_run_is_unrolled_and_computes_the_same_features():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   state = types.SimpleNamespace(params=jax.jit(method.init)(jax.random.PRNGKey(1),
                                                             {"image": images}))
-  encoder, params = inspection.encoder_of(config, state)
+  encoder, params = inspection.encoder_of(method, state)
   assert "blocks" in state.params["encoder"]
   assert sorted(k for k in params if k.startswith("blocks")) == ["blocks_0", "blocks_1"]
   scanned = jax.jit(method.encoder.apply)({"params": state.params["encoder"]}, images)

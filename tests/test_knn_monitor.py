@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from conftest import event_tags, scalar_series, tiny_mae_config
-from mim_jax import data, train
+from mim_jax import data, pretrain
 from mim_jax.evaluation import features, knn, pretrained
 
 
@@ -20,7 +20,7 @@ def monitored_config(**monitor):
 
 def test_knn_monitor_writes_knn_top1_of_the_current_encoder(tmp_path):
   config = monitored_config()
-  train.train_and_evaluate(config, str(tmp_path))
+  pretrain.run(config, str(tmp_path))
   series = scalar_series(tmp_path, "knn_top1", with_steps=True)
   assert [step for step, _ in series] == [1, 2]
   assert "nn1_top1" in event_tags(tmp_path)
@@ -28,7 +28,7 @@ def test_knn_monitor_writes_knn_top1_of_the_current_encoder(tmp_path):
   # step-2 encoder, recomputed here from the checkpoint
   encoder, params, _ = pretrained.load_encoder(str(tmp_path))
   split = lambda name, count: features.extract_features(
-      encoder, params, itertools.islice(
+      encoder.module, params, itertools.islice(
           data.create_eval_iterator(config, name, global_batch_size=32), count // 32))
   train_x, train_y = split("train", 64)
   test_x, test_y = split("test", 32)
@@ -44,5 +44,5 @@ def test_knn_monitor_writes_knn_top1_of_the_current_encoder(tmp_path):
 ])
 def test_knn_monitor_config_errors_come_before_training(tmp_path, monitor, field):
   with pytest.raises(ValueError, match=field):
-    train.train_and_evaluate(monitored_config(**monitor), str(tmp_path))
+    pretrain.run(monitored_config(**monitor), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import (assert_sharded_equals_one_device, assert_trees_close, config_file,
                       event_tags, random_images, scalar_series, tiny_mae_config)
-from mim_jax import masking, methods, train
-from mim_jax.methods import latent_mim
+from mim_jax import masking, methods, pretrain
+from mim_jax.methods import common, latent_mim
 from mim_jax.models import query_decoder
 
 
@@ -74,8 +74,10 @@ def test_published_geometry_and_visible_target_split_by_count():
 def test_bad_latent_mim_configs_fail_with_a_message():
   config = tiny_latent_config()
   config.data.image_size = 24  # not a multiple of 4 + 1
-  with pytest.raises(ValueError, match="patch_gap=1"):
-    train.validate_config(config, 8, 1)
+  with pytest.raises(ValueError, match="config.method.patch_gap = 5"):
+    methods.create(config)
+  with pytest.raises(ValueError, match="config.method.mask_ratio=1.0"):
+    methods.create(tiny_latent_config(mask_ratio=1.0))
   for field, value in (("target_mode", "ema"), ("loss", "cosine"), ("decoder", "mlp")):
     with pytest.raises(ValueError, match=f"config.method.{field}"):
       methods.create(tiny_latent_config(**{field: value}))
@@ -121,7 +123,7 @@ def test_similarity_regulariser_and_its_goal_schedule_match_numpy():
   rng = np.random.default_rng(1)
   pred = rng.normal(size=(2, 4, 6)).astype(np.float32) + 1.0
   visible = rng.normal(size=(2, 3, 6)).astype(np.float32)
-  np.testing.assert_allclose(float(latent_mim.mean_pairwise_cosine(jnp.asarray(pred))),
+  np.testing.assert_allclose(float(common.mean_pairwise_cosine(jnp.asarray(pred))),
                              numpy_mean_pairwise_cosine(pred), rtol=1e-5)
   for step, total, goal in ((0, 100, 0.75), (50, 100, 0.5), (100, 100, 0.25),
                             (25, 100, 0.25 + 0.25 * (1 + math.cos(math.pi / 4)))):
@@ -261,7 +263,7 @@ def test_collapse_monitor_regulariser_goal_and_lr_floor_reach_tensorboard(tmp_pa
   config.update(num_train_steps=4, warmup_steps=1, checkpoint_every_steps=4,
                 image_summary_every_steps=0)
   config.optimizer.min_lr_ratio = 0.25
-  train.train_and_evaluate(config, str(tmp_path))
+  pretrain.run(config, str(tmp_path))
   tags = event_tags(str(tmp_path))
   for tag in ("sim_target", "sim_pred", "sim_visible", "sim_regulariser", "sim_goal",
               "target_momentum", "latent_loss"):

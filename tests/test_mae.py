@@ -5,7 +5,7 @@ import pytest
 
 from conftest import tiny_mae_config
 from mim_jax import masking
-from mim_jax.methods import mae
+from mim_jax.methods import common, mae
 from mim_jax.models import vit
 
 
@@ -48,7 +48,7 @@ def test_mae_loss_ignores_visible_patches():
 
 def test_norm_pix_target_uses_unbiased_variance():
   t = jnp.array([[[1.0, 2.0, 3.0, 4.0]]])
-  out = np.asarray(mae.norm_pix_target(t, eps=0.0))
+  out = np.asarray(common.norm_pix_target(t, eps=0.0))
   np.testing.assert_allclose(out.std(ddof=1), 1.0, rtol=1e-6)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_steps, config_file, scalar_series
-from mim_jax import data, distributed, train
+from mim_jax import data, distributed, pretrain
+from mim_jax.evaluation import pretrained
 
 STEPS = 4
 TINY = {"model.width": 32, "model.depth": 1, "model.num_heads": 4, "model.decoder_width": 16,
@@ -87,7 +88,7 @@ def runs(tmp_path_factory):
   started = start_processes(two)
   try:
     assert jax.process_count() == 1 and jax.device_count() == 8
-    train.train_and_evaluate(tiny_config(), str(one))
+    pretrain.run(tiny_config(), str(one))
   finally:
     texts = wait_for(started)
   assert "Process 1 of 2: 4 local devices of 8." in texts[1]
@@ -95,7 +96,7 @@ def runs(tmp_path_factory):
 
 
 def params_of(workdir, step=None):
-  return jax.device_get(train.restore_state(str(workdir), step)[1].params)
+  return jax.device_get(pretrained.restore_state(str(workdir), step)[1].params)
 
 
 def assert_params_close(got, want):
@@ -122,7 +123,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
   two, one = runs
   shutil.copy(two / "config.json", tmp_path / "config.json")
   shutil.copytree(two / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
-  state = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  state = pretrain.run(tiny_config(), str(tmp_path))
   assert int(state.step) == STEPS
   resumed = scalar_series(str(tmp_path), "loss", with_steps=True)
   want = dict(scalar_series(str(one), "loss", with_steps=True))
@@ -153,7 +154,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp
     assert f"Stopped at step {stopped[0]};" in text
   config = config_file("quickstart.py", overrides=dict(overrides,
                                                        num_train_steps=stopped[0] + 2))
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == stopped[0] + 2
   logged = [s for s, _ in scalar_series(str(tmp_path), "loss", with_steps=True)]
   assert logged == list(range(1, stopped[0] + 3))  # no step twice, none left out

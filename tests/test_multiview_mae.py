@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import (REPO, assert_sharded_equals_one_device, config_file, scalar_series,
                       tiny_mae_config)
-from mim_jax import data, methods, sharding, train
+from mim_jax import data, methods, pretrain, sharding, train
 from mim_jax.methods import multiview_mae as mv
 from mim_jax.models import vit
 from test_data import coordinate_ramp, make_config, write_npz
@@ -277,7 +277,7 @@ def test_multiview_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   config.data.update(source="npz", path=str(cifar_npz), image_size=32, crop_scale=(0.35, 1.0))
   config.model.update(width=64, decoder_width=32)
   config.optimizer.base_lr = 1e-3 * 256 / 32
-  train.train_and_evaluate(config, str(tmp_path))
+  pretrain.run(config, str(tmp_path))
   series = {k: scalar_series(str(tmp_path), k)
             for k in ("loss", "mae_loss", "cross_loss", "contrastive_loss", "overlap_fraction")}
   assert len(series["loss"]) == 15

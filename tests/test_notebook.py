@@ -7,7 +7,7 @@ import nbclient
 import nbformat
 
 from conftest import REPO, config_file
-from mim_jax import train
+from mim_jax import pretrain
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
 # The quickstart config made tiny: 16 patches of 4 px, one block, 4 steps.
@@ -38,7 +38,7 @@ def outputs_of(cell):
 
 def test_the_inspection_notebook_runs_on_a_quickstart_checkpoint(tmp_path, monkeypatch):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config_file("quickstart.py", overrides=TINY_QUICKSTART), str(workdir))
+  pretrain.run(config_file("quickstart.py", overrides=TINY_QUICKSTART), str(workdir))
   monkeypatch.setenv("MIM_WORKDIR", str(workdir))
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(  # this checkout's mim_jax

@@ -1,9 +1,11 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from mim_jax import defaults, optim
+from conftest import config_file
+from mim_jax import defaults, methods, optim, train
 
 
 def test_lr_scaling_rules():
@@ -38,14 +40,21 @@ def test_cosine_momentum_schedule():
 def test_default_weight_decay_mask():
   params = {"encoder": {"cls_token": jnp.zeros((1, 1, 4)), "patch_embed": {
       "kernel": jnp.zeros((8, 4)), "bias": jnp.zeros(4)}, "norm": {"scale": jnp.ones(4),
-      "bias": jnp.zeros(4)}, "blocks_0": {"gamma_1": jnp.ones(4)}},
+      "bias": jnp.zeros(4)}, "blocks_0": {"gamma_1": jnp.ones(4)},
+      "blocks": {"layers": {"norm1": {"scale": jnp.ones((2, 4))},  # scanned: [depth, ...]
+                            "mlp": {"fc1": {"kernel": jnp.ones((2, 4, 8))}}}}},
       "decoder": {"mask_token": jnp.zeros((1, 1, 4)), "decoder_pred": {"kernel": jnp.ones((4, 2))}}}
-  mask = optim.decay_mask(params, defaults.NO_DECAY_PATTERNS)
+  mask = optim.decay_mask(params)
   assert mask["encoder"]["patch_embed"] == {"kernel": True, "bias": False}
   assert mask["decoder"]["decoder_pred"]["kernel"] is True
-  assert not mask["encoder"]["cls_token"] and not mask["decoder"]["mask_token"]
+  assert mask["encoder"]["cls_token"] and mask["decoder"]["mask_token"]  # as timm's rule
   assert mask["encoder"]["norm"] == {"scale": False, "bias": False}
   assert mask["encoder"]["blocks_0"]["gamma_1"] is False
+  assert mask["encoder"]["blocks"]["layers"]["norm1"]["scale"] is False
+  assert mask["encoder"]["blocks"]["layers"]["mlp"]["fc1"]["kernel"] is True
+  extra = optim.decay_mask(params, (r"(^|/)cls_token$", r"embed"))
+  assert not extra["encoder"]["cls_token"] and not extra["encoder"]["patch_embed"]["kernel"]
+  assert extra["decoder"]["mask_token"]
 
 
 def test_adamw_applies_decay_only_where_masked():
@@ -93,3 +102,96 @@ def test_schedule_from_config_milestones_in_epochs_or_steps():
   config.optimizer.decay_steps = (30,)
   lr = optim.lr_schedule_from_config(config, 2.0, 100, 10, steps_per_epoch=10)
   assert float(lr(29)) == pytest.approx(2.0) and float(lr(30)) == pytest.approx(1.0)
+
+
+# Each official code's weight-decay rule, written out over its torch parameter names
+# (our '/'-joined paths read the same way: biases end in 'bias', LayerNorm scales and
+# LayerScale gammas are 1-D):
+def timm_add_weight_decay(name, shape):
+  """mae/main_pretrain.py (timm `add_weight_decay`, no skip list); caddyless/PCAE
+  main_pretrain.py; CAE furnace/optim_factory.py `get_parameter_groups` (its model has no
+  `no_weight_decay`)."""
+  return len(shape) == 1 or name.endswith("bias")
+
+
+OFFICIAL_NO_DECAY = {
+    "mae": timm_add_weight_decay,
+    "pcae": timm_add_weight_decay,
+    "cae": timm_add_weight_decay,
+    "multiview_mae": timm_add_weight_decay,  # no public code: MAE's optimizer
+    # SimMIM optimizer.py `get_pretrain_param_groups` with the ViT's no_weight_decay()
+    # = {'encoder.pos_embed', 'encoder.cls_token'} (no keywords for the ViT)
+    "simmim": lambda name, shape: (timm_add_weight_decay(name, shape) or
+                                   name in ("encoder/cls_token", "encoder/pos_embed")),
+    # LatentMIM main_lmim.py: no_weight_decay_list = names with 'bias', 'norm' or 'embed'
+    "latent_mim": lambda name, shape: (timm_add_weight_decay(name, shape) or any(
+        word in name for word in ("bias", "norm", "embed"))),
+}
+PUBLISHED_CONFIGS = {"mae": "mae_vit_base.py", "simmim": "simmim_vit_base.py",
+                     "cae": "cae_vit_base.py", "latent_mim": "latent_mim_vit_base.py",
+                     "pcae": "pcae_vit_base.py", "multiview_mae": "multiview_mae_vit_base.py"}
+
+
+def no_decay_leaves(params, config):
+  mask = optim.decay_mask(params, config.optimizer.no_decay_patterns)
+  return {optim.path_name(p) for p, decays in
+          jax.tree_util.tree_flatten_with_path(mask)[0] if not decays}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_CONFIGS))
+def test_weight_decay_follows_each_official_optimizer(name):
+  extra = {"pcae": {"method.drop_layers": (0,)}, "cae": {"model.regressor_depth": 1}}
+  config = config_file(PUBLISHED_CONFIGS[name], overrides={
+      "model.depth": 2, "model.width": 32, "model.num_heads": 2, "model.decoder_depth": 1,
+      **extra.get(name, {})})
+  method = methods.create(config)
+  params = jax.eval_shape(method.init, jax.random.PRNGKey(0),
+                          train.sample_batch(config, method))
+  official = {optim.path_name(p) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+              if OFFICIAL_NO_DECAY[name](optim.path_name(p), leaf.shape)}
+  assert no_decay_leaves(params, config) == official
+  # what the rules mean, spelled out: tokens are decayed unless the method skips them
+  assert ("encoder/cls_token" in official) == (name == "simmim")
+  assert "encoder/patch_embed/bias" in official
+  assert ("encoder/patch_embed/kernel" in official) == (name == "latent_mim")
+  if name == "latent_mim":
+    assert "decoder/decoder_embed/kernel" in official
+    assert "decoder/mask_token" not in official and "decoder/cls_token" not in official
+
+
+def test_fine_tuning_weight_decay_is_maes_param_groups_lrd():
+  """mae/util/lr_decay.py `param_groups_lrd`: no decay where p.ndim == 1 or the name is in
+  timm ViT's no_weight_decay() = {pos_embed, cls_token, dist_token}."""
+  config = config_file("eval/finetune.py")
+  params = {"encoder": {"cls_token": jnp.zeros((1, 1, 8)), "patch_embed": {
+      "kernel": jnp.zeros((48, 8)), "bias": jnp.zeros(8)}, "blocks_0": {
+      "attn": {"qkv": {"kernel": jnp.zeros((8, 24)), "bias": jnp.zeros(24)}},
+      "norm1": {"scale": jnp.ones(8)}}},
+      "fc_norm": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+      "head": {"kernel": jnp.zeros((8, 10)), "bias": jnp.zeros(10)}}
+  assert no_decay_leaves(params, config) == {
+      "encoder/cls_token", "encoder/patch_embed/bias", "encoder/blocks_0/attn/qkv/bias",
+      "encoder/blocks_0/norm1/scale", "fc_norm/scale", "fc_norm/bias", "head/bias"}
+
+
+def test_warmup_from_a_fraction_of_the_peak_then_cosine_to_the_floor():
+  """LatentMIM util/lr_sched.py `adjust_learning_rate` with min_lr = 0.25·lr: the warmup
+  rises linearly from min_lr to lr, then a half-cosine falls back to min_lr."""
+  peak, warmup, total = 2.0, 10, 110
+  lr = optim.lr_schedule(peak, total, warmup, min_lr=0.25 * peak, warmup_start_ratio=0.25)
+  for step in (0, 3, 9):
+    assert float(lr(step)) == pytest.approx(0.5 + 1.5 * step / warmup)
+  for step in (10, 35, 60, 110):
+    want = 0.5 + 1.5 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
+    assert float(lr(step)) == pytest.approx(want)
+  with pytest.raises(ValueError, match="warmup_start_ratio"):
+    optim.lr_schedule(peak, total, warmup, warmup_start_ratio=1.5)
+  for arg in ("base", "large"):
+    opt = config_file("latent_mim_vit_base.py", arg).optimizer
+    assert (opt.warmup_start_ratio, opt.min_lr_ratio) == (0.25, 0.25)
+  assert config_file("latent_mim_cifar.py").optimizer.warmup_start_ratio == 0.25
+  assert config_file("mae_vit_base.py").optimizer.warmup_start_ratio == 0.0
+  # the trainer's schedule reads the field
+  config = config_file("latent_mim_cifar.py")
+  from_config = optim.lr_schedule_from_config(config, peak, total, warmup, steps_per_epoch=1)
+  assert float(from_config(0)) == pytest.approx(0.5)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_steps, config_file, scalar_series, tiny_mae_config
-from mim_jax import checkpoint, methods, optim, preemption, sharding, train
+from mim_jax import checkpoint, methods, optim, preemption, pretrain, sharding, train
+from mim_jax.evaluation import pretrained
 from mim_jax.methods import mae
 
 TINY = {"model.width": 32, "model.depth": 1, "model.num_heads": 4, "model.decoder_width": 16,
@@ -68,7 +69,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
   assert len(stopped) == 1 and 3 <= stopped[0] < 400, stopped
   assert f"Stopped at step {stopped[0]}" in err
   config = config_file("quickstart.py", overrides=dict(overrides, num_train_steps=stopped[0] + 3))
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == stopped[0] + 3
   logged = scalar_series(str(tmp_path), "loss", with_steps=True)
   assert [s for s, _ in logged] == list(range(1, stopped[0] + 4))  # no step twice
@@ -87,7 +88,7 @@ def test_the_watch_turns_a_signal_into_a_stop_and_restores_the_old_handler(sig):
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
   overrides = dict(TINY, num_train_steps=60, checkpoint_every_steps=2)
   config = config_file("quickstart.py", overrides=overrides)
-  reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+  reference = pretrain.run(config, str(tmp_path / "reference"))
   kill_at = random.Random().randint(3, 20)
   proc = start_main(tmp_path / "killed", overrides)
   wait_for_step(proc, kill_at)
@@ -95,7 +96,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
   proc.kill()
   proc.wait()
   assert checkpoint_steps(tmp_path / "killed")[-1] < 60
-  resumed = train.train_and_evaluate(config, str(tmp_path / "killed"))
+  resumed = pretrain.run(config, str(tmp_path / "killed"))
   assert int(resumed.step) == 60
   same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   jax.tree.map(same, (reference.params, reference.opt_state, reference.rng),
@@ -132,13 +133,13 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_restorable(tmp_p
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   config = tiny_mae_config(num_train_steps=4, checkpoint_every_steps=2)
-  train.train_and_evaluate(config, str(tmp_path))
-  _, at_2 = train.restore_state(str(tmp_path), step=2)
+  pretrain.run(config, str(tmp_path))
+  _, at_2 = pretrained.restore_state(str(tmp_path), step=2)
   for root, _, files in os.walk(tmp_path / "checkpoints" / "4" / "state"):
     for name in files:  # damage every array and metadata file of step 4
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  _, restored = train.restore_state(str(tmp_path))
+  _, restored = pretrained.restore_state(str(tmp_path))
   assert int(restored.step) == 2
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                at_2.params, restored.params)
@@ -184,7 +185,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_last_good_ch
   config.method.nan_steps = (2, 3, 4, 5)  # 0-based step indices: train steps 3..6
   with pytest.raises(FloatingPointError,
                      match=r"2 consecutive steps \(3\.\.4\).*Last good checkpoint: step 2"):
-    train.train_and_evaluate(config, str(tmp_path))
+    pretrain.run(config, str(tmp_path))
   assert checkpoint_steps(tmp_path) == [2]  # the check runs before step 4 would be saved
 
 
@@ -205,7 +206,7 @@ def test_config_errors_say_what_to_change(tmp_path, field, value, message):
     config.data.source = "tfds"
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=re.escape(message)):
-    train.train_and_evaluate(config, str(tmp_path))
+    pretrain.run(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -213,18 +214,18 @@ def test_missing_data_dir_and_missing_path_are_named(tmp_path):
   config = tiny_mae_config()
   config.data.update(source="tfds", tfds_name="imagenet2012", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="config.data.data_dir"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    pretrain.run(config, str(tmp_path / "run"))
   config = tiny_mae_config()
   config.data.source = "npz"
   with pytest.raises(ValueError, match="config.data.path"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    pretrain.run(config, str(tmp_path / "run"))
 
 
 def test_reading_a_workdir_without_checkpoints_says_so(tmp_path):
   config = tiny_mae_config()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
   with pytest.raises(FileNotFoundError, match="No checkpoint under"):
-    train.restore_state(str(tmp_path))
+    pretrained.restore_state(str(tmp_path))
 
 
 def plant_image_folder(root, good_per_class=3):
@@ -261,7 +262,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
   assert [int((epochs == e).sum()) for e in range(3)] == [6, 6, 6]  # the 3 bad ones skipped
   assert all(np.isfinite(b["image"]).all() and set(b["label"]) <= {0, 1} for b in batches)
   config.update(batch_size=8, num_train_steps=3, checkpoint_every_steps=3)
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  pretrain.run(config, str(tmp_path / "run"))
   skipped = scalar_series(str(tmp_path / "run"), "skipped_images")
   assert skipped[-1] >= bad and skipped == sorted(skipped)
 

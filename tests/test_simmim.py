@@ -8,8 +8,8 @@ import pytest
 
 from conftest import (assert_sharded_equals_one_device, config_file, random_images,
                       scalar_series, tiny_mae_config)
-from mim_jax import masking, methods, optim, train
-from mim_jax.methods import simmim
+from mim_jax import masking, methods, optim, pretrain, train
+from mim_jax.methods import common, simmim
 
 
 def tiny_simmim_config(**overrides):
@@ -56,7 +56,7 @@ def test_encoder_sees_mask_tokens_and_the_head_is_linear_per_token():
   reconstruct = jax.jit(method.reconstruct)
   recon = np.asarray(reconstruct(params, images, mask))
   # replacing the hidden pixels changes nothing: the encoder never sees them
-  hidden_px = np.asarray(simmim.pixel_mask(mask, 4, (4, 4)))
+  hidden_px = np.asarray(common.pixel_mask(mask, 4, (4, 4)))
   noisy = np.asarray(images) * (1 - hidden_px) + 5.0 * hidden_px
   np.testing.assert_allclose(reconstruct(params, jnp.asarray(noisy), mask), recon, atol=1e-5)
   # each predicted p×p×3 patch is kernel·latent + bias of that patch's token
@@ -90,6 +90,7 @@ def test_published_vit_base_recipe_and_tiny_config():
   assert (config.num_epochs, config.warmup_epochs) == (800, 10)
   lr = optim.lr_schedule_from_config(config, 4e-4, 800 * 10, 10 * 10, steps_per_epoch=10)
   assert float(lr(6999)) == pytest.approx(4e-4) and float(lr(7000)) == pytest.approx(4e-5)
+  assert float(lr(0)) == pytest.approx(4e-4 * 5e-7 / 1e-4)  # WARMUP_LR 5e-7 per 512 images
   assert config.data.crop_scale == (0.67, 1.0)
   method = methods.create(config)
   params = jax.eval_shape(method.init, jax.random.PRNGKey(0),
@@ -126,7 +127,7 @@ def test_simmim_learns_on_real_cifar_images(tmp_path, cifar_npz):
   config.batch_size = 32
   config.optimizer.update(base_lr=1e-2, lr_scaling="absolute", schedule="multistep",
                           decay_steps=(180,), b2=0.999, grad_clip=5.0)
-  train.train_and_evaluate(config, str(tmp_path))
+  pretrain.run(config, str(tmp_path))
   losses = scalar_series(str(tmp_path), "loss")
   assert len(losses) == 20
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses

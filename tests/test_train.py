@@ -9,35 +9,36 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_steps, event_tags, scalar_series, tiny_mae_config
-from mim_jax import masking, methods, optim, sharding, train
+from mim_jax import masking, methods, optim, pretrain, sharding, train
+from mim_jax.evaluation import pretrained
 from mim_jax.methods import mae
 
 
 def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
   config = tiny_mae_config(num_train_steps=6, keep_checkpoints=2)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == 6
   assert checkpoint_steps(tmp_path) == [4, 6]  # every 2 steps, last 2 kept
   tags = event_tags(str(tmp_path))
   for tag in ("loss", "lr", "grad_norm", "images_per_sec", "step_time", "mae_loss"):
     assert tag in tags, tags
   assert any(t.startswith("reconstruction") for t in tags), tags
-  restored_config, restored = train.restore_state(str(tmp_path))
+  restored_config, restored = pretrained.restore_state(str(tmp_path))
   assert restored_config.model.width == config.model.width
   assert int(restored.step) == 6
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                state.params, restored.params)
-  _, at_step_4 = train.restore_state(str(tmp_path), step=4)
+  _, at_step_4 = pretrained.restore_state(str(tmp_path), step=4)
   assert int(at_step_4.step) == 4
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
   config = tiny_mae_config(num_train_steps=6, checkpoint_every_steps=3)
-  full = train.train_and_evaluate(config, str(tmp_path / "full"))
-  stopped = train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_after_step=3)
+  full = pretrain.run(config, str(tmp_path / "full"))
+  stopped = pretrain.run(config, str(tmp_path / "resumed"), stop_after_step=3)
   assert int(stopped.step) == 3
   assert checkpoint_steps(tmp_path / "resumed") == [3]
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = pretrain.run(config, str(tmp_path / "resumed"))
   assert int(resumed.step) == 6
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                (full.params, full.opt_state), (resumed.params, resumed.opt_state))
@@ -54,22 +55,27 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
 def test_bad_batch_config_fails_before_compiling(tmp_path, overrides, message):
   config = tiny_mae_config(**overrides)
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path))
+    pretrain.run(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
 
 
 def test_bad_model_config_messages(tmp_path):
+  # a method validates its own fields when it is built, before the trainer runs
   config = tiny_mae_config()
   config.model.patch_size = 5
   with pytest.raises(ValueError, match="patch_size"):
-    train.validate_config(config, 8, 1)
+    methods.create(config)
   config = tiny_mae_config()
   config.method.mask_ratio = 1.0
   with pytest.raises(ValueError, match="mask_ratio"):
-    train.validate_config(config, 8, 1)
+    methods.create(config)
   config = tiny_mae_config()
   config.method.name = "beit"
   with pytest.raises(ValueError, match="method.name"):
+    methods.create(config)
+  config = tiny_mae_config()
+  config.model.num_heads = 3
+  with pytest.raises(ValueError, match="num_heads"):
     train.validate_config(config, 8, 1)
 
 
@@ -155,7 +161,7 @@ def test_trainer_feeds_several_views_per_image(tmp_path, monkeypatch):
   monkeypatch.setitem(methods.METHODS, "two_view_mae", TwoViewMAE)
   config = tiny_mae_config(num_train_steps=2)
   config.method.name = "two_view_mae"
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == 2
   assert checkpoint_steps(tmp_path) == [2]
 
@@ -170,7 +176,7 @@ def test_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   config.model.update(patch_size=4, width=64, depth=2, num_heads=4, decoder_width=32)
   config.batch_size = 64
   config.optimizer.base_lr = 1e-3
-  train.train_and_evaluate(config, str(tmp_path))
+  pretrain.run(config, str(tmp_path))
   losses = scalar_series(str(tmp_path), "loss")
   assert len(losses) == 15
   assert np.mean(losses[-3:]) < 0.8 * losses[0], losses

@@ -39,8 +39,9 @@ def get_config(arg: str = "base"):
   config.warmup_epochs = 5.0
   config.optimizer.update(base_lr=base_lr, lr_scaling="linear_256", min_lr=1e-6, b1=0.9,
                           b2=0.999, weight_decay=0.05, layer_decay=layer_decay,
-                          no_decay_patterns=defaults.NO_DECAY_PATTERNS + (
-                              r"(^|/)relative_position_bias_table$",))
+                          # util/lr_decay.py `param_groups_lrd`: 1-D params and timm ViT's
+                          # no_weight_decay() = {pos_embed, cls_token, dist_token}
+                          no_decay_patterns=(r"(^|/)cls_token$",))
   config.eval_every_steps = 1250  # about one ImageNet epoch at batch 1024; 0: at the end
   config.eval_batch_size = 1024
   config.image_summary_every_steps = 0

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mim_jax import data, methods, train
+from mim_jax import data, methods, pretrain
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/latent_mim_cifar.py",
@@ -43,17 +43,16 @@ def main(argv):
   results = {}
   for mode in FLAGS.modes:
     config = FLAGS.config.copy_and_resolve_references()
-    if FLAGS.rung:  # same grid of patches, without the gap
-      grid = config.data.image_size // (config.model.patch_size + config.method.patch_gap)
+    if FLAGS.rung:  # same grid of patches, without the gap: the size it is evaluated at
+      config.data.image_size = methods.create(config).eval_encoder().image_size
       config.method.update(RUNG)
-      config.data.image_size = grid * config.model.patch_size
     config.method.target_mode = mode
     config.update(num_train_steps=FLAGS.steps, warmup_steps=min(config.warmup_steps,
                                                                 FLAGS.steps // 10),
                   checkpoint_every_steps=FLAGS.steps, image_summary_every_steps=0)
     with tempfile.TemporaryDirectory() as workdir:
-      state = train.train_and_evaluate(config, workdir)
-    method = methods.create(config)
+      state = pretrain.run(config, workdir)
+    method = methods.create(config, total_steps=FLAGS.steps)
     batch = held_out_batch(config)
     masks = method.make_masks(jax.random.PRNGKey(0), batch)
     _, metrics = jax.jit(method.loss)(state.params, state.target_params, batch, masks, None,

@@ -49,7 +49,7 @@ full version) × `EPOCHS_PER_CPU_MINUTE[method]`, measured from each method's tr
 CPU time (`--measure_steps`, time.process_time over all threads) on this 2-core machine.
 The CPU seconds reported are the whole pretraining process (compilation, input pipeline,
 checkpoints), summed over resumed runs and kept in `<workdir>/<method>/pretrain_cpu.json`.
-Each method trains in `<workdir>/<method>` with mim_jax.train.train_and_evaluate, which
+Each method trains in `<workdir>/<method>` with mim_jax.pretrain.run, which
 resumes, so rerunning the command reuses finished pretraining.
 
 Evaluation (mim_jax.evaluation, on features of the un-augmented 32 px images, computed once
@@ -74,9 +74,10 @@ import numpy as np
 from absl import app, flags
 
 from mim_jax import data, defaults, methods, optim, sharding, train
+from mim_jax import pretrain as pretraining
 from mim_jax.evaluation import (attentive_probe, features, knn, linear_probe,
                                 pretrained)
-from mim_jax.methods import cae, latent_mim, mae, multiview_mae, pcae, simmim
+from mim_jax.methods import cae, latent_mim, multiview_mae, pcae, simmim
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "One pretraining workdir per method under this.")
@@ -153,14 +154,12 @@ def pretrain_config(name: str, epochs: float, data_path: str) -> ml_collections.
     config.model.regressor_depth = 2
     config.model.decoder_layer_scale_init = 0.1
     opt.update(base_lr=1.5e-3 * BATCH_SIZE / 2048 * FLAGS.lr_multiplier, lr_scaling="absolute",
-               min_lr=1e-5, b1=0.9, b2=0.999, grad_clip=3.0,
-               no_decay_patterns=cae.NO_DECAY_PATTERNS)
+               min_lr=1e-5, b1=0.9, b2=0.999, grad_clip=3.0)
   elif name == "latent_mim":
     config.method = latent_mim.method_config(patch_gap=1, mask_ratio=0.75,
                                              projector_hidden=768)
     config.data.image_size = 8 * (4 + 1)
-    opt.update(min_lr_ratio=0.25,
-               no_decay_patterns=defaults.NO_DECAY_PATTERNS + (r"embed",))
+    opt.update(min_lr_ratio=0.25, warmup_start_ratio=0.25, no_decay_patterns=(r"embed",))
   elif name == "pcae":
     config.method = pcae.method_config(drop_layers=(0, 2, 4), target_momentum=0.99)
   elif name == "multiview_mae":
@@ -182,7 +181,7 @@ def measure_step_cpu_seconds(config, steps: int) -> float:
   """Median CPU seconds (all threads) of one train step of `config` on CIFAR-shaped random
   images, after one compile step."""
   mesh = sharding.create_mesh(config)
-  method = methods.create(config)
+  method = methods.create(config, total_steps=1000)
   lr_fn = optim.lr_schedule(1e-4, 1000, 10)
   tx = optim.create_optimizer(config, lr_fn)
   batch = {"image": np.random.default_rng(0).normal(size=(
@@ -225,7 +224,7 @@ def pretrain(name: str, workdir: str, epochs: float, data_path: str) -> dict:
     with open(cpu_path) as f:
       cpu_seconds = json.load(f)["cpu_seconds"]
   start = time.process_time()
-  state = train.train_and_evaluate(config, workdir)
+  state = pretraining.run(config, workdir)
   cpu_seconds += time.process_time() - start
   with open(cpu_path, "w") as f:
     json.dump({"cpu_seconds": cpu_seconds, "step": int(state.step)}, f)
@@ -255,12 +254,13 @@ def encoder_tokens(name: str, workdir: str, config, splits) -> dict:
   """{split: (tokens [N, 1 + 64, 192], labels)} of the encoder pretrained by `name`, or
   of the randomly initialised encoder (seed 0)."""
   if name == RANDOM_INIT:
-    encoder = mae.build_encoder(config, use_mask_token=False)
+    encoder = methods.create(config).eval_encoder().module
     params = encoder.init(jax.random.PRNGKey(0), np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3),
                                                           np.float32))["params"]
   else:
-    encoder, params, _ = pretrained.load_encoder(os.path.join(workdir, name),
-                                                 image_size=IMAGE_SIZE)
+    spec, params, _ = pretrained.load_encoder(os.path.join(workdir, name),
+                                              image_size=IMAGE_SIZE)
+    encoder = spec.module
   return {split: features.extract_features(
       encoder, params, iter([{"image": x[i:i + 500], "label": y[i:i + 500]}
                              for i in range(0, len(x), 500)]), pool="tokens")

@@ -85,8 +85,8 @@ class CompiledStep:
     train.validate_config(config, jax.device_count(), jax.process_count())
     self.config = config
     mesh = sharding.create_mesh(config)
-    method = methods.create(config)
     total_steps = 1000
+    method = methods.create(config, total_steps)
     lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
     tx = optim.create_optimizer(config, lr_fn)
     batch = random_batch(config, method, config.batch_size)
@@ -105,7 +105,8 @@ class CompiledStep:
         plain = config.copy_and_resolve_references()
         plain.model.remat = "none"
         self.model_flops = _flops(
-            train.jit_train_step(methods.create(plain), tx, lr_fn, plain, total_steps, mesh,
+            train.jit_train_step(methods.create(plain, total_steps), tx, lr_fn, plain,
+                                 total_steps, mesh,
                                  shardings).lower(self.state, self.batch).compile())
     self.times: List[float] = []
     self.loss = float("nan")

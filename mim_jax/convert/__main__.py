@@ -1,16 +1,19 @@
 """Command line: convert checkpoints between official PyTorch code, timm and mim_jax.
 
   python -m mim_jax.convert from-official --format {mae,cae,simmim} --checkpoint X.pth \
-      --output DIR [--image_size N] [--num_heads H]
+      --output DIR [--config configs/<format>_vit_base.py] [--image_size N] [--num_heads H]
   python -m mim_jax.convert from-timm --checkpoint model.safetensors --output DIR \
-      [--method mae] [--image_size N] [--num_heads H]
+      [--config configs/mae_vit_base.py] [--image_size N] [--num_heads H]
   python -m mim_jax.convert to-timm --workdir DIR --output model.safetensors|model.pth \
       [--image_size N] [--step S] [--use_target]
   python -m mim_jax.convert resample-timm --checkpoint in.pth --image_size N --output out.pth
 
 from-official / from-timm write DIR as a pretraining workdir (config.json and checkpoint
-step 0, `mim_jax/convert/workdir.py`): `mim_jax.evaluation.pretrained.load_encoder(DIR)`
-and `mim_jax.train.restore_state(DIR)` read it like a run of our trainer.
+step 0, `mim_jax/convert/workdir.py`) of the recipe in `--config` (path[:variant], run
+from the repository root) with the checkpoint's encoder:
+`mim_jax.evaluation.pretrained.load_encoder(DIR)` and the evaluation configs read it like a
+run of our trainer. to-timm exports the encoder the run's method evaluates
+(`Method.eval_encoder`, e.g. Latent MIM's at grid·patch px).
 Checkpoints are .pth (needs torch), .safetensors or .npz state dicts.
 """
 import argparse
@@ -20,7 +23,9 @@ import sys
 import jax
 import numpy as np
 
+from mim_jax import config_files
 from mim_jax.convert import cae, common, mae, posemb, simmim, timm, workdir
+from mim_jax.models import vit
 
 FORMATS = ("mae", "cae", "simmim")
 
@@ -32,7 +37,7 @@ def _official(args):
     dims = mae.vit_dims_from_torch(sd)
     dims["num_heads"] = common.heads_for(dims["width"], args.num_heads)
     if dims["decoder_width"] is not None:
-      params = mae.mae_from_torch(sd)
+      params = mae.mae_from_torch(sd)  # {'encoder', 'decoder'} of our MAE
       decoder = dict(decoder_width=dims["decoder_width"], decoder_depth=dims["decoder_depth"],
                      decoder_num_heads=args.decoder_num_heads or dims["decoder_num_heads"])
       if decoder["decoder_num_heads"] is None:
@@ -43,10 +48,12 @@ def _official(args):
   elif args.format == "cae":
     dims = cae.cae_dims_from_torch(sd, args.num_heads)
     params = {"encoder": cae.cae_encoder_from_torch(sd, args.num_heads)}
-    # The regressor and decoder are initialised afresh, at the checkpoint's depths.
+    # The regressor and decoder are initialised afresh, at the checkpoint's depths and the
+    # encoder's width (CAE's heads run at the encoder width).
     decoder = {k: common.depth_of(sd, prefix) for k, prefix in
                (("regressor_depth", "regresser.regressor_blocks"),
                 ("decoder_depth", "decoder.decoder_blocks")) if common.depth_of(sd, prefix)}
+    decoder.update(decoder_width=dims["width"], decoder_num_heads=dims["num_heads"])
     if dims["channels_permuted"]:
       logging.info("CAE sin-cos layout: encoder channels are stored half-swapped "
                    "(mim_jax/convert/cae.py); features are the official ones permuted.")
@@ -56,8 +63,10 @@ def _official(args):
     if "decoder.0.weight" in sd:
       params["decoder"] = simmim.simmim_head_from_torch(sd, dims["patch_size"])
   image_size = args.image_size or dims["image_size"]
-  config = workdir.method_config(args.format, dims, image_size, decoder)
-  workdir.write_workdir(args.output, config, params)
+  recipe = config_files.load(args.config or f"configs/{args.format}_vit_base.py")
+  config = workdir.converted_config(recipe, dims, image_size, decoder)
+  encoder = params.pop("encoder")
+  workdir.write_workdir(args.output, config, encoder, params)
   return f"{args.format} checkpoint {args.checkpoint}", config
 
 
@@ -68,16 +77,16 @@ def _from_timm(args):
   if head is not None:
     logging.info("Dropping the classifier head.* (%d classes): pretraining workdirs hold "
                  "no classifier.", head["kernel"].shape[-1])
-  config = workdir.method_config(args.method, dims, dims["image_size"])
-  workdir.write_workdir(args.output, config, {"encoder": params})
+  config = workdir.converted_config(config_files.load(args.config), dims, dims["image_size"])
+  workdir.write_workdir(args.output, config, params)
   return f"timm state dict {args.checkpoint}", config
 
 
 def _to_timm(args):
   from mim_jax.evaluation.pretrained import load_encoder
-  encoder, params, _ = load_encoder(args.workdir, image_size=args.image_size, step=args.step,
-                                    use_target=args.use_target)
-  params = jax.tree.map(np.asarray, params)
+  spec, params, _ = load_encoder(args.workdir, image_size=args.image_size, step=args.step,
+                                 use_target=args.use_target)
+  encoder, params = vit.unrolled(spec.module, jax.tree.map(np.asarray, params))
   sd = timm.encoder_to_timm(params, encoder.patch_size, encoder.grid_hw,
                             encoder.pos_embedding)
   common.save_state_dict(sd, args.output)
@@ -116,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--output", required=True, help="new workdir")
   s.add_argument("--image_size", type=int, default=None,
                  help="image size of the workdir's model (default: the checkpoint's)")
+  s.add_argument("--config", default=None,
+                 help="recipe of the workdir's config, path[:variant] (default: "
+                      "configs/<format>_vit_base.py); the model follows the checkpoint")
   add_heads(s)
   s.add_argument("--decoder_num_heads", type=int, default=None,
                  help="MAE decoder heads (default 16 for the 512-wide decoder)")
@@ -124,8 +136,9 @@ def parser() -> argparse.ArgumentParser:
   s = sub.add_parser("from-timm", help="timm VisionTransformer state dict -> workdir")
   s.add_argument("--checkpoint", required=True)
   s.add_argument("--output", required=True, help="new workdir")
-  s.add_argument("--method", default="mae", choices=sorted(workdir.METHOD_CONFIGS),
-                 help="method of the workdir's config (its other parts are initialised)")
+  s.add_argument("--config", default="configs/mae_vit_base.py",
+                 help="recipe (and method) of the workdir's config, path[:variant]; the model "
+                      "follows the checkpoint, the method's other parts are initialised")
   s.add_argument("--image_size", type=int, default=None)
   add_heads(s)
   s.set_defaults(run=_from_timm)
@@ -134,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--workdir", required=True)
   s.add_argument("--output", required=True, help="*.safetensors, or *.pth (torch.save)")
   s.add_argument("--image_size", type=int, default=None,
-                 help="pos_embed grid of the export (default: the run's image size)")
+                 help="pos_embed grid of the export (default: the image size the run's "
+                      "method evaluates its encoder at)")
   s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   s.add_argument("--use_target", action="store_true", help="export the EMA target encoder")
   s.set_defaults(run=_to_timm)

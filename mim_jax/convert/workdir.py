@@ -1,11 +1,12 @@
-"""Converted parameters -> a pretraining workdir that `train.restore_state` and
-`mim_jax.evaluation.pretrained.load_encoder` read, like one our trainer wrote.
+"""Converted parameters -> a pretraining workdir that `mim_jax.evaluation.pretrained` and
+evaluation, fine-tuning and `to-timm` read, like one our trainer wrote.
 
 `write_workdir` builds the method's train state from `config` (seeded init), puts the
-converted arrays in place of the initial ones (each must exist in the model with the
-same shape), recomputes the EMA targets from them and a fresh optimizer state, and saves
-it as checkpoint step 0 with `config.json`. Parameters the checkpoint does not provide
-(e.g. CAE's regressor and decoder, MAE's decoder for encoder-only checkpoints) keep their
+converted encoder where the method's `eval_encoder` reads it and the other converted
+parts (e.g. MAE's decoder) in their place (each must exist in the model with the same
+shape), recomputes the EMA targets from them and a fresh optimizer state, and saves it as
+checkpoint step 0 with `config.json`. Parameters the checkpoint does not provide (e.g.
+CAE's regressor and decoder, MAE's decoder for encoder-only checkpoints) keep their
 initial values; they are listed in the log.
 """
 import functools
@@ -17,32 +18,22 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mim_jax import checkpoint, defaults, methods, optim, train
-from mim_jax.methods import cae, simmim
-
-METHOD_CONFIGS = {"mae": lambda: defaults.base_config().method, "cae": cae.method_config,
-                  "simmim": simmim.method_config}
+from mim_jax import checkpoint, methods, optim, train
 
 
-def method_config(method: str, dims: Mapping[str, Any], image_size: int,
-                  decoder: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
-  """The base config with `config.method` of `method` (its published defaults) and
-  `config.model` / `data.image_size` describing the converted encoder. `decoder`
-  (decoder_width, decoder_depth, decoder_num_heads) overrides the method's decoder size."""
-  if method not in METHOD_CONFIGS:
-    raise ValueError(f"Unknown method {method!r}; choose one of {sorted(METHOD_CONFIGS)}.")
-  config = defaults.base_config()
-  config.method = METHOD_CONFIGS[method]()
-  if method == "cae":
-    config.model = cae.model_config("base", patch_size=dims["patch_size"])
-    config.model.update(decoder_width=dims["width"], decoder_num_heads=dims["num_heads"])
-    config.optimizer.no_decay_patterns = cae.NO_DECAY_PATTERNS
+def converted_config(config: ml_collections.ConfigDict, dims: Mapping[str, Any],
+                     image_size: int, model_fields: Optional[Mapping[str, Any]] = None
+                     ) -> ml_collections.ConfigDict:
+  """`config` (a recipe, e.g. configs/cae_vit_base.py) with `config.model` and
+  `data.image_size` describing the converted encoder; `model_fields` (e.g. the decoder's
+  size) override further model fields."""
+  config = ml_collections.ConfigDict(config.to_dict())
   config.model.update(patch_size=dims["patch_size"], width=dims["width"], depth=dims["depth"],
                       num_heads=dims["num_heads"], mlp_ratio=float(dims["mlp_ratio"]),
                       layer_scale_init=dims.get("layer_scale_init"),
                       pos_embedding=dims.get("pos_embedding", "sincos"))
-  if decoder:
-    config.model.update(**decoder)
+  if model_fields:
+    config.model.update(**model_fields)
   config.data.image_size = image_size
   return config
 
@@ -73,10 +64,11 @@ def _overlay(initial, converted, path=""):
   return out
 
 
-def write_workdir(workdir: str, config: ml_collections.ConfigDict,
-                  params: Mapping[str, Any]) -> None:
-  """Save `params` (a sub-tree of the method's params, e.g. {'encoder': ...}) as step 0 of
-  a new pretraining workdir. Refuses a workdir that already has checkpoints."""
+def write_workdir(workdir: str, config: ml_collections.ConfigDict, encoder: Mapping[str, Any],
+                  other_params: Optional[Mapping[str, Any]] = None) -> None:
+  """Save the converted `encoder` params (placed where `method.eval_encoder()` reads them)
+  and `other_params` (a sub-tree of the method's params, e.g. {'decoder': ...}) as step 0
+  of a new pretraining workdir. Refuses a workdir that already has checkpoints."""
   method = methods.create(config)
   manager = checkpoint.create_manager(workdir, config)
   if manager.all_steps():
@@ -86,7 +78,8 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict,
   tx = optim.create_optimizer(config, lambda count: 0.0)
   init_fn = functools.partial(train.init_state, method, tx)
   state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed), train.sample_batch(config, method))
-  new_params = _overlay(state.params, params)
+  online = method.eval_encoder().nest(dict(encoder))["params"]  # e.g. {'encoder': ...}
+  new_params = _overlay(state.params, {**online, **(other_params or {})})
   source = method.target_source(new_params)
   state = state.replace(params=new_params,
                         target_params={} if source is None else jax.tree.map(jnp.copy, source),

@@ -26,10 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mim_jax import checkpoint, data, optim, sharding, train
-from mim_jax.evaluation import mixup, pretrained
+from mim_jax import checkpoint, data, methods, optim, sharding, train
+from mim_jax.evaluation import mixup, monitor, pretrained
 from mim_jax.methods.base import Method
-from mim_jax.methods.mae import build_encoder
 from mim_jax.models import vit
 
 POOLS = ("mean", "cls")
@@ -68,28 +67,37 @@ class FineTune(Method):
   """Config: `pretrained` (workdir of a pretraining run), `pretrained_step`, `use_target`;
   `method.pool`, `method.head_init_std`, `method.mixup_alpha`, `method.cutmix_alpha`,
   `method.mix_prob`, `method.switch_prob`, `method.label_smoothing`; `data.num_classes`.
-  `config.model` is the pretraining run's (see `finetune_config`)."""
+  `config.model` is the pretraining run's (see `finetune_config`). The encoder is the
+  pretraining method's `eval_encoder` at `config.data.image_size` with
+  `config.model.drop_path_rate`; params {'encoder', 'fc_norm', 'head'}."""
 
   batch_keys = ("image", "label")
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
+  def __init__(self, config: ml_collections.ConfigDict, total_steps=None):
+    super().__init__(config, total_steps)
     m = config.method
     self.num_classes = config.data.num_classes
-    encoder = build_encoder(config, use_mask_token=False)
-    self.classifier = ViTClassifier(encoder, num_classes=self.num_classes, pool=m.pool,
+    self.pretrain_config = pretrained.read_pretrain_config(config.pretrained)
+    self.pretrain_method = methods.create(self.pretrain_config)
+    self.pretrained_encoder = self.pretrain_method.eval_encoder(
+        config.get("use_target", False), config.data.image_size,
+        drop_path_rate=config.model.drop_path_rate)
+    self.classifier = ViTClassifier(self.pretrained_encoder.module,
+                                    num_classes=self.num_classes, pool=m.pool,
                                     head_init_std=m.head_init_std)
 
   def init(self, rng, batch):
     return self.classifier.init(rng, batch["image"])["params"]
 
   def warm_start(self, params):
-    """The pretrained encoder's weights in place of the initialised ones; the head and
-    fc_norm keep their initialisation. The final norm is dropped with mean pooling."""
-    _, loaded, _ = pretrained.load_encoder(self.config.pretrained,
-                                           image_size=self.config.data.image_size,
-                                           step=self.config.get("pretrained_step"),
-                                           use_target=self.config.get("use_target", False))
+    """The pretrained encoder's weights in place of the initialised ones (only they are
+    read from the checkpoint); the head and fc_norm keep their initialisation. The final
+    norm is dropped with mean pooling."""
+    step = pretrained.pretrained_step(self.config.pretrained,
+                                      self.config.get("pretrained_step"))
+    loaded = pretrained.read_encoder_params(self.config.pretrained, step,
+                                            self.pretrain_config, self.pretrain_method,
+                                            self.pretrained_encoder)
     flat_init = {optim.path_name(p): v for p, v in
                  jax.tree_util.tree_flatten_with_path(params["encoder"])[0]}
     flat_loaded = {optim.path_name(p): v for p, v in
@@ -149,7 +157,7 @@ class TopOneEvaluation:
 
     self.sums = jax.jit(sums)
 
-  def __call__(self, params, step: Optional[int] = None) -> Dict[str, float]:
+  def __call__(self, state, step: Optional[int] = None) -> Dict[str, float]:
     totals = {"correct": 0.0, "nll": 0.0, "count": 0.0}
     for local in data.create_eval_iterator(self.config, self.config.data.eval_split,
                                            global_batch_size=self.config.eval_batch_size):
@@ -159,7 +167,7 @@ class TopOneEvaluation:
                          f"{self.num_classes}: set config.data.num_classes.")
       batch = sharding.global_batch(
           {k: local[k] for k in ("image", "label", "valid")}, self.batch_sharding)
-      for k, v in jax.device_get(self.sums(params, batch)).items():
+      for k, v in jax.device_get(self.sums(state.params, batch)).items():
         totals[k] += float(v)
     count = max(totals["count"], 1.0)
     scalars = {"eval_top1": 100.0 * totals["correct"] / count,
@@ -172,12 +180,13 @@ class TopOneEvaluation:
 def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The trainer config of a fine-tuning run: `config` with `model` and `seed` taken from
   the pretraining run in `config.pretrained` (drop path from `method.drop_path_rate`),
-  its `data` fields that are None from the pretraining data config, and
-  `data.num_classes` from `config.num_classes`. Raises ValueError on bad fields before
-  any compilation."""
+  its `data` fields that are None from the pretraining data config (the image size: the
+  one the pretraining method evaluates its encoder at), and `data.num_classes` from
+  `config.num_classes`. Raises ValueError on bad fields before any compilation."""
   workdir = config.get("pretrained")
   pretrain = pretrained.read_pretrain_config(workdir)
   pretrained.pretrained_step(workdir, config.get("pretrained_step"))
+  eval_size = methods.create(pretrain).eval_encoder(config.get("use_target", False)).image_size
   m = config.method
   if m.pool not in POOLS:
     raise ValueError(f"Unknown config.method.pool={m.pool!r}; choose one of {POOLS}.")
@@ -193,6 +202,7 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   resolved.model = pretrain.model
   resolved.model.drop_path_rate = m.drop_path_rate
   resolved.data = ml_collections.ConfigDict(pretrain.data.to_dict())
+  resolved.data.image_size = eval_size
   resolved.data.update({k: v for k, v in config.data.items() if v is not None})
   num_classes = config.get("num_classes")
   if num_classes is None and resolved.data.source != "synthetic":
@@ -210,16 +220,17 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   checkpoints) and return the final metrics, also written to `workdir/metrics.json`;
   None when the run stopped early (`stop_after_step`, preemption)."""
   config = finetune_config(config)
-  method = FineTune(config)
   total_steps = train.schedule_lengths(config)[0]
+  method = FineTune(config, total_steps)
   evaluation = TopOneEvaluation(method, config, config.eval_every_steps or total_steps)
-  state = train.train_and_evaluate(config, workdir, stop_after_step, method=method,
-                                   evaluations=[evaluation])
+  state = train.train_and_evaluate(config, workdir, method, stop_after_step,
+                                   evaluations=[evaluation] + monitor.knn_monitors(config,
+                                                                                  method))
   if int(state.step) < total_steps:
     logging.info("Fine-tuning stopped at step %d of %d; run again to continue.",
                  int(state.step), total_steps)
     return None
-  scalars = evaluation.results.get(total_steps) or evaluation(state.params)
+  scalars = evaluation.results.get(total_steps) or evaluation(state)
   metrics = {"protocol": "finetune", "top1": scalars["eval_top1"],
              "loss": scalars["eval_loss"], "step": total_steps,
              "pretrained": config.pretrained, "pool": config.method.pool}

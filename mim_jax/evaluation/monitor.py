@@ -1,7 +1,8 @@
 """k-NN monitor of a pretraining run: every `config.knn_monitor.every_steps` steps (and at
-the last step) the current online encoder embeds the first `num_train` examples of the
-train split and the first `num_eval` of the held-out split (eval preprocessing, no
-augmentation; features.py), and the weighted k-NN top-1 (knn.py: cosine, k = 20,
+the last step) the current online encoder (the method's `eval_encoder`, at the image size
+it is evaluated at) embeds the first `num_train` examples of the train split and the
+first `num_eval` of the held-out split (eval preprocessing, no augmentation;
+features.py), and the weighted k-NN top-1 (knn.py: cosine, k = 20,
 T = 0.07) and 1-NN top-1 of the held-out examples are written to TensorBoard as
 `knn_top1` and `nn1_top1` (percent).
 
@@ -23,16 +24,16 @@ import numpy as np
 
 from mim_jax import data
 from mim_jax.evaluation import features, knn
-from mim_jax.methods.mae import build_encoder
-from mim_jax.models import vit
+from mim_jax.methods.base import EvalEncoder, Method
 
 POOLS = ("cls", "mean")
 
 
 class KnnMonitor:
-  """`monitor(params, step) -> {'knn_top1', 'nn1_top1'}` on `params['encoder']`."""
+  """`monitor(state, step) -> {'knn_top1', 'nn1_top1'}` on the encoder's params in the
+  train state."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, encoder: EvalEncoder):
     monitor = config.knn_monitor
     features.check_pool(monitor.pool, POOLS, "config.knn_monitor.pool")
     if monitor.k < 1 or monitor.temperature <= 0:
@@ -45,11 +46,12 @@ class KnnMonitor:
     if monitor.num_train == 0 or monitor.num_eval == 0:
       raise ValueError("config.knn_monitor.num_train and num_eval must be positive or -1 "
                        "(the whole split).")
-    self.config = config
+    encoder.module.check_block(monitor.block)
+    self.config = ml_collections.ConfigDict(config.to_dict())  # its eval images: the
+    self.config.data.image_size = encoder.image_size  # size the encoder is evaluated at
     self.monitor = monitor
     self.every_steps = monitor.every_steps
-    self.encoder = build_encoder(config, use_mask_token=False)
-    self.encoder.check_block(monitor.block)
+    self.encoder = encoder
     self.splits = (monitor.train_split or config.data.train_split,
                    monitor.eval_split or config.data.eval_split)
 
@@ -59,15 +61,12 @@ class KnnMonitor:
                                         global_batch_size=self.monitor.batch_size)
     if count > 0:
       batches = itertools.islice(batches, math.ceil(count / self.monitor.batch_size))
-    x, y = features.extract_features(self.encoder, params, batches, pool=self.monitor.pool,
-                                     block=self.monitor.block)
+    x, y = features.extract_features(self.encoder.module, params, batches,
+                                     pool=self.monitor.pool, block=self.monitor.block)
     return (x, y) if count < 0 else (x[:count], y[:count])
 
-  def __call__(self, params, step: Optional[int] = None) -> Dict[str, float]:
-    if "encoder" not in params:
-      raise ValueError("The k-NN monitor needs params['encoder'] (a ViT encoder); set "
-                       "config.knn_monitor.every_steps=0 for this method.")
-    encoder_params = vit.without_mask_token(params["encoder"])
+  def __call__(self, state, step: Optional[int] = None) -> Dict[str, float]:
+    encoder_params = self.encoder.params(state)
     train_x, train_y = self.features(encoder_params, self.splits[0], self.monitor.num_train)
     test_x, test_y = self.features(encoder_params, self.splits[1], self.monitor.num_eval)
     num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
@@ -75,9 +74,10 @@ class KnnMonitor:
                             k=self.monitor.k, temperature=self.monitor.temperature)
 
 
-def knn_monitors(config: ml_collections.ConfigDict) -> List[KnnMonitor]:
-  """[KnnMonitor] when `config.knn_monitor.every_steps` > 0, else []."""
+def knn_monitors(config: ml_collections.ConfigDict, method: Method) -> List[KnnMonitor]:
+  """[KnnMonitor of `method`'s online encoder] when `config.knn_monitor.every_steps` > 0,
+  else []."""
   monitor = config.get("knn_monitor")
   if monitor is None or monitor.every_steps <= 0:
     return []
-  return [KnnMonitor(config)]
+  return [KnnMonitor(config, method.eval_encoder())]

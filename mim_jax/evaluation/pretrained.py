@@ -1,37 +1,18 @@
-"""The encoder of a pretraining run, rebuilt from its workdir for evaluation."""
-from typing import Any, List, Optional, Tuple
+"""A pretraining run read back from its workdir: its config, its method, and only the
+parameters a reader needs (the method's `eval_encoder` for evaluation, fine-tuning and
+export; the method's parameters for inspection), never the optimizer state."""
+import functools
+from typing import Any, Dict, List, Optional, Tuple
 
+import jax
 import ml_collections
+from absl import logging
 
-from mim_jax import checkpoint, train
-from mim_jax.methods.mae import build_encoder
-from mim_jax.models import vit
+from mim_jax import checkpoint, methods, optim, train
+from mim_jax.methods.base import EvalEncoder, Method
+from mim_jax.state import TrainState
 
-
-def load_encoder(workdir: str, *, image_size: Optional[int] = None,
-                 step: Optional[int] = None, use_target: bool = False,
-                 **overrides) -> Tuple[vit.ViTEncoder, Any, ml_collections.ConfigDict]:
-  """(encoder, encoder params, pretraining config) from `workdir`'s latest (or `step`)
-  checkpoint, on the default device.
-
-  The encoder is the pretraining `config.model` at `image_size` (default: the
-  pretraining `data.image_size`; sin-cos position embeddings are recomputed for it);
-  `overrides` replace ViTEncoder fields (e.g. drop_path_rate for fine-tuning). SimMIM's
-  mask token is dropped: evaluation never hides patches. `use_target` takes the EMA
-  target encoder (Latent MIM) instead of the online one.
-  """
-  config, state = train.restore_state(workdir, step)
-  if use_target:
-    if state.target_params is None or "encoder" not in state.target_params:
-      raise ValueError(f"The run in {workdir} (method {config.method.name!r}) keeps no "
-                       "target encoder: set use_target=False.")
-    params = state.target_params["encoder"]
-  else:
-    params = state.params["encoder"]
-  params = vit.without_mask_token(params)
-  size = config.data.image_size if image_size is None else image_size
-  encoder = build_encoder(config, image_size=size, use_mask_token=False, **overrides)
-  return encoder, params, config
+PyTree = Any
 
 
 def read_pretrain_config(workdir) -> ml_collections.ConfigDict:
@@ -54,14 +35,106 @@ def checkpoint_steps(workdir: str) -> List[int]:
   return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit())
 
 
-def pretrained_step(workdir: str, step: Optional[int]) -> int:
-  """`step` (config.pretrained_step), or the newest checkpoint step of `workdir`; an
-  error naming the field when the workdir has no such checkpoint."""
+def pretrained_step(workdir: str, step: Optional[int],
+                    fields: Tuple[str, str] = ("config.pretrained",
+                                               "config.pretrained_step")) -> int:
+  """`step`, or the newest checkpoint step of `workdir`; an error naming the `fields`
+  that hold them when the workdir has no such checkpoint."""
   steps = checkpoint_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f"config.pretrained={workdir!r} has no checkpoints under "
+    raise FileNotFoundError(f"{fields[0]}={workdir!r} has no checkpoints under "
                             "checkpoints/: point it at a pretraining run that has saved one.")
   if step is not None and step not in steps:
-    raise ValueError(f"config.pretrained_step={step} is not among the checkpoint steps "
-                     f"{steps} of {workdir}.")
+    raise ValueError(f"{fields[1]}={step} is not among the checkpoint steps {steps} of "
+                     f"{workdir}.")
   return steps[-1] if step is None else step
+
+
+def abstract_params(config: ml_collections.ConfigDict, method: Method) -> Dict[str, PyTree]:
+  """{'params', 'target_params'} of `method` as ShapeDtypeStructs on the default device:
+  the parameter fields of the TrainState its run saves."""
+  def init(rng):
+    params = method.init(rng, train.sample_batch(config, method))
+    source = method.target_source(params)
+    return {"params": params, "target_params": {} if source is None else source}
+
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      jax.eval_shape(init, jax.random.PRNGKey(0)))
+
+
+def _read(workdir: str, step: int, wanted: PyTree) -> PyTree:
+  """checkpoint.restore_subtree, logged with what was read."""
+  restored = checkpoint.restore_subtree(workdir, step, wanted)
+  leaves = jax.tree.leaves(restored)
+  logging.info("Read %d arrays (%.1f MB: %s) of checkpoint %d in %s", len(leaves),
+               sum(x.nbytes for x in leaves) / 1e6, ", ".join(
+                   "/".join(map(str, path)) for path in _top_paths(wanted)), step, workdir)
+  return restored
+
+
+def _top_paths(tree, depth: int = 2):
+  if depth == 0 or not isinstance(tree, dict):
+    return [()]
+  return [(k,) + rest for k, v in tree.items() for rest in _top_paths(v, depth - 1)]
+
+
+def load_encoder(workdir: str, *, image_size: Optional[int] = None,
+                 step: Optional[int] = None, use_target: bool = False,
+                 **module_fields) -> Tuple[EvalEncoder, PyTree, ml_collections.ConfigDict]:
+  """(encoder, its params, pretraining config) of `workdir`'s latest (or `step`)
+  checkpoint, on the default device: the pretraining method's `eval_encoder(use_target,
+  image_size, **module_fields)` (default image size: the one the method evaluates at),
+  with only its parameters read from the checkpoint."""
+  config = checkpoint.read_config(workdir)
+  method = methods.create(config)
+  encoder = method.eval_encoder(use_target, image_size, **module_fields)
+  step = pretrained_step(workdir, step, ("workdir", "step"))
+  return encoder, read_encoder_params(workdir, step, config, method, encoder), config
+
+
+def read_encoder_params(workdir: str, step: int, config: ml_collections.ConfigDict,
+                        method: Method, encoder: EvalEncoder) -> PyTree:
+  """`encoder`'s params (an `eval_encoder` of `method`, the run's method) from `workdir`'s
+  checkpoint `step`; nothing else is read."""
+  wanted = encoder.nest(encoder.params(abstract_params(config, method)))
+  return encoder.params(_read(workdir, step, wanted))
+
+
+def load_params(workdir: str, step: Optional[int] = None
+                ) -> Tuple[ml_collections.ConfigDict, Method, Dict[str, PyTree], int]:
+  """(config, method, {'params', 'target_params'}, step) of `workdir`'s latest (or
+  `step`) checkpoint, without the optimizer state: what inspection needs (masks,
+  reconstructions, the encoder through `method.eval_encoder().params`)."""
+  config = checkpoint.read_config(workdir)
+  step = pretrained_step(workdir, step, ("workdir", "step"))
+  method = methods.create(config)
+  return config, method, _read(workdir, step, abstract_params(config, method)), step
+
+
+def restore_state(workdir: str, step: Optional[int] = None
+                  ) -> Tuple[ml_collections.ConfigDict, TrainState]:
+  """(config, the whole TrainState, optimizer state included) of `workdir`'s latest (or
+  `step`) checkpoint, on the default device: e.g. to compare a resumed run with an
+  uninterrupted one."""
+  config = checkpoint.read_config(workdir)
+  method = methods.create(config)
+  tx = optim.create_optimizer(config, lambda count: 0.0)  # lr values are not part of state
+  init_fn = functools.partial(train.init_state, method, tx)
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0), train.sample_batch(config, method))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device,
+                                                                      abstract))
+  manager = checkpoint.create_manager(workdir, config)
+  if step is None:
+    restored = checkpoint.restore_latest(manager, abstract)
+  elif step in manager.all_steps():
+    restored = checkpoint.restore(manager, step, abstract)
+  else:
+    restored = None
+  manager.close()
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} under "
+                            f"{manager.directory}: point it at the workdir of a pretraining run "
+                            f"(steps there: {manager.all_steps()}).")
+  return config, restored[0]

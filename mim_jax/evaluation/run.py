@@ -11,14 +11,16 @@ eval workdir.
 Config fields (`base_config` holds the defaults):
   pretrained: workdir of the pretraining run (config.json + checkpoints/).
   pretrained_step: checkpoint step to evaluate (None: the newest).
-  use_target: evaluate the EMA target encoder (Latent MIM) instead of the online one.
+  use_target: evaluate the EMA target encoder (Latent MIM, PCAE) instead of the online one.
   protocol: 'knn' | 'linear_probe' | 'attentive_probe'.
   pool: 'cls' | 'mean' (mean of the patch tokens) for knn / linear_probe; 'tokens'
     (every token, cls first) for attentive_probe.
   block: take the output of this block (1-based, before the final norm; SimMIM probes
     block 8 of 12) instead of the last block after the final norm. None: the last.
   data: every field None means "as in the pretraining run" (source, path, splits,
-    image_size, normalisation, synthetic set...); set a field to evaluate elsewhere,
+    normalisation, synthetic set...) except image_size, whose default is the size the
+    pretraining method evaluates its encoder at (`Method.eval_encoder`: Latent MIM's
+    grid·patch, not its training size with gaps); set a field to evaluate elsewhere,
     e.g. --config.data.source=npz --config.data.path=../shared/data/cifar10_small.npz.
     Features come from data.train_split and data.eval_split.
   num_classes: None: data.num_classes for the synthetic source, else 1 + the largest
@@ -32,16 +34,17 @@ training curves ('probe/train_loss', 'probe/lr') at step = epoch.
 """
 import json
 import time
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple
 
 import jax
 import ml_collections
 from absl import logging
 from clu import metric_writers
 
-from mim_jax import checkpoint, data
+from mim_jax import checkpoint, data, methods
 from mim_jax.data import default_data_config
 from mim_jax.evaluation import attentive_probe, features, finetune, knn, linear_probe, pretrained
+from mim_jax.methods.base import EvalEncoder, Method
 
 PROTOCOLS = ("knn", "linear_probe", "attentive_probe")
 PROTOCOL_POOLS = {"knn": ("cls", "mean"), "linear_probe": ("cls", "mean"),
@@ -84,38 +87,34 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
   return config
 
 
-def pipeline_config(config, pretrain_config) -> ml_collections.ConfigDict:
-  """{seed, data} for the input pipeline: the pretraining data config with this
-  config's non-None `data` fields on top; the pretraining seed (same synthetic set)."""
+def pipeline_config(config, pretrain_config, image_size: int) -> ml_collections.ConfigDict:
+  """{seed, data} for the input pipeline: the pretraining data config at the encoder's
+  `image_size` with this config's non-None `data` fields on top; the pretraining seed
+  (same synthetic set)."""
   merged = ml_collections.ConfigDict(pretrain_config.data.to_dict())
+  merged.image_size = image_size
   merged.update({k: v for k, v in config.data.items() if v is not None})
   return ml_collections.ConfigDict({"seed": pretrain_config.seed, "data": merged})
 
 
-def validate(config, pretrain_config, data_config) -> int:
-  """Errors a user can fix in the eval config, raised before anything is compiled.
-  Returns the pretraining checkpoint step to evaluate."""
-  if config.protocol not in PROTOCOLS:
-    raise ValueError(f"Unknown config.protocol={config.protocol!r}; choose one of "
-                     f"{PROTOCOLS}.")
+def validate(config, encoder: EvalEncoder) -> int:
+  """Errors a user can fix in the eval config, raised before anything is compiled (the
+  image size and use_target are checked when `encoder` is built). Returns the
+  pretraining checkpoint step to evaluate."""
   features.check_pool(config.pool, PROTOCOL_POOLS[config.protocol], "pool")
-  model = pretrain_config.model
-  depth = model.depth
+  depth = encoder.module.depth
   if config.block is not None and not 1 <= config.block <= depth:
     raise ValueError(f"config.block={config.block} must be None (the last block) or in "
                      f"[1, {depth}] for this depth-{depth} encoder.")
-  size, patch = data_config.data.image_size, model.patch_size
-  if size % patch:
-    raise ValueError(f"config.data.image_size={size} is not divisible by the encoder's "
-                     f"patch size {patch}.")
   data.check_batch_size(config.eval_batch_size, jax.device_count(), jax.process_count(),
                         field="config.eval_batch_size")
   step = pretrained.pretrained_step(config.pretrained, config.pretrained_step)
   if config.protocol == "attentive_probe":
-    heads = config.attentive_probe.num_heads or model.num_heads
-    if model.width % heads:
+    width = encoder.module.width
+    heads = config.attentive_probe.num_heads or encoder.module.num_heads
+    if width % heads:
       raise ValueError(f"config.attentive_probe.num_heads={heads} must divide the encoder "
-                       f"width {model.width}.")
+                       f"width {width}.")
   return step
 
 
@@ -137,22 +136,42 @@ def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
                                                log_fn=log_fn, **kwargs)
 
 
+class Plan(NamedTuple):
+  """What an evaluation reads: the pretraining run's config and method, the encoder it
+  evaluates (`method.eval_encoder`), the input pipeline's config and the checkpoint step."""
+  pretrain_config: ml_collections.ConfigDict
+  method: Method
+  encoder: EvalEncoder
+  data_config: ml_collections.ConfigDict
+  step: int
+
+
+def plan(config: ml_collections.ConfigDict) -> Plan:
+  """The `Plan` of a knn / linear_probe / attentive_probe config, with every error a user
+  can fix in it raised before anything is compiled or written."""
+  if config.protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown config.protocol={config.protocol!r}; choose one of "
+                     f"{PROTOCOLS + ('finetune',)}.")
+  pretrain_config = pretrained.read_pretrain_config(config.pretrained)
+  method = methods.create(pretrain_config)
+  encoder = method.eval_encoder(config.use_target, config.data.image_size)
+  data_config = pipeline_config(config, pretrain_config, encoder.image_size)
+  return Plan(pretrain_config, method, encoder, data_config, validate(config, encoder))
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Run `config.protocol` on `config.pretrained`'s encoder; returns the metrics written
   to `workdir/metrics.json`. 'finetune' (configs/eval/finetune.py) trains the whole
   encoder with the generic trainer: mim_jax/evaluation/finetune.py."""
   if config.protocol == "finetune":
     return finetune.run(config, workdir)
-  pretrain_config = pretrained.read_pretrain_config(config.pretrained)
-  data_config = pipeline_config(config, pretrain_config)
-  pretrained_step = validate(config, pretrain_config, data_config)
+  pretrain_config, method, encoder, data_config, pretrained_step = plan(config)
   splits = (data_config.data.train_split, data_config.data.eval_split)
   iterators = [data.create_eval_iterator(data_config, split,
                                          global_batch_size=config.eval_batch_size)
                for split in splits]
-  encoder, params, _ = pretrained.load_encoder(
-      config.pretrained, image_size=data_config.data.image_size,
-      step=pretrained_step, use_target=config.use_target)
+  params = pretrained.read_encoder_params(config.pretrained, pretrained_step, pretrain_config,
+                                          method, encoder)
   logging.info("Evaluating %s (%s, step %d) by %s on %s %s/%s, pool %s, block %s",
                config.pretrained, pretrain_config.method.name, pretrained_step,
                config.protocol, data_config.data.source, *splits, config.pool, config.block)
@@ -160,7 +179,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   checkpoint.write_config(workdir, config)
   mesh = features.data_parallel_mesh()
   start = time.perf_counter()
-  train, test = (features.extract_features(encoder, params, batches, pool=config.pool,
+  train, test = (features.extract_features(encoder.module, params, batches, pool=config.pool,
                                            block=config.block, mesh=mesh)
                  for batches in iterators)
   feature_seconds = time.perf_counter() - start
@@ -175,7 +194,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       epoch, {f"probe/{name}": value for name, value in scalars.items()})
   start = time.perf_counter()
   try:
-    results = run_protocol(config, train, test, num_classes, log_fn, encoder.num_heads)
+    results = run_protocol(config, train, test, num_classes, log_fn, encoder.module.num_heads)
     writer.write_scalars(pretrained_step, {k: v for k, v in results.items()
                                            if k.endswith("top1")})
   finally:
@@ -184,6 +203,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                  pretrained_step=pretrained_step, method=pretrain_config.method.name,
                  use_target=config.use_target, pool=config.pool, block=config.block,
                  data_source=data_config.data.source, splits=list(splits),
+                 image_size=data_config.data.image_size,
                  num_train=len(train[1]), num_test=len(test[1]), num_classes=num_classes,
                  feature_shape=list(train[0].shape[1:]), feature_seconds=feature_seconds,
                  protocol_seconds=time.perf_counter() - start)

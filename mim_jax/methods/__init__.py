@@ -1,4 +1,6 @@
 """Pretraining methods by name (`config.method.name`)."""
+from typing import Optional
+
 from mim_jax.methods.base import Method
 from mim_jax.methods.cae import CAE
 from mim_jax.methods.latent_mim import LatentMIM
@@ -11,8 +13,10 @@ METHODS = {"mae": MAE, "latent_mim": LatentMIM, "pcae": PCAE, "multiview_mae": M
            "simmim": SimMIM, "cae": CAE}
 
 
-def create(config) -> Method:
+def create(config, total_steps: Optional[int] = None) -> Method:
+  """The method `config.method.name` names, built for a run of `total_steps` optimizer
+  steps (None when no loss is computed, e.g. reading a finished run back)."""
   name = config.method.name
   if name not in METHODS:
     raise ValueError(f"Unknown config.method.name={name!r}; choose one of {sorted(METHODS)}.")
-  return METHODS[name](config)
+  return METHODS[name](config, total_steps)

@@ -1,18 +1,63 @@
-"""The interface between the generic trainer (mim_jax/train.py) and a method.
+"""The interface between the generic trainer (mim_jax/train.py) and a method, and between
+a method and everything that reads its trained encoder back.
 
 A method says only what is specific to it: its model parts, how its masks are drawn,
-its loss, and whether it keeps target (EMA) parameters. The trainer owns everything
-else (mesh, optimizer, EMA update, accumulation, checkpoints, logging).
+its loss, whether it keeps target (EMA) parameters, and what its encoder is (`eval_encoder`).
+The trainer owns everything else (mesh, optimizer, EMA update, accumulation, checkpoints,
+logging).
 """
-from typing import Any, Dict, Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax.methods import common
+from mim_jax.models import vit
+
 PyTree = Any
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalEncoder:
+  """A method's encoder as the evaluation protocols, the k-NN monitor, fine-tuning, export
+  and inspection see it.
+
+  module: a ViTEncoder built at the image size the encoder is evaluated at
+    (`module.image_size`, grid `module.grid_hw`), that never hides patches.
+  path: where its parameters sit in a TrainState: ('params', 'encoder') for the online
+    encoder, or a path into 'target_params' for an EMA target.
+  exclude: keys stored there that `module` has no use for (SimMIM's mask token).
+  """
+  module: vit.ViTEncoder
+  path: Tuple[str, ...] = ("params", "encoder")
+  exclude: Tuple[str, ...] = ()
+
+  @property
+  def image_size(self) -> int:
+    return self.module.image_size
+
+  @property
+  def grid_hw(self) -> Tuple[int, int]:
+    return self.module.grid_hw
+
+  def params(self, state: Any) -> PyTree:
+    """The encoder's parameters (or ShapeDtypeStructs) from a TrainState, or from a dict
+    with the state's fields ({'params': ..., 'target_params': ...})."""
+    tree = state
+    for key in self.path:
+      tree = tree[key] if isinstance(tree, Mapping) else getattr(tree, key)
+    return {k: v for k, v in tree.items() if k not in self.exclude}
+
+  def nest(self, params: PyTree) -> Dict[str, Any]:
+    """`params` placed at `path` in a dict shaped like the state: the inverse of
+    `params` (e.g. the sub-tree of a checkpoint to read)."""
+    for key in reversed(self.path):
+      params = {key: params}
+    return params
 
 
 class Method:
@@ -23,13 +68,17 @@ class Method:
   can be evaluated for any given mask. `batch_keys` names the keys of the input
   pipeline's batches that the trainer sends to the devices (see
   data.create_train_iterator: 'image', 'crop_box', 'flip', 'label').
+  A method is built from its config and the number of optimizer steps of the run
+  (`total_steps`, for loss-side schedules; None where no loss is computed, e.g. when a
+  finished run is read back), and raises ValueError on bad `config.method` fields.
   """
 
   num_views: int = 1
   batch_keys: Tuple[str, ...] = ("image",)
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, total_steps: Optional[int] = None):
     self.config = config
+    self.total_steps = total_steps
 
   def init(self, rng: jax.Array, batch: Batch) -> PyTree:
     """Online parameters (the only ones the optimizer updates)."""
@@ -50,7 +99,7 @@ class Method:
     stop-gradient; `rng` is for dropout/drop-path; `step` drives loss-side schedules."""
     raise NotImplementedError
 
-  # Target (EMA) parameters. A method with targets overrides all three.
+  # Target (EMA) parameters. A method with targets overrides both.
   def target_source(self, params: PyTree) -> Optional[PyTree]:
     """The part of the online params that the target params track (None: no targets)."""
     return None
@@ -58,6 +107,31 @@ class Method:
   def target_momentum(self, step: jax.Array, total_steps: int) -> jax.Array:
     """EMA momentum m for `target = m·target + (1 − m)·source`, evaluated every step."""
     return jnp.zeros((), jnp.float32)
+
+  # What the encoder is, for everything that reads it back.
+  def eval_encoder(self, use_target: bool = False, image_size: Optional[int] = None,
+                   **module_fields) -> EvalEncoder:
+    """The encoder to evaluate, export or fine-tune: by default the ViT of `config.model`
+    at `config.data.image_size` (or `image_size`; sin-cos embeddings are recomputed for
+    it) with the online `params['encoder']`. `use_target` asks for the EMA target encoder
+    of a method that keeps one; `module_fields` replace ViTEncoder fields (e.g.
+    drop_path_rate for fine-tuning, scan_layers=False for inspection)."""
+    if use_target:
+      raise ValueError(f"config.method.name={self.config.method.name!r} keeps no target "
+                       "(EMA) encoder: set use_target=False.")
+    module = common.build_encoder(self.config, image_size, use_mask_token=False,
+                                  **module_fields)
+    return EvalEncoder(module)
+
+  def encoder_inputs(self, batch: Batch,
+                     masks: Dict[str, jax.Array]) -> Tuple[jax.Array, jax.Array]:
+    """(images [B', S, S, C], mask [B', N]) as the encoder sees them in training, 1 =
+    hidden; each view of a multi-view batch is a row of its own (B' = B·V)."""
+    images, mask = batch["image"], masks["mask"]
+    if images.ndim == 5:  # [B, V, S, S, C] with mask [B, V, N]
+      images = images.reshape((-1,) + images.shape[2:])
+      mask = mask.reshape(-1, mask.shape[-1])
+    return images, mask
 
   def summaries(self, params: PyTree, batch: Batch,
                 masks: Dict[str, jax.Array]) -> Dict[str, jax.Array]:

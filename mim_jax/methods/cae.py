@@ -24,16 +24,12 @@ import ml_collections
 import optax
 
 from mim_jax import defaults, masking
+from mim_jax.methods import common
 from mim_jax.methods.base import Method
-from mim_jax.methods.mae import build_encoder, norm_pix_target
-from mim_jax.methods.simmim import pixel_mask, reconstruction_panel
 from mim_jax.models import cae as cae_models
 from mim_jax.models import vit
 
 TARGETS = ("pixels", "tokenizer")
-# furnace/optim_factory.py `get_parameter_groups` with no skip list: only 1-D params
-# (biases, norm scales, LayerScale) skip weight decay; cls and mask tokens are decayed.
-NO_DECAY_PATTERNS = (r"(^|/)bias$", r"(^|/)scale$", r"(^|/)gamma_\d(_cross)?$")
 
 
 def method_config(**overrides) -> ml_collections.ConfigDict:
@@ -68,7 +64,7 @@ class PixelTarget:
 
   def __call__(self, images):
     target = vit.patchify(images.astype(jnp.float32), self.patch_size)  # [B, N, p*p*3]
-    return norm_pix_target(target) if self.norm_pix else target
+    return common.norm_pix_target(target) if self.norm_pix else target
 
   def loss(self, pred, target):
     return jnp.mean((pred.astype(jnp.float32) - target) ** 2), {}
@@ -125,10 +121,11 @@ class CAE(Method):
   `model.decoder_num_heads`, `model.decoder_layer_scale_init` (4, 4, 768, 12, 0.1).
   Params: {'encoder', 'regressor', 'decoder'}; no EMA targets."""
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, total_steps=None):
+    super().__init__(config, total_steps)
     m, meth = config.model, config.method
-    self.encoder = build_encoder(config)
+    common.check_mask_ratio(meth.mask_ratio)
+    self.encoder = common.build_encoder(config)
     self.grid_hw = self.encoder.grid_hw
     self.num_visible = masking.num_visible(self.encoder.num_patches, meth.mask_ratio)
     self.num_masking = self.encoder.num_patches - self.num_visible
@@ -219,5 +216,6 @@ class CAE(Method):
       pred = pred * std + hidden.mean(axis=-1, keepdims=True)
     filled = jax.vmap(lambda t, i, v: t.at[i].set(v))(patches, hidden_idx, pred)
     recon = vit.unpatchify(filled, p, self.grid_hw)  # [B, H, W, 3]
-    hidden_pixels = pixel_mask(masks["mask"], p, self.grid_hw).astype(images.dtype)
-    return {"reconstruction": reconstruction_panel(self.config, images, recon, hidden_pixels)}
+    hidden_pixels = common.pixel_mask(masks["mask"], p, self.grid_hw).astype(images.dtype)
+    return {"reconstruction": common.reconstruction_panel(self.config, images, recon,
+                                                          hidden_pixels)}

@@ -19,8 +19,8 @@ import ml_collections
 import optax
 
 from mim_jax import masking, optim
-from mim_jax.methods.base import Method
-from mim_jax.methods.mae import build_encoder, norm_pix_target
+from mim_jax.methods import common
+from mim_jax.methods.base import EvalEncoder, Method
 from mim_jax.models.projector import MLPProjector
 from mim_jax.models.query_decoder import QueryDecoder
 
@@ -47,18 +47,6 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
   return int(round(num_patches * (1.0 - mask_ratio)))
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(‖x‖, eps) over the last axis (torch `F.normalize`)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
-def mean_pairwise_cosine(x: jax.Array) -> jax.Array:
-  """Mean of cos(x_i, x_j) over all token pairs (i = j included) of each image and over
-  the batch: [B, T, D] -> scalar (LatentMIM `avg_pairwise_sim`). 1.0 = collapsed."""
-  x = l2_normalize(x.astype(jnp.float32))
-  return jnp.mean(jnp.einsum("bpd,bqd->bpq", x, x))
-
-
 def patch_disc_loss(pred: jax.Array, target: jax.Array, tau: float) -> jax.Array:
   """PatchDisc (LatentMIM `forward_loss`, 'infonce_patches'): InfoNCE among the target
   tokens of each image. Predictions are standardised over tokens with the unbiased std
@@ -67,8 +55,8 @@ def patch_disc_loss(pred: jax.Array, target: jax.Array, tau: float) -> jax.Array
   pred = pred.astype(jnp.float32)
   pred = (pred - pred.mean(axis=1, keepdims=True)) / (
       pred.std(axis=1, ddof=1, keepdims=True) + 1e-4)
-  logits = jnp.einsum("bpd,bqd->bpq", l2_normalize(pred),
-                      l2_normalize(target.astype(jnp.float32))) / tau  # [B, T, T]
+  logits = jnp.einsum("bpd,bqd->bpq", common.l2_normalize(pred),
+                      common.l2_normalize(target.astype(jnp.float32))) / tau  # [B, T, T]
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.mean(jnp.diagonal(log_probs, axis1=1, axis2=2)) * (2.0 * tau)
 
@@ -77,7 +65,7 @@ def regression_loss(pred: jax.Array, target: jax.Array, kind: str,
                     huber_delta: float = 1.0) -> jax.Array:
   """Mean element-wise 'mse', 'l1' or 'huber' against per-token standardised targets
   (unbiased variance, as LatentMIM `forward_loss` 'norm_l2')."""
-  diff = pred.astype(jnp.float32) - norm_pix_target(target.astype(jnp.float32))
+  diff = pred.astype(jnp.float32) - common.norm_pix_target(target.astype(jnp.float32))
   if kind == "mse":
     return jnp.mean(diff**2)
   if kind == "l1":
@@ -88,9 +76,9 @@ def regression_loss(pred: jax.Array, target: jax.Array, kind: str,
 def similarity_regulariser(pred: jax.Array, visible: jax.Array, goal: jax.Array,
                            coeff: float) -> jax.Array:
   """c·(sim(ẑ) − s)² + c·(sim(z_V) − s)² over predictions and visible features, sim =
-  `mean_pairwise_cosine` (LatentMIM `LMIM.forward`, `avg_sim_coeff`)."""
-  return coeff * ((mean_pairwise_cosine(pred) - goal)**2 +
-                  (mean_pairwise_cosine(visible) - goal)**2)
+  `common.mean_pairwise_cosine` (LatentMIM `LMIM.forward`, `avg_sim_coeff`)."""
+  return coeff * ((common.mean_pairwise_cosine(pred) - goal)**2 +
+                  (common.mean_pairwise_cosine(visible) - goal)**2)
 
 
 def cosine_decay(step, total_steps: int, start: float, end: float) -> jax.Array:
@@ -118,8 +106,8 @@ class LatentMIM(Method):
       from sim_reg_start (0.75) to sim_reg_end (0.25) on a cosine over training.
   """
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, total_steps=None):
+    super().__init__(config, total_steps)
     mc, m = config.method, config.model
     for field, value, choices in (("target_mode", mc.target_mode, TARGET_MODES),
                                   ("loss", mc.loss, LOSSES),
@@ -131,8 +119,9 @@ class LatentMIM(Method):
     if config.data.image_size % cell:
       raise ValueError(f"config.data.image_size={config.data.image_size} must be a multiple "
                        f"of config.model.patch_size + config.method.patch_gap = {cell}.")
+    common.check_mask_ratio(mc.mask_ratio)
     grid = config.data.image_size // cell
-    self.encoder = build_encoder(config, image_size=grid * self.patch_size)
+    self.encoder = common.build_encoder(config, image_size=grid * self.patch_size)
     self.grid_hw = self.encoder.grid_hw
     self.num_patches = self.encoder.num_patches
     self.num_visible = num_visible(self.num_patches, mc.mask_ratio)
@@ -148,7 +137,6 @@ class LatentMIM(Method):
         grid_hw=self.grid_hw, out_dim=m.width, width=m.decoder_width, depth=m.decoder_depth,
         num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio, cross_attention=cross,
         visual_cues=cues, mask_token_std=0.0, remat=m.remat, dtype=dtype)
-    self._total_steps = None
 
   # masking
   def make_masks(self, rng, batch) -> Dict[str, jax.Array]:
@@ -214,12 +202,24 @@ class LatentMIM(Method):
     """m = 1 − (1 − m₀)·(1 + cos(π·t/T))/2 (LatentMIM `adjust_target_momentum`)."""
     return optim.cosine_momentum(step, total_steps, self.config.method.target_momentum)
 
-  def total_steps(self) -> int:
-    """Optimizer steps of the run, for the regulariser's goal schedule."""
-    if self._total_steps is None:
-      from mim_jax import train  # train imports this package
-      self._total_steps = train.schedule_lengths(self.config)[0]
-    return self._total_steps
+  def eval_encoder(self, use_target=False, image_size=None, **module_fields):
+    """The encoder at grid·p px, without gaps (main_lmim.py builds its encoder at
+    grid·patch and evaluates at 224 px); `use_target`: the momentum target encoder, or
+    the separately trained one of target_mode='separate'."""
+    if use_target and self.target_mode not in ("momentum", "separate"):
+      raise ValueError(f"config.method.target_mode={self.target_mode!r} keeps no target "
+                       "encoder of its own: set use_target=False.")
+    size = self.encoder.image_size if image_size is None else image_size
+    path = ("params", "encoder")
+    if use_target:
+      path = (("target_params", "encoder") if self.target_mode == "momentum" else
+              ("params", "target", "encoder"))
+    module = common.build_encoder(self.config, size, use_mask_token=False, **module_fields)
+    return EvalEncoder(module, path)
+
+  def encoder_inputs(self, batch, masks):
+    """The sampled windows side by side, and the mask with 1 = target patch."""
+    return self.sampled_images(batch["image"], masks), masks["mask"]
 
   # loss
   def loss(self, params, target_params, batch, masks, rng, step):
@@ -235,12 +235,14 @@ class LatentMIM(Method):
       loss = patch_disc_loss(pred, target, mc.tau)
     else:
       loss = regression_loss(pred, target, mc.loss, mc.huber_delta)
-    metrics = {"latent_loss": loss,
-               "sim_target": mean_pairwise_cosine(jax.lax.stop_gradient(target)),
-               "sim_pred": mean_pairwise_cosine(jax.lax.stop_gradient(pred)),
-               "sim_visible": mean_pairwise_cosine(jax.lax.stop_gradient(latents[:, 1:]))}
+    similarity = lambda x: common.mean_pairwise_cosine(jax.lax.stop_gradient(x))
+    metrics = {"latent_loss": loss, "sim_target": similarity(target),
+               "sim_pred": similarity(pred), "sim_visible": similarity(latents[:, 1:])}
     if mc.sim_reg_coeff > 0:
-      goal = cosine_decay(step, self.total_steps(), mc.sim_reg_start, mc.sim_reg_end)
+      if self.total_steps is None:
+        raise ValueError("The similarity regulariser's schedule needs the run's length: "
+                         "build LatentMIM with total_steps.")
+      goal = cosine_decay(step, self.total_steps, mc.sim_reg_start, mc.sim_reg_end)
       reg = similarity_regulariser(pred, latents[:, 1:], goal, mc.sim_reg_coeff)
       metrics.update(sim_regulariser=reg, sim_goal=goal)
       loss = loss + reg

@@ -9,19 +9,11 @@ from typing import Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mim_jax import masking
+from mim_jax.methods import common
 from mim_jax.methods.base import Method
 from mim_jax.models import decoders, vit
-
-
-def norm_pix_target(target: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """Standardise each target patch: (t − mean)/sqrt(var + eps), var unbiased (ddof=1)
-  as torch's `.var()` in mae/models_mae.py `forward_loss`."""
-  mean = target.mean(axis=-1, keepdims=True)
-  var = target.var(axis=-1, ddof=1, keepdims=True)
-  return (target - mean) / jnp.sqrt(var + eps)
 
 
 def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
@@ -31,31 +23,19 @@ def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
   pred, target: [B, N, p*p*C]; mask: [B, N] with 1 = hidden.
   """
   if norm_pix_loss:
-    target = norm_pix_target(target)
+    target = common.norm_pix_target(target)
   per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)  # [B, N]
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def build_encoder(config, **overrides) -> vit.ViTEncoder:
-  """The ViT encoder described by `config.model` at `config.data.image_size`."""
-  m = config.model
-  kwargs = dict(image_size=config.data.image_size, patch_size=m.patch_size, width=m.width,
-                depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                drop_path_rate=m.drop_path_rate, layer_scale_init=m.get("layer_scale_init"),
-                pos_embedding=m.get("pos_embedding", "sincos"), remat=m.remat,
-                dtype=jnp.dtype(m.dtype), scan_layers=m.get("scan_layers", False),
-                attention_impl=m.get("attention_impl", "xla"))
-  kwargs.update(overrides)
-  return vit.ViTEncoder(**kwargs)
 
 
 class MAE(Method):
   """Config: `method.mask_ratio` (0.75), `method.norm_pix_loss` (True); decoder size in
   `model.decoder_width/decoder_depth/decoder_num_heads` (512/8/16 published)."""
 
-  def __init__(self, config):
-    super().__init__(config)
-    self.encoder = build_encoder(config)
+  def __init__(self, config, total_steps=None):
+    super().__init__(config, total_steps)
+    common.check_mask_ratio(config.method.mask_ratio)
+    self.encoder = common.build_encoder(config)
     m = config.model
     self.patch_size = m.patch_size
     self.grid_hw = self.encoder.grid_hw
@@ -114,12 +94,7 @@ class MAE(Method):
       mean = target.mean(axis=-1, keepdims=True)
       std = jnp.sqrt(target.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
       pred = pred * std + mean
-    hidden = mask[..., None]  # [B, N, 1]
-    masked = vit.unpatchify(target * (1 - hidden), self.patch_size, self.grid_hw)
-    recon = vit.unpatchify(target * (1 - hidden) + pred * hidden, self.patch_size,
-                           self.grid_hw)
-    mean = np.asarray(self.config.data.mean, np.float32)
-    std = np.asarray(self.config.data.std, np.float32)
-    to_pixels = lambda x: jnp.clip(x * std + mean, 0.0, 1.0)
-    panel = jnp.concatenate([to_pixels(images), to_pixels(masked), to_pixels(recon)], axis=2)
-    return {"reconstruction": panel}  # [B, H, 3W, 3]
+    recon = vit.unpatchify(pred, self.patch_size, self.grid_hw)  # [B, H, W, 3]
+    hidden = common.pixel_mask(mask, self.patch_size, self.grid_hw).astype(images.dtype)
+    return {"reconstruction": common.reconstruction_panel(self.config, images, recon,
+                                                          hidden)}  # [B, H, 3W, 3]

@@ -28,7 +28,6 @@ temperature, pool, proj_hidden_dim, proj_dim, two_targets, cross_head; decoder d
 """
 from typing import Dict, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +35,7 @@ import ml_collections
 from mim_jax import masking
 from mim_jax.methods import mae
 from mim_jax.models import vit
+from mim_jax.models.projector import SimCLRProjector
 
 POOLS = ("mean", "cls")
 CROSS_HEADS = ("separate", "shared")
@@ -105,17 +105,6 @@ def sample_patches(images: jax.Array, coords: jax.Array) -> jax.Array:
 
 # --- contrastive loss --------------------------------------------------------------------
 
-class Projector(nn.Module):
-  """SimCLR projection head: Linear -> ReLU -> Linear."""
-  hidden_dim: int
-  out_dim: int
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Dense(self.hidden_dim, kernel_init=vit.xavier_uniform, name="fc1")(x)
-    return nn.Dense(self.out_dim, kernel_init=vit.xavier_uniform, name="fc2")(nn.relu(x))
-
-
 def nt_xent_loss(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.Array:
   """SimCLR's NT-Xent over B positive pairs (z_a[i], z_b[i]), z_*: [B, D].
 
@@ -141,8 +130,8 @@ class MultiViewMAE(mae.MAE):
 
   num_views = 2
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, total_steps=None):
+    super().__init__(config, total_steps)
     c = config.method
     if c.pool not in POOLS:
       raise ValueError(f"config.method.pool={c.pool!r}: choose one of {POOLS}.")
@@ -158,7 +147,7 @@ class MultiViewMAE(mae.MAE):
     self.separate_head = c.two_targets and c.cross_head == "separate"
     if self.separate_head:  # two linear outputs: own view | other view
       self.decoder = self.decoder.clone(out_dim=2 * self.patch_dim)
-    self.projector = Projector(c.proj_hidden_dim, c.proj_dim)
+    self.projector = SimCLRProjector(c.proj_hidden_dim, c.proj_dim)
     self.batch_keys = ("image", "crop_box", "flip") if c.two_targets else ("image",)
 
   def init(self, rng, batch):

@@ -12,6 +12,7 @@ Read against the unofficial reproduction caddyless/PCAE (`models_mae.py`,
            (`forward_decoder`), output width = encoder width;
   loss     1 − cos(prediction, teacher output standardised per token).
 """
+import dataclasses
 import functools
 from typing import Dict, Sequence
 
@@ -20,9 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import masking, optim
+from mim_jax.methods import common
 from mim_jax.methods.base import Method
-from mim_jax.methods.latent_mim import l2_normalize, mean_pairwise_cosine
-from mim_jax.methods.mae import build_encoder, norm_pix_target
 from mim_jax.models.query_decoder import QueryDecoder
 
 
@@ -39,7 +39,8 @@ def similarity_to_mean(x: jax.Array) -> jax.Array:
   """cos(x_i, mean_j x_j) per token, the score S(x) of PCAE (paper Eq. 4): [B, n, D] ->
   [B, n]."""
   x = x.astype(jnp.float32)
-  return jnp.sum(l2_normalize(x) * l2_normalize(x.mean(axis=1, keepdims=True)), axis=-1)
+  return jnp.sum(common.l2_normalize(x) * common.l2_normalize(x.mean(axis=1, keepdims=True)),
+                 axis=-1)
 
 
 def keep_lowest(x: jax.Array, positions: jax.Array, scores: jax.Array, num_keep: int):
@@ -74,8 +75,9 @@ def pcae_loss(pred: jax.Array, features: jax.Array) -> jax.Array:
   """1 − cos(prediction, target) averaged over the kept tokens, the target being the
   teacher features standardised per token with the unbiased variance (caddyless/PCAE
   `engine_pretrain.py`). pred, features: [B, M', D]."""
-  target = norm_pix_target(features.astype(jnp.float32))
-  cos = jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target), axis=-1)
+  target = common.norm_pix_target(features.astype(jnp.float32))
+  cos = jnp.sum(common.l2_normalize(pred.astype(jnp.float32)) * common.l2_normalize(target),
+                axis=-1)
   return 1.0 - jnp.mean(cos)
 
 
@@ -86,14 +88,15 @@ class PCAE(Method):
   target_momentum, base EMA momentum, cosine to 1 per step (0.9999). Decoder size in
   `model.decoder_width/decoder_depth/decoder_num_heads` (512/8/16)."""
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, total_steps=None):
+    super().__init__(config, total_steps)
     mc, m = config.method, config.model
+    common.check_mask_ratio(mc.mask_ratio)
     bad = [i for i in mc.drop_layers if not 0 <= i < m.depth]
     if bad:
       raise ValueError(f"config.method.drop_layers={tuple(mc.drop_layers)} has blocks {bad} "
                        f"outside 0..{m.depth - 1} (config.model.depth={m.depth}).")
-    self.encoder = build_encoder(config)
+    self.encoder = common.build_encoder(config)
     self.num_patches = self.encoder.num_patches
     self.num_visible = masking.num_visible(self.num_patches, mc.mask_ratio)
     kept = self.num_patches - self.num_visible
@@ -148,6 +151,11 @@ class PCAE(Method):
     """Cosine from 0.9999 to 1 per step (caddyless/PCAE `cosine_scheduler`)."""
     return optim.cosine_momentum(step, total_steps, self.config.method.target_momentum)
 
+  def eval_encoder(self, use_target=False, image_size=None, **module_fields):
+    """`use_target`: the EMA teacher, whose target tree is the bare encoder."""
+    encoder = super().eval_encoder(False, image_size, **module_fields)
+    return dataclasses.replace(encoder, path=("target_params",)) if use_target else encoder
+
   def loss(self, params, target_params, batch, masks, rng, step):
     images = batch["image"]  # [B, H, W, 3]
     visible_idx, hidden_idx, _ = masking.mask_to_indices(masks["mask"], self.num_visible)
@@ -161,5 +169,5 @@ class PCAE(Method):
                               kept[-1])  # [B, M', D]
     loss = pcae_loss(pred, features)
     return loss, {"pcae_loss": loss,
-                  "sim_target": mean_pairwise_cosine(features),
-                  "sim_pred": mean_pairwise_cosine(jax.lax.stop_gradient(pred))}
+                  "sim_target": common.mean_pairwise_cosine(features),
+                  "sim_pred": common.mean_pairwise_cosine(jax.lax.stop_gradient(pred))}

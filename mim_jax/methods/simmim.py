@@ -7,17 +7,17 @@ hidden patches replaced by a learned mask token (models/simmim.py
 conv + PixelShuffle `SimMIM.decoder`); an L1 loss on the hidden pixels of the normalised
 image (`SimMIM.forward`).
 """
+import dataclasses
 from typing import Dict
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mim_jax import masking
+from mim_jax.methods import common
 from mim_jax.methods.base import Method
-from mim_jax.methods.mae import build_encoder
 from mim_jax.models import vit
 
 
@@ -28,33 +28,14 @@ def method_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
-def pixel_mask(mask: jax.Array, patch_size: int, grid_hw) -> jax.Array:
-  """Patch mask [B, N] -> pixel mask [B, H, W, 1], each patch repeated p×p
-  (`mask.repeat_interleave(p, 1).repeat_interleave(p, 2)` in models/simmim.py)."""
-  m = mask.reshape(mask.shape[0], grid_hw[0], grid_hw[1])  # [B, h, w]
-  m = jnp.repeat(jnp.repeat(m, patch_size, axis=1), patch_size, axis=2)  # [B, H, W]
-  return m[..., None]
-
-
 def simmim_loss(images: jax.Array, recon: jax.Array, mask: jax.Array,
                 patch_size: int) -> jax.Array:
   """sum(|x − x̂|·m) / (sum(m) + 1e-5) / C with m the hidden-pixel mask, summed over the
   batch (models/simmim.py `SimMIM.forward`). images, recon [B, H, W, C]; mask [B, N]."""
   b, h, w, c = images.shape
-  m = pixel_mask(mask, patch_size, (h // patch_size, w // patch_size))  # [B, H, W, 1]
+  m = common.pixel_mask(mask, patch_size, (h // patch_size, w // patch_size))  # [B, H, W, 1]
   l1 = jnp.abs(images.astype(jnp.float32) - recon.astype(jnp.float32))  # [B, H, W, C]
   return jnp.sum(l1 * m) / (jnp.sum(m) + 1e-5) / c
-
-
-def reconstruction_panel(config, images, recon, hidden_pixels) -> jax.Array:
-  """original | masked | hidden pixels filled from `recon`, de-normalised to [0, 1]:
-  [B, H, 3W, C]. images, recon [B, H, W, C]; hidden_pixels [B, H, W, 1] (1 = hidden)."""
-  mean = np.asarray(config.data.mean, np.float32)
-  std = np.asarray(config.data.std, np.float32)
-  to_pixels = lambda x: jnp.clip(x * std + mean, 0.0, 1.0)
-  masked = images * (1 - hidden_pixels)
-  filled = masked + recon.astype(images.dtype) * hidden_pixels
-  return jnp.concatenate([to_pixels(images), to_pixels(masked), to_pixels(filled)], axis=2)
 
 
 class SimMIM(Method):
@@ -62,10 +43,11 @@ class SimMIM(Method):
   `model.layer_scale_init` (0.1 published) and `model.pos_embedding` ('shared_rel_bias'
   published, 'sincos' otherwise). Params: {'encoder', 'decoder'} (the linear head)."""
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, total_steps=None):
+    super().__init__(config, total_steps)
+    common.check_mask_ratio(config.method.mask_ratio)
     m = config.model
-    self.encoder = build_encoder(config, use_mask_token=True)
+    self.encoder = common.build_encoder(config, use_mask_token=True)
     self.patch_size = m.patch_size
     self.grid_hw = self.encoder.grid_hw
     self.mask_patch_size = config.method.mask_patch_size
@@ -106,5 +88,11 @@ class SimMIM(Method):
   def summaries(self, params, batch, masks):
     images = batch["image"]
     recon = self.reconstruct(params, images, masks["mask"])
-    hidden = pixel_mask(masks["mask"], self.patch_size, self.grid_hw).astype(images.dtype)
-    return {"reconstruction": reconstruction_panel(self.config, images, recon, hidden)}
+    hidden = common.pixel_mask(masks["mask"], self.patch_size,
+                               self.grid_hw).astype(images.dtype)
+    return {"reconstruction": common.reconstruction_panel(self.config, images, recon, hidden)}
+
+  def eval_encoder(self, use_target=False, image_size=None, **module_fields):
+    """The encoder without its mask token: evaluation never hides patches."""
+    encoder = super().eval_encoder(use_target, image_size, **module_fields)
+    return dataclasses.replace(encoder, exclude=("mask_token",))

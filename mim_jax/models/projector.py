@@ -1,4 +1,5 @@
-"""MLP projector placed after an encoder (Latent MIM's online/target projector)."""
+"""Projection heads placed after an encoder: Latent MIM's MLP projector on every token and
+SimCLR's head on a pooled feature (Multi-View MAE's contrastive loss)."""
 from typing import Any
 
 import flax.linen as nn
@@ -31,3 +32,14 @@ class MLPProjector(nn.Module):
       if not last:
         x = nn.gelu(x, approximate=False)
     return x
+
+
+class SimCLRProjector(nn.Module):
+  """SimCLR's projection head (Chen et al. 2020, §2.1): Linear -> ReLU -> Linear."""
+  hidden_dim: int
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x):  # [B, D] -> [B, out_dim]
+    x = nn.Dense(self.hidden_dim, kernel_init=xavier_uniform, name="fc1")(x)
+    return nn.Dense(self.out_dim, kernel_init=xavier_uniform, name="fc2")(nn.relu(x))

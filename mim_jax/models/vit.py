@@ -6,7 +6,7 @@ LayerNorm eps 1e-6, fixed 2-D sin-cos position embeddings (or BEiT's shared rela
 position bias, as SimMIM's ViT-B), optional LayerScale, cls token, final LayerNorm.
 Parameters are float32; `dtype` is the compute dtype.
 """
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -301,10 +301,13 @@ def unstack_block_params(params: dict, depth: int, name_prefix: str = "blocks") 
   return out
 
 
-def without_mask_token(params: dict) -> dict:
-  """Encoder params for a `use_mask_token=False` encoder (evaluation never hides
-  patches): SimMIM's `mask_token` dropped, everything else kept."""
-  return {k: v for k, v in params.items() if k != "mask_token"}
+def unrolled(encoder: "ViTEncoder", params: dict) -> Tuple["ViTEncoder", dict]:
+  """`encoder` rebuilt unrolled ('blocks_0', ...) with XLA attention and no remat, and its
+  params in that layout (unstacked when `encoder.scan_layers`): it runs anywhere, each
+  block can sow its attention weights, and the params export block by block."""
+  if encoder.scan_layers:
+    params = unstack_block_params(params, encoder.depth)
+  return encoder.clone(scan_layers=False, remat="none", attention_impl="xla"), params
 
 
 def relative_position_index(grid_hw: Sequence[int]) -> np.ndarray:
