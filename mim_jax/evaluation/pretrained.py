@@ -67,16 +67,9 @@ def _read(workdir: str, step: int, wanted: PyTree) -> PyTree:
   """checkpoint.restore_subtree, logged with what was read."""
   restored = checkpoint.restore_subtree(workdir, step, wanted)
   leaves = jax.tree.leaves(restored)
-  logging.info("Read %d arrays (%.1f MB: %s) of checkpoint %d in %s", len(leaves),
-               sum(x.nbytes for x in leaves) / 1e6, ", ".join(
-                   "/".join(map(str, path)) for path in _top_paths(wanted)), step, workdir)
+  logging.info("Read %d arrays (%.1f MB) under %s of checkpoint %d in %s", len(leaves),
+               sum(x.nbytes for x in leaves) / 1e6, sorted(wanted), step, workdir)
   return restored
-
-
-def _top_paths(tree, depth: int = 2):
-  if depth == 0 or not isinstance(tree, dict):
-    return [()]
-  return [(k,) + rest for k, v in tree.items() for rest in _top_paths(v, depth - 1)]
 
 
 def load_encoder(workdir: str, *, image_size: Optional[int] = None,
