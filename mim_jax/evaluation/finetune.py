@@ -214,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   total_steps = train.schedule_lengths(config)[0]
   evaluation = TopOneEvaluation(method, config, config.eval_every_steps or total_steps)
   state = train.train_and_evaluate(config, workdir, stop_after_step, method=method,
-                                   evaluations=[evaluation])
+                                   evaluations=[evaluation], description="Fine-tuning")
   if int(state.step) < total_steps:
     logging.info("Fine-tuning stopped at step %d of %d; run again to continue.",
                  int(state.step), total_steps)
