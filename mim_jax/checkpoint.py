@@ -7,7 +7,7 @@ every `config.checkpoint_every_steps` and at the last step; the last
 `config.keep_checkpoints` are kept; restore takes the newest one that reads.
 
 Failures: a save that fails in the background (disk full, permission denied) is noticed
-by `check_saves` at the next step and raised as one `SaveError` that names the step, the
+by `Saver.check` a step or so later and raised as one `SaveError` that names the step, the
 cause and the newest complete checkpoint. A checkpoint that cannot be restored while an
 older one can is damaged: the trainer moves it to `checkpoints/unrestorable/` (kept, never
 deleted) so that the run can save that step again. workdir/config.json is the config of
@@ -108,6 +108,7 @@ def describe_changes(changes: Dict[str, list]) -> str:
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
+  """workdir/checkpoints, where Orbax keeps one directory per step."""
   return workdir_path(workdir) / "checkpoints"
 
 
