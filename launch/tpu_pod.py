@@ -36,7 +36,7 @@ CODE_PATHS = ("setup.py", "mim_jax", "configs", "launch")
 TARBALL = "mim_jax_code.tar.gz"
 VENV = ".venv"  # under --remote_dir
 # Where each worker's own disk is mounted (not shared with the other workers).
-LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root", "~")
+LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root")
 
 
 def required_python(setup_py: str = os.path.join(REPO, "setup.py")) -> str:
@@ -69,7 +69,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--zone", required=True, help="e.g. us-central2-b.")
   parser.add_argument("--project", help="GCP project (default: gcloud's configured one).")
   parser.add_argument("--accelerator_type", default="v4-8",
-                      help="Used only when the TPU VM is created, e.g. v4-32, v5p-64.")
+                      help="e.g. v4-32, v5p-64: the TPU VM created, and the host count "
+                      "that --workdir is checked against.")
   parser.add_argument("--version", default="tpu-ubuntu2204-base",
                       help="TPU VM software version (image), used when creating.")
   parser.add_argument("--spot", action="store_true", help="Create a Spot TPU VM.")
@@ -106,7 +107,7 @@ def workdir_problem(args) -> Optional[str]:
     return None
   layout = (f"a {args.accelerator_type} has {hosts} hosts" if hosts else
             f"{args.accelerator_type} may have several hosts")
-  local = not workdir.startswith("/") or any(
+  local = not workdir.startswith("/") or any(  # relative and ~ paths too
       workdir == d or workdir.startswith(d + "/") for d in LOCAL_DIRS)
   if local and hosts:
     return (f"--workdir={workdir} is on each worker's own disk, but {layout} that must all "

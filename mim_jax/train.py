@@ -394,9 +394,11 @@ def record_config(workdir: str, config: ml_collections.ConfigDict,
 
 def already_logged(workdir: str, start_step: int,
                    changes: Optional[Dict[str, list]]) -> int:
-  """The last step whose metrics need no new record: the newest step an earlier attempt
-  logged when the run resumes unchanged (bookkeeping fields aside) before it, since an
-  exact resume recomputes the same values; else `start_step`."""
+  """The last step not to log again. An attempt that stopped after its last checkpoint
+  (a failed save, a kill, a damaged checkpoint) logged steps beyond `start_step`; a
+  resume with the same config (`changes` only in BOOKKEEPING_FIELDS) recomputes exactly
+  those values, so they stay as logged: the newest logged step. Otherwise `start_step`
+  (with another config the recomputed steps differ and are logged again)."""
   if changes is None:
     return start_step
   if any(not key.startswith(BOOKKEEPING_FIELDS) for key in changes):

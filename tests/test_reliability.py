@@ -244,7 +244,7 @@ def test_a_full_disk_stops_main_with_one_error_line_and_no_traceback(small_disk)
   errors = [line for line in err.splitlines() if "Saving checkpoint" in line]
   assert len(errors) == 1, err[-3000:]
   assert re.search(r"\] Saving checkpoint 2 failed: .*No space left on device.*\. Stopped at "
-                   r"step [3-4]; there is no complete checkpoint in \S+/run/checkpoints\. Fix "
+                   r"step [2-4]; there is no complete checkpoint in \S+/run/checkpoints\. Fix "
                    r"the cause \(free space, permissions\), then run the same command again; it "
                    r"starts from step 0\.$", errors[0]), errors[0]
   assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
