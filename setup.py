@@ -29,11 +29,14 @@ setup(
     description="Masked image modeling pretraining (MAE, SimMIM, CAE, Latent MIM, PCAE, "
     "Multi-View MAE) in JAX/Flax",
     packages=find_packages(include=["mim_jax", "mim_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax 0.10.2 and flax 0.12.8 need Python 3.11 or newer
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "nbclient==0.11.0",
                  "nbformat==5.11.1", "ipykernel==7.4.0", "matplotlib==3.11.2"],
         "notebook": ["matplotlib==3.11.2"],  # notebooks/inspect_checkpoint.ipynb
+        # Accelerators: the same jax with its CUDA 12 plugin, or with libtpu.
+        "cuda12": ["jax[cuda12]==0.10.2"],
+        "tpu": ["jax[tpu]==0.10.2"],
     },
 )

@@ -6,13 +6,16 @@ python launch/slurm.py --nodes=4 --gpus_per_node=8 [--tasks_per_node=8] [--parti
 
 Prints the sbatch command and what every task of the job runs, then submits it (with
 --dry_run: only prints). Command-line options override the script's #SBATCH defaults.
+Before submitting it checks that config.batch_size (--config.batch_size=..., else the
+config file's) divides over the job's nodes × GPUs per node.
 """
 import argparse
 import os
+import runpy
 import shlex
 import subprocess
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 SCRIPT = os.path.join("launch", "slurm_gpu.sbatch")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +52,36 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                        "--local_device_ids", "--distributed")) for a in args.main_args):
     parser.error("the job script sets the process layout; drop --coordinator_address, "
                  "--num_processes, --process_id, --local_device_ids and --distributed.")
+  gpus = args.nodes * args.gpus_per_node
+  batch_size = config_batch_size(args.main_args)
+  if batch_size is not None and batch_size % gpus:
+    lower = batch_size // gpus * gpus
+    example = f"{lower} or {lower + gpus}" if lower else str(gpus)
+    parser.error(f"config.batch_size={batch_size} (the global batch) does not divide over the "
+                 f"job's {gpus} GPUs ({args.nodes} nodes × {args.gpus_per_node}): pass "
+                 f"--config.batch_size=N with N a multiple of {gpus} (e.g. {example}), or "
+                 "change --nodes / --gpus_per_node.")
   return args
+
+
+def config_batch_size(main_args: Sequence[str]) -> Optional[int]:
+  """config.batch_size of the job: its --config.batch_size override, else the config
+  file's (read with this checkout's mim_jax; None, with a note, where that fails)."""
+  overrides = [a.split("=", 1)[1] for a in main_args if a.startswith("--config.batch_size=")]
+  if overrides:
+    return int(overrides[-1])
+  path = [a.split("=", 1)[1] for a in main_args if a.startswith("--config=")][-1]
+  path, _, arg = path.partition(":")
+  sys.path.insert(0, REPO)
+  try:
+    get_config = runpy.run_path(os.path.join(REPO, path))["get_config"]
+    return int((get_config(arg) if arg else get_config()).batch_size)
+  except Exception as e:  # pylint: disable=broad-except  (any failure to read the config)
+    print(f"Note: could not read config.batch_size from {path} ({type(e).__name__}: {e}); "
+          "the job checks it when it starts.", file=sys.stderr)
+    return None
+  finally:
+    sys.path.remove(REPO)
 
 
 def sbatch_command(args) -> List[str]:

@@ -1,11 +1,13 @@
 """Reading the TensorBoard event files that training writes under its workdir (CLU's
 `metric_writers`: scalars as rank-0 tensors under the 'scalars' plugin), with
-tensorboard's protos and without TensorFlow."""
+tensorboard's protos and without TensorFlow. `last_step` reads gs:// workdirs too
+(etils.epath); the rest reads local directories."""
 import glob
 import os
 import struct
 from typing import Dict, Iterator, List, Set, Tuple
 
+from etils import epath
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
@@ -20,7 +22,7 @@ def records(path: str) -> Iterator[bytes]:
   """The records of a TFRecord file: each is [length u64][crc u32][data][crc u32], little
   endian (tensorflow/core/lib/io/record_writer.cc); CRCs are not checked, and a record
   cut short (a file still being written) ends the iteration."""
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     while True:
       header = f.read(12)
       if len(header) < 12:
@@ -30,6 +32,18 @@ def records(path: str) -> Iterator[bytes]:
       if len(data) < length or len(f.read(4)) < 4:
         return
       yield data
+
+
+def last_step(workdir: str) -> int:
+  """The highest step of any summary in the event files directly under `workdir` (where
+  the trainer writes them); -1 if there are none."""
+  root = epath.Path(workdir)
+  if not root.is_dir():
+    return -1
+  steps = [event.step for path in sorted(root.glob("events.out.tfevents.*"))
+           for event in map(event_pb2.Event.FromString, records(path))
+           if event.HasField("summary")]
+  return max(steps, default=-1)
 
 
 def _summary_values(workdir: str):

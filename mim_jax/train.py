@@ -10,6 +10,7 @@ A step (`make_train_step`):
   4. AdamW (optionally after global-norm clipping) with the warmup + cosine (or
      multistep) lr.
 """
+import contextlib
 import functools
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -20,11 +21,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import checkpoint, data, optim, preemption, sharding
+from mim_jax import checkpoint, data, events, optim, preemption, sharding
 from mim_jax.methods.base import Method
 from mim_jax.models import vit
 from mim_jax.state import TrainState
@@ -45,6 +46,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   if accum < 1 or config.batch_size % accum:
     raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
                      f"config.grad_accum_steps={accum} (>= 1).")
+  data.check_config(config)
   data.check_batch_size(config.batch_size, num_devices, process_count)
   if (config.batch_size // accum) % num_devices:
     raise ValueError(f"Each micro-batch of config.batch_size / config.grad_accum_steps = "
@@ -193,17 +195,23 @@ def jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: Method,
                        stop_after_step: Optional[int] = None, *,
-                       evaluations: Sequence[Callable] = ()) -> TrainState:
+                       evaluations: Sequence[Callable] = (),
+                       description: Optional[str] = None) -> TrainState:
   """Train `method` (built from `config`, e.g. `methods.create`; fine-tuning:
   mim_jax/evaluation/finetune.py) and write checkpoints and metrics under `workdir`.
 
   Resumes from the latest checkpoint in `workdir`; a fresh start takes its params from
   `method.warm_start`. `stop_after_step` ends the run early at that step with a
   checkpoint, as a preempted job would, without changing any schedule; running again
-  continues from there. `evaluations` (e.g. the k-NN monitor, mim_jax/evaluation/
-  monitor.py) are called as `evaluation(state, step) -> {name: float}` every
-  `evaluation.every_steps` steps and at the last step, and their scalars are written to
-  TensorBoard.
+  continues from there. `description` names the run in the log (default "Pretraining
+  <method>"). `evaluations` (e.g. the k-NN monitor, mim_jax/evaluation/monitor.py) are
+  called as `evaluation(state, step) -> {name: float}` every `evaluation.every_steps`
+  steps and at the last step, and their scalars are written to TensorBoard.
+
+  Nothing is written to `workdir` before the config is checked, against
+  workdir/config.json too when resuming (`check_resume`). Steps that an earlier attempt
+  already logged (it stopped after its last checkpoint) are not logged again when the
+  resume is exact, so TensorBoard holds every step once.
   """
   process_count = jax.process_count()
   validate_config(config, jax.device_count(), process_count)
@@ -214,18 +222,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   lr_fn = optim.lr_schedule_from_config(config, peak_lr, total_steps, warmup_steps,
                                        steps_per_epoch)
   tx = optim.create_optimizer(config, lr_fn)
-  logging.info("Pretraining %s: %d steps (%d per epoch), warmup %d, peak lr %.3g, mesh %s",
-               config.method.name, total_steps, steps_per_epoch, warmup_steps, peak_lr,
-               dict(mesh.shape))
-
-  checkpoint.write_config(workdir, config)
+  logging.info("%s: %d steps (%d per epoch), warmup %d, peak lr %.3g, mesh %s",
+               description or f"Pretraining {config.method.name}", total_steps,
+               steps_per_epoch, warmup_steps, peak_lr, dict(mesh.shape))
 
   state, state_shardings = create_train_state(method, tx, config, mesh,
                                               sample_batch(config, method))
+  changes = check_resume(workdir, config, state)  # raises before anything is written
 
-  manager = checkpoint.create_manager(workdir, config)
+  manager = checkpoint.create_manager(workdir, config, clean_up_temporary=True)
   restored = checkpoint.restore_latest(
-      manager, checkpoint.abstract_with_shardings(state, state_shardings))
+      manager, checkpoint.abstract_with_shardings(state, state_shardings),
+      set_aside_damaged=True)
   data_state = None
   if restored is not None:
     state, data_state = restored
@@ -233,7 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   else:
     state = state.replace(params=place_like(method.warm_start(state.params), state.params))
   start_step = int(state.step)
+  if restored is None:
+    changes = None  # a fresh start: nothing to compare with
+  record_config(workdir, config, changes, start_step)
   position = InputPosition.resume(data_state, start_step, config.batch_size)
+  logged_through = already_logged(workdir, start_step, changes)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jit_train_step(method, tx, lr_fn, config, total_steps, mesh, state_shardings)
@@ -248,8 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
                                           start_element=position.next_element,
                                           num_views=method.num_views)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  progress = Progress(total_steps, config.batch_size)
+  saver = checkpoint.Saver(manager)
   last_step = total_steps if stop_after_step is None else min(stop_after_step, total_steps)
   try:
     with preemption.PreemptionWatch() as watch:
@@ -258,41 +270,170 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
         position.advance(local["element"])
         batch = sharding.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
         state, metrics = train_step(state, batch)
-        report(step)
+        new = step > logged_through
         if step == start_step + 1:  # keep compilation out of the throughput figures
           jax.block_until_ready(metrics)
-          last_time, last_logged = time.perf_counter(), step
+          progress.start(step)
         if step % config.log_every_steps == 0 or step == last_step:
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           scalars.update(epoch=step / steps_per_epoch,
                          skipped_images=sum(position.gathered()["skipped_images"]))
-          if step > last_logged:
-            now = time.perf_counter()
-            seconds_per_step = (now - last_time) / (step - last_logged)
-            scalars.update(step_time=seconds_per_step,
-                           images_per_sec=config.batch_size / seconds_per_step)
-            last_time, last_logged = now, step
-          writer.write_scalars(step, scalars)
-          check_nonfinite_streak(int(scalars["nonfinite_streak"]), step, manager,
-                                 config.max_nonfinite_steps)
-        if config.image_summary_every_steps and step % config.image_summary_every_steps == 0:
-          images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
-          writer.write_images(step, jax.device_get(images))
+          scalars.update(progress.measure(step))
+          if new:
+            writer.write_scalars(step, scalars)
+          check_nonfinite_streak(int(scalars["nonfinite_streak"]), step, manager, config)
+        if (new and config.image_summary_every_steps
+            and step % config.image_summary_every_steps == 0):
+          with progress.paused(state):
+            images = summary_fn(state.params, batch, jax.random.PRNGKey(step))
+            writer.write_images(step, jax.device_get(images))
         for evaluation in evaluations:
-          if step % evaluation.every_steps == 0 or step == total_steps:
-            writer.write_scalars(step, evaluation(state, step))
+          if new and (step % evaluation.every_steps == 0 or step == total_steps):
+            with progress.paused(state):
+              writer.write_scalars(step, evaluation(state, step))
+        saver.check(step)  # a failed background save stops the run here
         preempted = watch.should_stop(step)
         if (step % config.checkpoint_every_steps == 0 or step == last_step or preempted):
-          checkpoint.save(manager, step, state, position.gathered())
+          streak = int(metrics["nonfinite_streak"])
+          check_nonfinite_streak(streak, step, manager, config, final=step == total_steps)
+          if streak:
+            logging.warning("No checkpoint at step %d: steps %d..%d were non-finite (none "
+                            "is written while they are).", step, step - streak + 1, step)
+          else:
+            with progress.paused(state):
+              saver.save(step, state, position.gathered())
         if preempted:
-          logging.warning("Stopped at step %d; checkpoint saved in %s. Run the same command "
-                          "again to resume.", step, manager.directory)
+          saved = (f"checkpoint saved in {manager.directory}" if not streak else
+                   "no checkpoint (non-finite steps); the newest one is resumed")
+          logging.warning("Stopped at step %d; %s. Run the same command again to resume.",
+                          step, saved)
           break
+    saver.finish()
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    saver.close()
     writer.flush()
   return state
+
+
+# Config fields that change what is logged or kept, not the computed steps: a resume
+# that changes only these is exact (see already_logged).
+BOOKKEEPING_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                      "image_summary_every_steps", "num_summary_images",
+                      "max_nonfinite_steps", "knn_monitor.")
+
+
+def check_resume(workdir: str, config: ml_collections.ConfigDict,
+                 state: TrainState) -> Optional[Dict[str, list]]:
+  """Before anything is written: when `workdir` has checkpoints, the changes from its
+  config.json ({field: [old, new]}; None without a config.json). A change that alters
+  the saved train state (model, method, optimizer kind: arrays added, removed or
+  reshaped) is refused with the changed fields; config.json stays as it is.
+
+  Other changes (lr, steps, batch size, logging, ...) are accepted: a run that diverged
+  must resume from an earlier checkpoint with a lower lr, and a longer schedule or
+  another batch size is a deliberate decision; `record_config` logs them and appends
+  them to config.json's history. Such a resume is no longer the uninterrupted run.
+  """
+  if not checkpoint.checkpoint_dir(workdir).is_dir():
+    return None
+  manager = checkpoint.create_manager(workdir, config)
+  try:
+    if not manager.all_steps():
+      return None
+    try:
+      changes = checkpoint.config_changes(checkpoint.read_config(workdir), config)
+    except FileNotFoundError:
+      changes = None
+    differences = checkpoint.state_layout_differences(manager, state)
+  finally:
+    manager.close()
+  if differences:
+    changed = (checkpoint.describe_changes(changes) if changes else
+               "none found" if changes is not None else "unknown: no config.json")
+    shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+    raise ValueError(
+        f"This config cannot resume the run in {workdir}: its train state differs from the "
+        f"checkpoints' ({len(differences)} arrays: {shown}). Changed config fields: "
+        f"{changed}. Resume with the run's config ({workdir}/config.json, left unchanged) "
+        "or start a new workdir.")
+  return changes
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict,
+                  changes: Optional[Dict[str, list]], step: int) -> None:
+  """workdir/config.json := `config`; a resume (`changes` not None) with changes logs
+  them and adds {"step", "changes"} to the history kept in config.json."""
+  history = []
+  if changes is not None:
+    try:
+      history = checkpoint.read_config_history(workdir)
+    except FileNotFoundError:
+      pass
+    if changes:
+      logging.warning("Resuming at step %d with a changed config (recorded in %s/config.json"
+                      "): %s", step, workdir, checkpoint.describe_changes(changes))
+      history = history + [{"step": step, "changes": changes}]
+  checkpoint.write_config(workdir, config, history)
+
+
+def already_logged(workdir: str, start_step: int,
+                   changes: Optional[Dict[str, list]]) -> int:
+  """The last step not to log again. An attempt that stopped after its last checkpoint
+  (a failed save, a kill, a damaged checkpoint) logged steps beyond `start_step`; a
+  resume with the same config (`changes` only in BOOKKEEPING_FIELDS) recomputes exactly
+  those values, so they stay as logged: the newest logged step. Otherwise `start_step`
+  (with another config the recomputed steps differ and are logged again)."""
+  if changes is None:
+    return start_step
+  if any(not key.startswith(BOOKKEEPING_FIELDS) for key in changes):
+    return start_step
+  logged = events.last_step(workdir)
+  if logged > start_step:
+    logging.info("Steps %d..%d were logged before the resume and recompute exactly; they "
+                 "are not logged again.", start_step + 1, logged)
+  return max(logged, start_step)
+
+
+class Progress:
+  """Steps/s, step time, images/s and ETA over the time spent in train steps: the clock
+  starts after the first step of a start (compilation) and stops around evaluations,
+  image summaries and checkpoint saves (`paused`)."""
+
+  def __init__(self, total_steps: int, batch_size: int):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.step = None
+
+  def start(self, step: int) -> None:
+    self.step, self.time, self.excluded = step, time.perf_counter(), 0.0
+
+  @contextlib.contextmanager
+  def paused(self, state: PyTree):
+    jax.block_until_ready(state)  # the steps before belong to the timed part
+    begin = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.excluded += time.perf_counter() - begin
+
+  def measure(self, step: int) -> Dict[str, float]:
+    """The figures since the last call (logged with the ETA); {} if no step was timed.
+    Call after the step's results are on the host."""
+    if self.step is None or step <= self.step:
+      return {}
+    seconds = (time.perf_counter() - self.time - self.excluded) / (step - self.step)
+    self.start(step)
+    logging.info("Step %d/%d (%.1f%%): %.3g steps/s, %.3g s/step, ETA %s", step,
+                 self.total_steps, 100.0 * step / self.total_steps, 1.0 / seconds, seconds,
+                 format_duration((self.total_steps - step) * seconds))
+    return {"step_time": seconds, "steps_per_sec": 1.0 / seconds,
+            "images_per_sec": self.batch_size / seconds}
+
+
+def format_duration(seconds: float) -> str:
+  """h:mm:ss."""
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def place_like(tree: PyTree, placed: PyTree) -> PyTree:
@@ -342,16 +483,34 @@ class InputPosition:
             "global_batch_size": self.global_batch_size}
 
 
-def check_nonfinite_streak(streak: int, step: int, manager, max_streak: int) -> None:
-  """Stop the run once `max_streak` steps in a row had a non-finite loss or gradient."""
-  if streak < max_streak:
+class NonFiniteError(FloatingPointError):
+  """Too many steps in a row had a non-finite loss or gradient."""
+
+
+def check_nonfinite_streak(streak: int, step: int, manager, config,
+                           final: bool = False) -> None:
+  """Stop the run once config.max_nonfinite_steps steps in a row had a non-finite loss
+  or gradient, or when the last step (`final`) is one of them (its checkpoint is not
+  written), naming the newest checkpoint from before the streak."""
+  max_streak = config.max_nonfinite_steps
+  if streak < max_streak and not (final and streak):
     return
   first_bad = step - streak + 1
   good = [s for s in manager.all_steps() if s < first_bad]
-  last_good = (f"step {max(good)} in {manager.directory}" if good else
-               "none (no checkpoint was saved before the first bad step)")
-  raise FloatingPointError(
-      f"{streak} consecutive steps ({first_bad}..{step}) had a non-finite loss or gradient "
-      f"and were skipped (config.max_nonfinite_steps={max_streak}). Last good checkpoint: "
-      f"{last_good}. Lower optimizer.base_lr, raise warmup, set optimizer.grad_clip or use "
-      f"float32 compute, then resume from it.")
+  what = (f"{streak} consecutive steps ({first_bad}..{step}) had a non-finite loss or "
+          f"gradient and were skipped (config.max_nonfinite_steps={max_streak})")
+  if streak < max_streak:
+    what = (f"The last {streak} steps ({first_bad}..{step}) had a non-finite loss or "
+            "gradient, so the final checkpoint was not written")
+  fix = (f"lower config.optimizer.base_lr (now {config.optimizer.base_lr:g}), raise "
+         "config.warmup_steps / warmup_epochs, set config.optimizer.grad_clip or compute in "
+         "float32 (config.model.dtype)")
+  if good:
+    where = (f"The newest checkpoint from before step {first_bad} is step {max(good)} in "
+             f"{manager.directory}: {fix}, then run the same command again to resume from it.")
+  else:
+    where = (f"No checkpoint was written before step {first_bad} (none is written while "
+             f"steps are non-finite): {fix}, then run the same command again; it starts "
+             "from step 0.")
+  raise NonFiniteError(f"{what}. {where}")
+

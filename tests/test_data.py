@@ -90,6 +90,15 @@ def test_missing_split_names_the_fields(tmp_path):
     data.create_eval_iterator(config, "validation", global_batch_size=2, **ONE_PROCESS)
 
 
+def test_an_npz_without_the_expected_arrays_lists_its_keys(tmp_path):
+  np.savez(tmp_path / "d.npz", images=random_images(4), labels=np.arange(4))
+  config = make_config(source="npz", path=str(tmp_path / "d.npz"))
+  with pytest.raises(ValueError, match=re.escape(
+      f"config.data.path='{tmp_path / 'd.npz'}' holds the arrays ['images', 'labels']; the npz "
+      "source expects x_train (uint8 images) and y_train (labels) for each split")):
+    data.num_examples(config, "train")
+
+
 def test_unprepared_tfds_dataset_names_data_dir(tmp_path):
   config = make_config(source="tfds", tfds_name="imagenet2012", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="config.data.data_dir"):
@@ -238,6 +247,18 @@ def test_image_folder_labels_follow_sorted_class_folders(tmp_path):
   train = next(data.create_train_iterator(config, global_batch_size=4, num_views=2,
                                           **ONE_PROCESS))
   assert train["image"].shape == (4, 2, 32, 32, 3)
+
+
+def test_an_empty_class_folder_is_refused_by_name(tmp_path):
+  root = write_image_folder(tmp_path)
+  (tmp_path / "train" / "bat").mkdir()  # sorts first: every other label would shift by one
+  (tmp_path / "train" / "bat" / "notes.txt").write_text("no images here")
+  config = make_config(source="image_folder", path=root)
+  with pytest.raises(ValueError, match=re.escape(
+      f"Class folders without images (.jpg, .jpeg, .png, .bmp, .gif) in config.data.path="
+      f"'{root}': {tmp_path / 'train' / 'bat'}. Each class folder becomes a label: add its "
+      "images or remove the folder.")):
+    data.num_examples(config, "train")
 
 
 # --- tfds -------------------------------------------------------------------------------

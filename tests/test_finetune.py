@@ -1,6 +1,7 @@
 """Fine-tuning: layer-wise lr decay, mixup/cutmix/label smoothing, and the protocol end to
 end on a tiny pretraining checkpoint (warm start, metrics JSON, resume)."""
 import json
+import logging
 import os
 import shutil
 
@@ -147,7 +148,8 @@ def checkpointed_params(workdir, step):
 
 
 def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
-    tmp_path, pretrain_dir):
+    tmp_path, pretrain_dir, caplog):
+  caplog.set_level(logging.INFO, logger="absl")
   config = tiny_finetune_config(pretrain_dir)
   resolved = finetune.finetune_config(config)
   assert resolved.data.image_size == 16 and resolved.model.width == 32
@@ -156,6 +158,8 @@ def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
 
   workdir = tmp_path / "finetune"
   assert finetune.run(config, str(workdir), stop_after_step=1) is None
+  assert any(r.getMessage().startswith("Fine-tuning: 4 steps") for r in caplog.records)
+  assert not any("Pretraining" in r.getMessage() for r in caplog.records)
   assert checkpoint_steps(workdir) == [1]
   assert not (workdir / finetune.METRICS_FILE).exists()
   # The warmup's lr is 0 at the first step, so after it the params are still the start:

@@ -2,6 +2,7 @@
 sbatch script and the TPU launcher run (gcloud, srun, scontrol and python faked)."""
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -45,6 +46,29 @@ GCLOUD = ["gcloud", "compute", "tpus", "tpu-vm"]
 WHERE = ["--zone=us-central2-b", "--project=proj"]
 
 
+def setup_python_requires():
+  found = re.search(r'python_requires=">=(\d+\.\d+)"', (REPO / "setup.py").read_text())
+  return found.group(1)
+
+
+# The Ubuntu 22.04 TPU images have Python 3.10: the workers get the Python that setup.py
+# requires from the deadsnakes PPA, in a virtual environment with the `tpu` extra.
+PY = f"python{setup_python_requires()}"
+INSTALL = (f"({PY} -c 'import ensurepip' 2>/dev/null || (sudo add-apt-repository -y "
+           f"ppa:deadsnakes/ppa && sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive "
+           f"apt-get install -y -q {PY} {PY}-venv)) && {PY} -m venv ~/mim_jax/.venv && "
+           "~/mim_jax/.venv/bin/pip install -q -U pip && ~/mim_jax/.venv/bin/pip install -q -e "
+           "~/mim_jax'[tpu]'")
+
+
+def test_setup_py_pins_the_python_and_the_accelerator_extras_of_its_jax():
+  text = (REPO / "setup.py").read_text()
+  jax_pin = re.search(r'"jax==([\d.]+)"', text).group(1)
+  assert setup_python_requires() == "3.11"  # jax 0.10.2 and flax 0.12.8 need 3.11
+  assert f'"cuda12": ["jax[cuda12]=={jax_pin}"]' in text
+  assert f'"tpu": ["jax[tpu]=={jax_pin}"]' in text
+
+
 def test_tpu_dry_run_prints_every_step():
   out = launch("tpu_pod.py", *TPU, "--dry_run", "--", *MAIN_ARGS).stdout
   cmds = commands(out)
@@ -56,14 +80,15 @@ def test_tpu_dry_run_prints_every_step():
   assert cmds[3] == GCLOUD + ["scp", cmds[2][2], "mae-pod:~/mim_jax_code.tar.gz",
                               "--worker=all"] + WHERE
   assert cmds[4][:6] == GCLOUD + ["ssh", "mae-pod"] and cmds[4][6] == "--worker=all"
-  assert cmds[4][7] == ("--command=mkdir -p ~/mim_jax && tar -xzf ~/mim_jax_code.tar.gz -C "
-                        "~/mim_jax && pip install -q -e ~/mim_jax 'jax[tpu]'")
+  assert cmds[4][7] == (
+      "--command=mkdir -p ~/mim_jax && tar -xzf ~/mim_jax_code.tar.gz -C ~/mim_jax && "
+      f"{INSTALL}")
   run, stream = cmds[5], cmds[6]
   assert run[:7] == GCLOUD + ["ssh", "mae-pod", "--worker=all"] and run[8:] == WHERE
   remote = run[7].removeprefix("--command=")
   assert remote.startswith("cd ~/mim_jax && nohup ")
   main_cmd = shlex.split(remote.removeprefix("cd ~/mim_jax && nohup ").split(" > ")[0])
-  assert main_cmd == ["python3", "-m", "mim_jax.main", *MAIN_ARGS, "--distributed=on"]
+  assert main_cmd == [".venv/bin/python", "-m", "mim_jax.main", *MAIN_ARGS, "--distributed=on"]
   assert remote.endswith("> run.log 2>&1 < /dev/null & echo $! > run.pid")
   assert stream == GCLOUD + ["ssh", "mae-pod", "--worker=0", "--command=cd ~/mim_jax && "
                              "tail -n +1 --pid=$(cat run.pid) -f run.log"] + WHERE
@@ -74,7 +99,7 @@ def test_tpu_dry_run_with_git_and_without_setup():
   cmds = commands(launch("tpu_pod.py", *TPU, "--dry_run", "--git_url=https://x/m.git",
                          "--git_ref=v1", "--", *MAIN_ARGS).stdout)
   assert len(cmds) == 5 and cmds[2][6] == "--worker=all"
-  assert "git clone -q --branch v1 https://x/m.git ~/mim_jax && pip install" in cmds[2][7]
+  assert f"git clone -q --branch v1 https://x/m.git ~/mim_jax && {INSTALL}" in cmds[2][7]
   cmds = commands(launch("tpu_pod.py", *TPU, "--dry_run", "--no_setup", "--",
                          *MAIN_ARGS).stdout)
   assert [c[4] for c in cmds] == ["describe", "create", "ssh", "ssh"]
@@ -114,10 +139,24 @@ def test_tpu_launcher_stops_at_a_failing_step(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--", "--config=c.py"], "--config=... and --workdir=..."),
     (["--", *MAIN_ARGS, "--process_id=1"], "drop --distributed"),
+    (["--", "--config=c.py", "--workdir=/tmp/mae"],
+     "--workdir=/tmp/mae is on each worker's own disk, but a v4-32 has 4 hosts"),
+    (["--", "--config=c.py", "--workdir=runs/mae"], "--workdir=runs/mae is on each worker's"),
 ])
 def test_tpu_launcher_rejects_incomplete_arguments(args, message):
   result = launch("tpu_pod.py", *TPU, "--dry_run", *args, check=False)
   assert result.returncode == 2 and message in result.stderr
+
+
+def test_tpu_launcher_checks_that_the_pod_shares_the_workdir():
+  shared = launch("tpu_pod.py", *TPU, "--dry_run", "--", "--config=c.py", "--workdir=gs://b/r")
+  assert shared.stderr == ""
+  mounted = launch("tpu_pod.py", *TPU, "--dry_run", "--", *MAIN_ARGS)
+  assert ("--workdir=/shared/runs/mae b16 must be a shared file system mounted at that path on "
+          "every worker (a v4-32 has 4 hosts)") in mounted.stderr
+  one_host = [a for a in TPU if "accelerator" not in a] + ["--accelerator_type=v4-8"]
+  alone = launch("tpu_pod.py", *one_host, "--dry_run", "--", "--config=c.py", "--workdir=/tmp/r")
+  assert alone.stderr == ""  # one host: its own disk is the shared storage
 
 
 # --- SLURM ------------------------------------------------------------------------------
@@ -130,9 +169,22 @@ def test_slurm_dry_run_prints_the_sbatch_command_and_each_task():
                             "launch/slurm_gpu.sbatch", *MAIN_ARGS]]
   assert "# each of the 16 tasks then runs" in out
   assert "--num_processes=16 --process_id=$SLURM_PROCID --local_device_ids=$SLURM_LOCALID" in out
-  out = launch("slurm.py", "--nodes=3", "--gpus_per_node=8", "--tasks_per_node=2",
+  out = launch("slurm.py", "--nodes=4", "--gpus_per_node=8", "--tasks_per_node=2",
                "--dry_run", "--", *MAIN_ARGS).stdout
-  assert "--ntasks-per-node=2" in commands(out)[0] and "--num_processes=6" in out
+  assert "--ntasks-per-node=2" in commands(out)[0] and "--num_processes=8" in out
+
+
+def test_slurm_launcher_checks_the_batch_against_the_gpus_before_submitting():
+  args = ["--nodes=3", "--gpus_per_node=8", "--dry_run", "--", "--config=configs/quickstart.py",
+          "--workdir=/shared/q"]
+  result = launch("slurm.py", *args, check=False)  # the config file's batch: 64
+  assert result.returncode == 2 and (
+      "config.batch_size=64 (the global batch) does not divide over the job's 24 GPUs (3 nodes "
+      "× 8): pass --config.batch_size=N with N a multiple of 24 (e.g. 48 or 72)") in result.stderr
+  assert launch("slurm.py", *args, "--config.batch_size=48").returncode == 0
+  result = launch("slurm.py", "--nodes=2", "--gpus_per_node=8", "--dry_run", "--",
+                  *MAIN_ARGS, "--config.batch_size=100", check=False)
+  assert result.returncode == 2 and "config.batch_size=100 " in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,8 @@
-"""Failure behaviour: signals, kills, damaged checkpoints, non-finite steps, bad configs."""
+"""Failure behaviour: signals, kills, damaged checkpoints, failed saves, non-finite steps,
+config changes on resume, bad configs."""
+import errno
 import json
+import logging
 import os
 import random
 import re
@@ -11,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, checkpoint_steps, config_file, scalar_series, tiny_mae_config
@@ -131,18 +135,124 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_restorable(tmp_p
   assert data_state == {"next_element": [16]}
 
 
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-  config = tiny_mae_config(num_train_steps=4, checkpoint_every_steps=2)
-  pretrain.run(config, str(tmp_path))
-  _, at_2 = pretrained.restore_state(str(tmp_path), step=2)
-  for root, _, files in os.walk(tmp_path / "checkpoints" / "4" / "state"):
-    for name in files:  # damage every array and metadata file of step 4
+def same_arrays(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def logged_steps(workdir, tag="loss"):
+  return [step for step, _ in scalar_series(str(workdir), tag, with_steps=True)]
+
+
+def damage(step_dir):
+  for root, _, files in os.walk(step_dir / "state"):
+    for name in files:  # every array and metadata file of the step
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  _, restored = pretrained.restore_state(str(tmp_path))
-  assert int(restored.step) == 2
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               at_2.params, restored.params)
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_continues_past_it(tmp_path, caplog):
+  caplog.set_level(logging.WARNING, logger="absl")
+  config = tiny_mae_config(num_train_steps=4, checkpoint_every_steps=2,
+                           image_summary_every_steps=0)
+  finished = pretrain.run(config, str(tmp_path))
+  _, at_2 = pretrained.restore_state(str(tmp_path), step=2)
+  damage(tmp_path / "checkpoints" / "4")
+  _, read = pretrained.restore_state(str(tmp_path))  # reading falls back and moves nothing
+  assert int(read.step) == 2 and checkpoint_steps(tmp_path) == [2, 4]
+  same_arrays(at_2.params, read.params)
+  _, encoder, _ = pretrained.load_encoder(str(tmp_path))  # so does reading an encoder
+  same_arrays(at_2.params["encoder"], encoder)
+  assert checkpoint_steps(tmp_path) == [2, 4]
+  for rerun in (1, 2):  # the same command, each time with step 4 damaged
+    caplog.clear()
+    state = pretrain.run(config, str(tmp_path))
+    notes = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+    assert len(notes) == 1 and "resumed from checkpoint 2" in notes[0], notes
+    assert int(state.step) == 4 and checkpoint_steps(tmp_path) == [2, 4]
+    same_arrays(finished.params, state.params)  # steps 3 and 4 recomputed exactly
+    if rerun == 1:
+      damage(tmp_path / "checkpoints" / "4")
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "unrestorable")) == ["4", "4.1"]
+  assert (tmp_path / "checkpoints" / "unrestorable" / "4.1" / "state").is_dir()  # kept
+  assert logged_steps(tmp_path) == [1, 2, 3, 4]  # the exact reruns logged nothing twice
+
+
+def fail_background_writes(monkeypatch, step, error):
+  """Make the background write of checkpoint `step` fail with `error` (what a full disk
+  or a read-only directory does), in Orbax's writer of the JSON 'data' item."""
+  original = ocp.JsonCheckpointHandler._save_fn  # pylint: disable=protected-access
+
+  async def failing(self, item, directory):
+    if f"{os.sep}{step}.orbax-checkpoint-tmp" in str(directory):
+      raise error
+    return await original(self, item, directory)
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", failing)
+
+
+def test_a_failed_save_stops_the_run_naming_it_and_the_resume_logs_every_step_once(
+    tmp_path, monkeypatch):
+  config = tiny_mae_config(num_train_steps=8, checkpoint_every_steps=2,
+                           image_summary_every_steps=0)
+  with monkeypatch.context() as patch:
+    fail_background_writes(patch, 4, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(checkpoint.SaveError) as failure:
+      pretrain.run(config, str(tmp_path))
+  found = re.fullmatch(
+      r"Saving checkpoint 4 failed: OSError: \[Errno 28\] No space left on device\. Stopped "
+      r"at step (\d); the newest complete checkpoint is step 2 in (\S+)\. Fix the cause .*",
+      str(failure.value))
+  assert found, failure.value
+  stopped = int(found.group(1))
+  assert 4 <= stopped <= 6 and found.group(2) == str(tmp_path / "checkpoints")
+  assert checkpoint_steps(tmp_path) == [2]
+  assert logged_steps(tmp_path) == list(range(1, stopped + 1))
+  state = pretrain.run(config, str(tmp_path))  # the cause fixed, the same call
+  assert int(state.step) == 8 and checkpoint_steps(tmp_path) == [4, 6, 8]
+  assert logged_steps(tmp_path) == list(range(1, 9))  # none repeated, none dropped
+
+
+def test_the_saver_names_a_save_that_failed_in_the_background(tmp_path, monkeypatch):
+  fail_background_writes(monkeypatch, 2, PermissionError(errno.EACCES, "Permission denied"))
+  saver = checkpoint.Saver(checkpoint.create_manager(str(tmp_path), tiny_mae_config()))
+  saver.save(1, {"w": np.ones(4, np.float32)}, {"next_element": [16]})
+  saver.save(2, {"w": np.ones(4, np.float32)}, {"next_element": [32]})
+  with pytest.raises(checkpoint.SaveError, match=re.escape(
+      "Saving checkpoint 2 failed: PermissionError: [Errno 13] Permission denied. Stopped at "
+      f"step 3; the newest complete checkpoint is step 1 in {tmp_path / 'checkpoints'}.")):
+    for _ in range(1000):  # a step or so later: once the background write has ended
+      saver.check(3)
+      time.sleep(0.01)
+  saver.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 256 kB tmpfs under tmp_path: room for config.json and the event file, not for a
+  checkpoint (needs root; skipped where mounting is refused)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                           capture_output=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+  yield disk
+  subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_stops_main_with_one_error_line_and_no_traceback(small_disk):
+  """The real failure, through main.py: TensorStore's writes of checkpoint 2 fail."""
+  proc = start_main(small_disk / "run", dict(TINY, num_train_steps=6, checkpoint_every_steps=2))
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err[-3000:]
+  errors = [line for line in err.splitlines() if "Saving checkpoint" in line]
+  assert len(errors) == 1, err[-3000:]
+  assert re.search(r"\] Saving checkpoint 2 failed: .*No space left on device.*\. Stopped at "
+                   r"step [2-4]; there is no complete checkpoint in \S+/run/checkpoints\. Fix "
+                   r"the cause \(free space, permissions\), then run the same command again; it "
+                   r"starts from step 0\.$", errors[0]), errors[0]
+  assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
+  assert checkpoint_steps(small_disk / "run") == []
 
 
 class NaNAtSteps(mae.MAE):
@@ -177,16 +287,59 @@ def test_a_non_finite_step_is_skipped_and_counted():
                             np.asarray(state2.params["encoder"]["norm"]["scale"]))
 
 
-def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_last_good_checkpoint(
+def test_too_many_non_finite_steps_stop_the_run_naming_the_checkpoint_before_them(
     tmp_path, monkeypatch):
   monkeypatch.setitem(methods.METHODS, "nan_mae", NaNAtSteps)
-  config = tiny_mae_config(num_train_steps=8, checkpoint_every_steps=2, max_nonfinite_steps=2)
+  config = tiny_mae_config(num_train_steps=8, checkpoint_every_steps=2, max_nonfinite_steps=3,
+                           image_summary_every_steps=0)
   config.method.name = "nan_mae"
   config.method.nan_steps = (2, 3, 4, 5)  # 0-based step indices: train steps 3..6
-  with pytest.raises(FloatingPointError,
-                     match=r"2 consecutive steps \(3\.\.4\).*Last good checkpoint: step 2"):
+  with pytest.raises(FloatingPointError, match=re.escape(
+      "3 consecutive steps (3..5) had a non-finite loss or gradient and were skipped "
+      "(config.max_nonfinite_steps=3). The newest checkpoint from before step 3 is step 2 in "
+      f"{tmp_path / 'checkpoints'}: lower config.optimizer.base_lr (now 0.00015)")):
     pretrain.run(config, str(tmp_path))
-  assert checkpoint_steps(tmp_path) == [2]  # the check runs before step 4 would be saved
+  assert checkpoint_steps(tmp_path) == [2]  # step 4 fell inside the streak: not saved
+  config.method.nan_steps = ()  # what lowering the lr does to a real divergence
+  state = pretrain.run(config, str(tmp_path))
+  assert int(state.step) == 8 and int(state.skipped_steps) == 0
+  assert checkpoint_steps(tmp_path) == [4, 6, 8]
+  assert checkpoint.read_config_history(str(tmp_path)) == [
+      {"step": 2, "changes": {"method.nan_steps": [[2, 3, 4, 5], []]}}]
+
+
+def test_a_streak_from_the_first_step_says_no_checkpoint_exists_and_what_to_change(
+    tmp_path, monkeypatch):
+  monkeypatch.setitem(methods.METHODS, "nan_mae", NaNAtSteps)
+  config = tiny_mae_config(num_train_steps=4, max_nonfinite_steps=2, image_summary_every_steps=0)
+  config.method.name = "nan_mae"
+  config.method.nan_steps = (0, 1, 2, 3)
+  with pytest.raises(FloatingPointError, match=re.escape(
+      "2 consecutive steps (1..2) had a non-finite loss or gradient and were skipped "
+      "(config.max_nonfinite_steps=2). No checkpoint was written before step 1 (none is "
+      "written while steps are non-finite): lower config.optimizer.base_lr (now 0.00015)")):
+    pretrain.run(config, str(tmp_path))
+  assert checkpoint_steps(tmp_path) == []
+
+
+def test_resuming_with_a_config_that_changes_the_state_is_refused_before_any_write(tmp_path):
+  config = tiny_mae_config(num_train_steps=2, image_summary_every_steps=0)
+  pretrain.run(config, str(tmp_path))
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  deeper = tiny_mae_config(num_train_steps=4, image_summary_every_steps=0)
+  deeper.model.depth = 3
+  with pytest.raises(ValueError, match=re.escape(
+      "Changed config fields: model.depth: 2 -> 3, num_train_steps: 2 -> 4. Resume with the "
+      f"run's config ({tmp_path}/config.json, left unchanged)")):
+    pretrain.run(deeper, str(tmp_path))
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+  longer = tiny_mae_config(num_train_steps=4, image_summary_every_steps=0, batch_size=32)
+  longer.optimizer.base_lr = 3e-4
+  state = pretrain.run(longer, str(tmp_path))
+  assert int(state.step) == 4
+  assert checkpoint.read_config(str(tmp_path)).optimizer.base_lr == 3e-4
+  assert checkpoint.read_config_history(str(tmp_path)) == [{"step": 2, "changes": {
+      "batch_size": [16, 32], "num_train_steps": [2, 4], "optimizer.base_lr": [1.5e-4, 3e-4]}}]
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -199,6 +352,11 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_last_good_ch
     ("method.mask_ratio", 1.0, "config.method.mask_ratio=1.0 must be in (0, 1)"),
     ("batch_size", 12, "config.batch_size=12 (the global batch) is not divisible by the 8 "
                        "devices: set it to a multiple of 8 (e.g. 8 or 16)"),
+    ("data.crop_scale", (0.2,), "config.data.crop_scale=(0.2,) must be a pair (low, high) "
+                                "with 0 < low <= high, e.g. --config.data.crop_scale='(0.2, "
+                                "1.0)'"),
+    ("data.std", (0.2, 0.2, 0.0), "config.data.std=(0.2, 0.2, 0.0) must be 3 per-channel "
+                                  "values > 0"),
 ])
 def test_config_errors_say_what_to_change(tmp_path, field, value, message):
   config = tiny_mae_config()
@@ -206,8 +364,49 @@ def test_config_errors_say_what_to_change(tmp_path, field, value, message):
     config.data.source = "tfds"
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=re.escape(message)):
-    pretrain.run(config, str(tmp_path))
-  assert not (tmp_path / "checkpoints").exists()
+    pretrain.run(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # nothing written, not even the workdir
+
+
+def test_a_misspelled_config_field_is_one_line_with_the_suggestion(tmp_path, monkeypatch):
+  from mim_jax import main
+  argv = ["main", f"--config={REPO}/configs/quickstart.py", f"--workdir={tmp_path}/run",
+          "--config.seed=1", "--config.optimizer.base_lrr=1e-3"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+  try:
+    with pytest.raises(SystemExit) as exit_:
+      main.parse_flags(argv)
+  finally:
+    main.FLAGS.unparse_flags()
+  assert exit_.value.code == (
+      "FATAL Bad config override --config.optimizer.base_lrr=1e-3: no such field 'base_lrr'. "
+      'Did you mean "base_lr" instead of "base_lrr"?')
+  assert not (tmp_path / "run").exists()
+
+
+def test_main_keeps_orbax_warnings_but_drops_background_tracebacks():
+  from mim_jax import main
+  quiet = main.QuietOrbax()
+
+  def record(name, path, level, msg="x", exc_info=None):
+    return logging.LogRecord(name, level, path, 1, msg, (), exc_info)
+
+  failure = (ValueError, ValueError("disk full"), None)
+  orbax = "/site-packages/orbax/checkpoint/_src/x.py"
+  assert not quiet.filter(record("absl", orbax, logging.INFO))
+  assert quiet.filter(record("absl", orbax, logging.WARNING))
+  assert not quiet.filter(record("absl", orbax, logging.ERROR, exc_info=failure))
+  assert quiet.filter(record("absl", "/mim_jax/train.py", logging.ERROR, exc_info=failure))
+  never = record("asyncio", "/asyncio/base_events.py", logging.ERROR,
+                 "Future exception was never retrieved", failure)
+  assert quiet.filter(never)
+  quiet.save_failed = True  # set once the SaveError is reported
+  assert not quiet.filter(never)
+  seen = []
+  unraisable = lambda error: type("U", (), {"exc_value": error})()
+  main.ignore_closed_event_loops(unraisable(RuntimeError("Event loop is closed")), seen.append)
+  main.ignore_closed_event_loops(unraisable(RuntimeError("other")), seen.append)
+  assert [str(u.exc_value) for u in seen] == ["other"]
 
 
 def test_missing_data_dir_and_missing_path_are_named(tmp_path):
@@ -248,19 +447,31 @@ def plant_image_folder(root, good_per_class=3):
   return 3  # unreadable listed files
 
 
-def test_unreadable_images_are_skipped_and_counted(tmp_path):
+def test_unreadable_images_are_skipped_named_and_counted(tmp_path, caplog):
   from mim_jax import data
+  caplog.set_level(logging.WARNING, logger="absl")
   bad = plant_image_folder(tmp_path / "images")
   config = tiny_mae_config()
   config.data.update(source="image_folder", path=str(tmp_path / "images"), image_size=16)
   assert data.num_examples(config, "train") == 6 + bad
   iterator = data.create_train_iterator(config, global_batch_size=2, process_index=0,
                                         process_count=1)
-  batches = [next(iterator) for _ in range(9)]  # 18 good images: 3 epochs of 9 files
+  batches = [next(iterator) for _ in range(13)]  # 26 good images: 4 epochs of 9 files + 2
   elements = np.concatenate([b["element"] for b in batches])
   epochs = elements // (6 + bad)
-  assert [int((epochs == e).sum()) for e in range(3)] == [6, 6, 6]  # the 3 bad ones skipped
+  assert [int((epochs == e).sum()) for e in range(4)] == [6] * 4  # the 3 bad ones skipped
   assert all(np.isfinite(b["image"]).all() and set(b["label"]) <= {0, 1} for b in batches)
+  messages = [r.getMessage() for r in caplog.records]
+  named = re.findall(r"^Skipped image file \S+/train/(\S+): it cannot be read or decoded\.$",
+                     "\n".join(messages), re.M)
+  assert len(named) == 5 and set(named) == {  # the first 5 of 12 or more skips, then a count
+      "cat/truncated.jpg", "dog/truncated.png", "dog/not_an_image.jpg"}
+  assert "Skipped 10 unreadable image files so far (the first 5 named above)." in messages
+  caplog.clear()
+  evaluated = list(data.create_eval_iterator(config, "train", global_batch_size=4,
+                                             process_index=0, process_count=1))
+  assert sum(int(b["valid"].sum()) for b in evaluated) == 6 and "index" not in evaluated[0]
+  assert len([r for r in caplog.records if r.getMessage().startswith("Skipped image")]) == 3
   config.update(batch_size=8, num_train_steps=3, checkpoint_every_steps=3)
   pretrain.run(config, str(tmp_path / "run"))
   skipped = scalar_series(str(tmp_path / "run"), "skipped_images")

@@ -1,4 +1,5 @@
 """The trainer end to end: checkpoints, TensorBoard events, exact resume, config errors."""
+import logging
 import os
 import subprocess
 import sys
@@ -20,8 +21,14 @@ def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
   assert int(state.step) == 6
   assert checkpoint_steps(tmp_path) == [4, 6]  # every 2 steps, last 2 kept
   tags = event_tags(str(tmp_path))
-  for tag in ("loss", "lr", "grad_norm", "images_per_sec", "step_time", "mae_loss"):
+  for tag in ("loss", "lr", "grad_norm", "images_per_sec", "step_time", "steps_per_sec",
+              "mae_loss"):
     assert tag in tags, tags
+  # one measurement each, from step 2 on (step 1 compiles and is left out)
+  times = scalar_series(str(tmp_path), "step_time", with_steps=True)
+  rates = scalar_series(str(tmp_path), "steps_per_sec", with_steps=True)
+  assert [s for s, _ in times] == [s for s, _ in rates] == [2, 3, 4, 5, 6]
+  np.testing.assert_allclose([t * r for (_, t), (_, r) in zip(times, rates)], 1.0, rtol=1e-6)
   assert any(t.startswith("reconstruction") for t in tags), tags
   restored_config, restored = pretrained.restore_state(str(tmp_path))
   assert restored_config.model.width == config.model.width
@@ -30,6 +37,26 @@ def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
                state.params, restored.params)
   _, at_step_4 = pretrained.restore_state(str(tmp_path), step=4)
   assert int(at_step_4.step) == 4
+
+
+def test_progress_leaves_out_the_compiling_step_and_paused_time(monkeypatch, caplog):
+  clock = [100.0]
+  monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+  caplog.set_level(logging.INFO, logger="absl")
+  progress = train.Progress(total_steps=100, batch_size=64)
+  assert progress.measure(10) == {}  # not started: step 10 was the first, compiling one
+  progress.start(10)
+  clock[0] += 8.0  # steps 11..14, 2 s each
+  with progress.paused(jnp.zeros(())):
+    clock[0] += 30.0  # an evaluation
+  clock[0] += 12.0  # steps 15..20
+  assert progress.measure(20) == {"step_time": 2.0, "steps_per_sec": 0.5,
+                                  "images_per_sec": 32.0}
+  assert caplog.records[-1].getMessage() == (
+      "Step 20/100 (20.0%): 0.5 steps/s, 2 s/step, ETA 0:02:40")
+  clock[0] += 3.0
+  assert progress.measure(21)["step_time"] == 3.0  # the pause is not carried over
+  assert train.format_duration(3725.4) == "1:02:05"
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):

@@ -6,6 +6,7 @@
   create_eval_iterator(config, split, *, global_batch_size, process_index=None,
                        process_count=None)
   check_batch_size(global_batch_size, num_devices, process_count, field='config.batch_size')
+  check_config(config): ValueError naming a config.data field the pipeline cannot use
   default_data_config()
 
 Iterators yield dicts of NumPy arrays holding this process's share of the global batch.
@@ -13,9 +14,9 @@ Batches are a pure function of (config, process_index, process_count); see pipel
 for how training resumes exactly and config.py for the fields read.
 """
 from mim_jax.data.config import default_data_config
-from mim_jax.data.pipeline import (check_batch_size, create_eval_iterator,
+from mim_jax.data.pipeline import (check_batch_size, check_config, create_eval_iterator,
                                    create_train_iterator)
 from mim_jax.data.sources import num_examples
 
-__all__ = ["check_batch_size", "create_eval_iterator", "create_train_iterator",
+__all__ = ["check_batch_size", "check_config", "create_eval_iterator", "create_train_iterator",
            "default_data_config", "num_examples"]

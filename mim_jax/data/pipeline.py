@@ -16,16 +16,19 @@ skipped examples).
 """
 import functools
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from mim_jax.data import sources
+from mim_jax.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
 _STREAMED_SOURCES = ("tfds",)  # one file shard per process; the others hold every example
 _CROP_ATTEMPTS = 10
+_NAMED_SKIPS = 5  # unreadable image files named in the log; later ones are counted
 _INTERPOLATIONS = {"bicubic": tf.image.ResizeMethod.BICUBIC,
                    "bilinear": tf.image.ResizeMethod.BILINEAR}
 
@@ -75,21 +78,32 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _check_image_config(config) -> None:
+def _form_error(name: str, value, form: str, example: str) -> ValueError:
+  return ValueError(f"config.data.{name}={value!r} must be {form}, e.g. "
+                    f"--config.data.{name}='{example}'.")
+
+
+def check_config(config) -> None:
+  """ValueError naming the config.data field whose value the pipeline cannot use."""
   data = config.data
+  sources.check_source(config)
   if data.interpolation not in _INTERPOLATIONS:
     raise ValueError(f"config.data.interpolation={data.interpolation!r}: set it to one of "
                      f"{tuple(_INTERPOLATIONS)}.")
   if data.image_size <= 0:
     raise ValueError(f"config.data.image_size must be positive, got {data.image_size}.")
-  for name in ("crop_scale", "crop_ratio"):
-    low, high = data[name]
-    if not 0 < low <= high:
-      raise ValueError(f"config.data.{name} must be (low, high) with 0 < low <= high, "
-                       f"got {data[name]}.")
-  if len(data.mean) != 3 or len(data.std) != 3 or min(data.std) <= 0:
-    raise ValueError("config.data.mean and config.data.std must be 3 per-channel values "
-                     f"(std > 0), got {data.mean}, {data.std}.")
+  for name, example in (("crop_scale", "(0.2, 1.0)"), ("crop_ratio", "(0.75, 1.333)")):
+    value = data[name]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) for v in value) and 0 < value[0] <= value[1]):
+      raise _form_error(name, value, "a pair (low, high) with 0 < low <= high", example)
+  for name, example in (("mean", str(IMAGENET_MEAN)), ("std", str(IMAGENET_STD))):
+    value = data[name]
+    if not (isinstance(value, (tuple, list)) and len(value) == 3
+            and all(isinstance(v, (int, float)) for v in value)
+            and (name == "mean" or min(value) > 0)):
+      raise _form_error(name, value, "3 per-channel values" + (" > 0" if name == "std" else ""),
+                        example)
 
 
 def _fold(key: tf.Tensor, *data) -> tf.Tensor:
@@ -322,7 +336,7 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
   local_batch = _local_batch_size(global_batch_size, process_count)
   if start_step < 0 or num_views < 1:
     raise ValueError(f"Need start_step >= 0 and num_views >= 1, got {start_step}, {num_views}.")
-  _check_image_config(config)
+  check_config(config)
   streamed = sources.check_source(config) in _STREAMED_SOURCES
   shard = sources.open_shard(config, config.data.train_split,
                              *((process_index, process_count) if streamed else (0, 1)))
@@ -345,16 +359,57 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
             "label": label, "element": t}
 
   ds = elements.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = _skip_unreadable(ds, shard.kind)
-  return _as_numpy(ds.batch(local_batch, drop_remainder=True))
+  batches = _as_numpy(_skip_unreadable(ds, shard.kind).batch(local_batch, drop_remainder=True))
+  if shard.kind != "path":
+    return batches
+  shuffle_key = _stream_key(config.seed, _SHUFFLE_STREAM)
+
+  def path_of(t: int) -> str:
+    element = global_element(t)
+    index = tf.random.experimental.index_shuffle(
+        element % shard.size, _fold(shuffle_key, element // shard.size), shard.size - 1)
+    return str(shard.images[int(index)])
+
+  return _report_skipped(batches, "element", start, path_of)
 
 
 def _skip_unreadable(ds: tf.data.Dataset, kind: str) -> tf.data.Dataset:
-  """Image files that fail to read or decode are dropped (with a logged warning); in
-  memory and TFDS sources have no such failures, and errors there stay errors."""
+  """Image files that fail to read or decode are dropped (`_report_skipped` names them);
+  in memory and TFDS sources have no such failures, and errors there stay errors."""
   if kind != "path":
     return ds
-  return ds.ignore_errors(log_warning=True)
+  return ds.ignore_errors()
+
+
+def _report_skipped(batches: Iterator[dict], key: str, start: int,
+                    path_of: Callable[[int], str], end: Optional[int] = None,
+                    drop_key: bool = False) -> Iterator[dict]:
+  """`batches` (without batch[key] if `drop_key`), logging the image files that were
+  skipped as unreadable: the gaps in batch[key], which counts up from `start` over every
+  example tried (negative: padding) up to `end`. The first few are named, later ones
+  counted at 10, 100, 1000, ..."""
+  expected, skipped = start, 0
+
+  def report(missing):
+    nonlocal skipped
+    for index in missing:
+      skipped += 1
+      if skipped <= _NAMED_SKIPS:
+        logging.warning("Skipped image file %s: it cannot be read or decoded.",
+                        path_of(int(index)))
+      elif math.log10(skipped).is_integer():
+        logging.warning("Skipped %d unreadable image files so far (the first %d named above).",
+                        skipped, _NAMED_SKIPS)
+
+  for batch in batches:
+    ids = batch.pop(key) if drop_key else batch[key]
+    ids = ids[ids >= 0]
+    if len(ids):
+      report(np.setdiff1d(np.arange(expected, ids[-1] + 1), ids))
+      expected = int(ids[-1]) + 1
+    yield batch
+  if end is not None:
+    report(range(expected, end))
 
 
 def create_eval_iterator(config, split: str, *, global_batch_size: int,
@@ -368,21 +423,24 @@ def create_eval_iterator(config, split: str, *, global_batch_size: int,
   """
   process_index, process_count = _process_info(process_index, process_count)
   local_batch = _local_batch_size(global_batch_size, process_count)
-  _check_image_config(config)
+  check_config(config)
   shard = sources.open_shard(config, split, process_index, process_count)
   if shard.random_access:
     ds = tf.data.Dataset.from_tensor_slices({"image": shard.images, "label": shard.labels})
   else:
     ds = shard.stream()
-  ds = ds.map(lambda ex: {"image": _eval_image(ex["image"], shard.kind, config),
-                          "label": ex["label"], "valid": True},
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.enumerate().map(
+      lambda index, ex: {"image": _eval_image(ex["image"], shard.kind, config),
+                         "label": ex["label"], "valid": True, "index": index},
+      num_parallel_calls=tf.data.AUTOTUNE)
   ds = _skip_unreadable(ds, shard.kind)
   num_batches = math.ceil(sources.max_shard_size(shard.total, process_count) / local_batch)
   size = config.data.image_size
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
-      "valid": False}).repeat()
+      "valid": False, "index": tf.constant(-1, tf.int64)}).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch)
-  return _as_numpy(ds.batch(local_batch, drop_remainder=True))
+  batches = _as_numpy(ds.batch(local_batch, drop_remainder=True))
+  return _report_skipped(batches, "index", 0, lambda index: str(shard.images[index]),
+                         end=shard.size if shard.kind == "path" else None, drop_key=True)
 

@@ -108,8 +108,12 @@ def _load_npz(config, split: str, prefixes=("x", "y")) -> list:
   path = _require_path(config, "an .npz file with x_<split>, y_<split> arrays")
   with tf.io.gfile.GFile(path, "rb") as f, np.load(f) as data:
     if f"x_{split}" not in data or f"y_{split}" not in data:
-      raise _split_error(split, {k[2:] for k in data.files
-                                 if k.startswith("x_") and f"y_{k[2:]}" in data})
+      splits = {k[2:] for k in data.files if k.startswith("x_") and f"y_{k[2:]}" in data}
+      if splits:
+        raise _split_error(split, splits)
+      raise ValueError(f"config.data.path={path!r} holds the arrays {sorted(data.files)}; "
+                       f"the npz source expects x_{split} (uint8 images) and y_{split} "
+                       "(labels) for each split: save the arrays under those names.")
     return [data[f"{prefix}_{split}"] for prefix in prefixes]
 
 
@@ -135,15 +139,21 @@ def _folder_listing(root: str, split: str):
   if split not in splits:
     raise _split_error(split, splits)
   classes = sorted({name for s in splits for name in _subdirs(os.path.join(root, s))})
-  paths, labels = [], []
+  paths, labels, empty = [], [], []
   for label, name in enumerate(classes):
     class_dir = os.path.join(root, split, name)
     if not tf.io.gfile.isdir(class_dir):
       continue
     files = sorted(f for f in tf.io.gfile.listdir(class_dir)
                    if f.lower().endswith(IMAGE_EXTENSIONS))
+    empty += [] if files else [class_dir]
     paths += [os.path.join(class_dir, f) for f in files]
     labels += [label] * len(files)
+  if empty and paths:  # every class folder is a label: an empty one is a class without
+    # examples (and shifts the labels of the classes after it)
+    raise ValueError(f"Class folders without images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                     f"config.data.path={root!r}: {', '.join(empty)}. Each class folder "
+                     "becomes a label: add its images or remove the folder.")
   if not paths:
     raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in "
                      f"{os.path.join(root, split)}/<class>/: check config.data.path.")

@@ -93,11 +93,9 @@ class FineTune(Method):
     """The pretrained encoder's weights in place of the initialised ones (only they are
     read from the checkpoint); the head and fc_norm keep their initialisation. The final
     norm is dropped with mean pooling."""
-    step = pretrained.pretrained_step(self.config.pretrained,
-                                      self.config.get("pretrained_step"))
-    loaded = pretrained.read_encoder_params(self.config.pretrained, step,
-                                            self.pretrain_config, self.pretrain_method,
-                                            self.pretrained_encoder)
+    loaded, _ = pretrained.read_encoder_params(
+        self.config.pretrained, self.config.get("pretrained_step"), self.pretrain_config,
+        self.pretrain_method, self.pretrained_encoder)
     flat_init = {optim.path_name(p): v for p, v in
                  jax.tree_util.tree_flatten_with_path(params["encoder"])[0]}
     flat_loaded = {optim.path_name(p): v for p, v in
@@ -225,7 +223,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   evaluation = TopOneEvaluation(method, config, config.eval_every_steps or total_steps)
   state = train.train_and_evaluate(config, workdir, method, stop_after_step,
                                    evaluations=[evaluation] + monitor.knn_monitors(config,
-                                                                                  method))
+                                                                                  method),
+                                   description="Fine-tuning")
   if int(state.step) < total_steps:
     logging.info("Fine-tuning stopped at step %d of %d; run again to continue.",
                  int(state.step), total_steps)

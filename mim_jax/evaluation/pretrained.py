@@ -63,46 +63,60 @@ def abstract_params(config: ml_collections.ConfigDict, method: Method) -> Dict[s
                       jax.eval_shape(init, jax.random.PRNGKey(0)))
 
 
-def _read(workdir: str, step: int, wanted: PyTree) -> PyTree:
-  """checkpoint.restore_subtree, logged with what was read."""
-  restored = checkpoint.restore_subtree(workdir, step, wanted)
-  leaves = jax.tree.leaves(restored)
-  logging.info("Read %d arrays (%.1f MB) under %s of checkpoint %d in %s", len(leaves),
-               sum(x.nbytes for x in leaves) / 1e6, sorted(wanted), step, workdir)
-  return restored
+def _read(workdir: str, step: Optional[int], wanted: PyTree) -> Tuple[PyTree, int]:
+  """(checkpoint.restore_subtree of checkpoint `step`, step); with step None, of the newest
+  checkpoint that reads (a damaged newer one is skipped with a warning, as the trainer's
+  restore does). Logged with what was read."""
+  steps = ([pretrained_step(workdir, step, ("workdir", "step"))] if step is not None else
+           checkpoint_steps(workdir)[::-1])
+  if not steps:
+    pretrained_step(workdir, None, ("workdir", "step"))  # raises: no checkpoints
+  for candidate in steps:
+    try:
+      restored = checkpoint.restore_subtree(workdir, candidate, wanted)
+    except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint)
+      if step is not None or candidate == steps[-1]:
+        raise
+      logging.warning("Checkpoint %d in %s cannot be read (%s: %s); trying an older one.",
+                      candidate, workdir, type(e).__name__, " ".join(str(e).split())[:300])
+      continue
+    leaves = jax.tree.leaves(restored)
+    logging.info("Read %d arrays (%.1f MB) under %s of checkpoint %d in %s", len(leaves),
+                 sum(x.nbytes for x in leaves) / 1e6, sorted(wanted), candidate, workdir)
+    return restored, candidate
 
 
 def load_encoder(workdir: str, *, image_size: Optional[int] = None,
                  step: Optional[int] = None, use_target: bool = False,
                  **module_fields) -> Tuple[EvalEncoder, PyTree, ml_collections.ConfigDict]:
-  """(encoder, its params, pretraining config) of `workdir`'s latest (or `step`)
+  """(encoder, its params, pretraining config) of `workdir`'s latest readable (or `step`)
   checkpoint, on the default device: the pretraining method's `eval_encoder(use_target,
   image_size, **module_fields)` (default image size: the one the method evaluates at),
   with only its parameters read from the checkpoint."""
   config = checkpoint.read_config(workdir)
   method = methods.create(config)
   encoder = method.eval_encoder(use_target, image_size, **module_fields)
-  step = pretrained_step(workdir, step, ("workdir", "step"))
-  return encoder, read_encoder_params(workdir, step, config, method, encoder), config
+  params, _ = read_encoder_params(workdir, step, config, method, encoder)
+  return encoder, params, config
 
 
-def read_encoder_params(workdir: str, step: int, config: ml_collections.ConfigDict,
-                        method: Method, encoder: EvalEncoder) -> PyTree:
-  """`encoder`'s params (an `eval_encoder` of `method`, the run's method) from `workdir`'s
-  checkpoint `step`; nothing else is read."""
+def read_encoder_params(workdir: str, step: Optional[int], config: ml_collections.ConfigDict,
+                        method: Method, encoder: EvalEncoder) -> Tuple[PyTree, int]:
+  """(`encoder`'s params, the step read): `encoder` is an `eval_encoder` of `method`, the
+  run's method; checkpoint `step`, or the newest readable one; nothing else is read."""
   wanted = encoder.nest(encoder.params(abstract_params(config, method)))
-  return encoder.params(_read(workdir, step, wanted))
+  restored, step = _read(workdir, step, wanted)
+  return encoder.params(restored), step
 
 
 def load_params(workdir: str, step: Optional[int] = None
                 ) -> Tuple[ml_collections.ConfigDict, Method, Dict[str, PyTree], int]:
-  """(config, method, {'params', 'target_params'}, step) of `workdir`'s latest (or
-  `step`) checkpoint, without the optimizer state: what inspection needs (masks,
+  """(config, method, {'params', 'target_params'}, step) of `workdir`'s latest readable
+  (or `step`) checkpoint, without the optimizer state: what inspection needs (masks,
   reconstructions, the encoder through `method.eval_encoder().params`)."""
   config = checkpoint.read_config(workdir)
-  step = pretrained_step(workdir, step, ("workdir", "step"))
   method = methods.create(config)
-  return config, method, _read(workdir, step, abstract_params(config, method)), step
+  return (config, method) + _read(workdir, step, abstract_params(config, method))
 
 
 def restore_state(workdir: str, step: Optional[int] = None

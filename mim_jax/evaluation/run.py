@@ -165,13 +165,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   encoder with the generic trainer: mim_jax/evaluation/finetune.py."""
   if config.protocol == "finetune":
     return finetune.run(config, workdir)
-  pretrain_config, method, encoder, data_config, pretrained_step = plan(config)
+  pretrain_config, method, encoder, data_config, _ = plan(config)
   splits = (data_config.data.train_split, data_config.data.eval_split)
   iterators = [data.create_eval_iterator(data_config, split,
                                          global_batch_size=config.eval_batch_size)
                for split in splits]
-  params = pretrained.read_encoder_params(config.pretrained, pretrained_step, pretrain_config,
-                                          method, encoder)
+  params, pretrained_step = pretrained.read_encoder_params(
+      config.pretrained, config.pretrained_step, pretrain_config, method, encoder)
   logging.info("Evaluating %s (%s, step %d) by %s on %s %s/%s, pool %s, block %s",
                config.pretrained, pretrain_config.method.name, pretrained_step,
                config.protocol, data_config.data.source, *splits, config.pool, config.block)
