@@ -1,7 +1,7 @@
 """Submit a multi-node GPU pretraining job: sbatch launch/slurm_gpu.sbatch with its layout.
 
 python launch/slurm.py --nodes=4 --gpus_per_node=8 [--tasks_per_node=8] [--partition=P] \\
-    [--time=24:00:00] [--dry_run] -- --config=configs/mae_vit_base.py \\
+    [--time=24:00:00] [--dry_run] -- --config=configs/mae.py:vit_base \\
     --workdir=/shared/runs/mae_b16 [--config.x=y ...]
 
 Prints the sbatch command and what every task of the job runs, then submits it (with

@@ -1,7 +1,7 @@
 """Run mim_jax.main on every worker of a Cloud TPU VM (a pod slice or a single host).
 
 python launch/tpu_pod.py --tpu=NAME --zone=ZONE --accelerator_type=v4-32 [--dry_run] \\
-    -- --config=configs/mae_vit_base.py --workdir=gs://my-bucket/mae_b16 [--config.x=y ...]
+    -- --config=configs/mae.py:vit_base --workdir=gs://my-bucket/mae_b16 [--config.x=y ...]
 
 Steps (each a `gcloud compute tpus tpu-vm` command, printed before it runs):
   1. describe the TPU VM; create it if it does not exist (reuse it if it does);

@@ -1,4 +1,7 @@
-"""The base experiment config every config file in configs/ starts from."""
+"""What every config file in configs/ starts from: the generic trainer and input-pipeline
+defaults (`base_config`) and the standard ViT encoder sizes (`vit_model_config`).
+Recipes (a method and its fields, decoder sizes, batch, schedule, optimizer values, data)
+live in the config files and their named variants, nowhere else."""
 import ml_collections
 
 from mim_jax.data import default_data_config
@@ -14,7 +17,9 @@ VIT_SIZES = {
 
 
 def vit_model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDict:
-  """Encoder of a standard size with the MAE decoder (512 wide, 8 deep, 16 heads)."""
+  """`config.model` with an encoder of a standard ViT size (Dosovitskiy et al. 2021,
+  Table 1; ViT-Ti from DeiT) and the speed options off; a method's config adds its
+  decoder fields."""
   if size not in VIT_SIZES:
     raise ValueError(f"Unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}.")
   width, depth, heads = VIT_SIZES[size]
@@ -28,28 +33,27 @@ def vit_model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDi
       # loss stay float32.
       remat="none", scan_layers=False, attention_impl="xla",
       layer_scale_init=ml_collections.config_dict.placeholder(float),
-      pos_embedding="sincos",  # or 'shared_rel_bias' (mim_jax/models/vit.py ViTEncoder)
-      decoder_width=512, decoder_depth=8, decoder_num_heads=16))
+      pos_embedding="sincos"))  # or 'shared_rel_bias' (mim_jax/models/vit.py ViTEncoder)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """MAE ViT-B/16 on ImageNet (He et al. 2022, Table/Appendix A.1) as the default."""
+  """The trainer's fields with neutral defaults; `batch_size`, `num_epochs` (or
+  `num_train_steps`) and `optimizer.base_lr` are left for the recipe to set."""
+  placeholder = ml_collections.config_dict.placeholder
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = default_data_config()
-  config.model = vit_model_config("base")
-  config.method = ml_collections.ConfigDict(dict(name="mae", mask_ratio=0.75,
-                                                 norm_pix_loss=True))
-  config.batch_size = 4096  # effective batch of one optimizer step
+  config.batch_size = placeholder(int)  # effective batch of one optimizer step
   config.grad_accum_steps = 1
-  config.num_epochs = 800.0
+  config.num_epochs = placeholder(float)
   config.num_train_steps = -1  # >= 0 overrides num_epochs
-  config.warmup_epochs = 40.0
+  config.warmup_epochs = 0.0
   config.warmup_steps = -1  # >= 0 overrides warmup_epochs
+  # optim.py documents the fields; b1, b2, eps are optax's AdamW defaults
   config.optimizer = ml_collections.ConfigDict(dict(
-      base_lr=1.5e-4, lr_scaling="linear_256", schedule="cosine", min_lr=0.0,
+      base_lr=placeholder(float), lr_scaling="absolute", schedule="cosine", min_lr=0.0,
       min_lr_ratio=0.0, warmup_start_ratio=0.0, decay_epochs=(), decay_steps=(),
-      decay_rate=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
+      decay_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
       # extra exemptions on top of the official rule (no decay on 1-D params and biases,
       # optim.decay_mask); a method's config lists its official code's skip list here
       no_decay_patterns=(), grad_clip=0.0, layer_decay=1.0))

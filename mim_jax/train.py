@@ -37,6 +37,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     process_count: int) -> None:
   """Errors a user can cause in the trainer's fields, raised before anything is compiled
   (a method checks its own fields when it is built)."""
+  check_recipe(config)
   model = config.model
   if model.width % model.num_heads or model.width % 4:
     raise ValueError(f"config.model.width={model.width} must be divisible by 4 (sin-cos "
@@ -72,8 +73,21 @@ def validate_speed_options(model: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.scan_layers={model.scan_layers!r} must be True or False.")
 
 
+def check_recipe(config: ml_collections.ConfigDict) -> None:
+  """The fields a recipe must set (defaults.base_config leaves them None)."""
+  missing = [f"config.{name}" for name, value in (
+      ("batch_size", config.batch_size), ("optimizer.base_lr", config.optimizer.base_lr))
+             if value is None]
+  if config.num_train_steps < 0 and config.get("num_epochs") is None:
+    missing.append("config.num_epochs (or config.num_train_steps)")
+  if missing:
+    raise ValueError(f"{', '.join(missing)} not set: start from a config file in configs/ "
+                     "(e.g. --config=configs/mae.py:vit_base) or set them.")
+
+
 def schedule_lengths(config) -> Tuple[int, int, int]:
   """(total_steps, warmup_steps, steps_per_epoch) from steps or epochs in the config."""
+  check_recipe(config)
   steps_per_epoch = max(data.num_examples(config, config.data.train_split) // config.batch_size,
                         1)
   total = optim.steps_from_epochs(config.num_train_steps, config.num_epochs, steps_per_epoch)

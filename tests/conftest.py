@@ -12,7 +12,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mim_jax import config_files, defaults, methods, optim, sharding, train  # noqa: E402
+from mim_jax import config_files, methods, optim, sharding, train  # noqa: E402
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
@@ -28,25 +28,9 @@ def config_file(name, arg=None, overrides=None):
 
 
 def tiny_mae_config(**overrides):
-  """MAE on 16 px synthetic images with a 2-block, 32-wide encoder: compiles in seconds."""
-  config = defaults.base_config()
-  config.data.source = "synthetic"
-  config.data.image_size = 16
-  config.data.synthetic_train_size = 256
-  config.data.synthetic_eval_size = 64
-  config.model = defaults.vit_model_config("tiny", patch_size=4)
-  config.model.update(width=32, depth=2, num_heads=4, decoder_width=16, decoder_depth=1,
-                      decoder_num_heads=2)
-  config.batch_size = 16
-  config.num_train_steps = 4
-  config.warmup_steps = 1
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 2
-  config.image_summary_every_steps = 2
-  config.num_summary_images = 2
-  config.sharding.fsdp_min_size = 64
-  config.update(overrides)
-  return config
+  """configs/mae.py:tiny (MAE on 16 px synthetic images, a 2-block, 32-wide encoder:
+  compiles in seconds) with top-level `overrides`."""
+  return config_file("mae.py", "tiny", overrides)
 
 
 @pytest.fixture

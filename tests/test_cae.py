@@ -8,23 +8,17 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from conftest import (assert_sharded_equals_one_device, config_file, random_images,
-                      scalar_series, tiny_mae_config)
+from conftest import assert_sharded_equals_one_device, config_file, random_images, scalar_series
 from mim_jax import methods, optim, pretrain, train
-from mim_jax.methods import cae
 from mim_jax.models import cae as cae_models
 from mim_jax.models import vit
 
 
 def tiny_cae_config(**overrides):
-  """16 px images, patch 4: 8 of 16 patches hidden in blocks of >= 4; encoder 32 wide,
-  regressor and decoder (1 block each) 16 wide, so latents pass the projection."""
-  config = tiny_mae_config(**overrides)
-  config.method = cae.method_config(min_block_patches=4)
-  config.model = cae.model_config("tiny", patch_size=4)
-  config.model.update(width=32, depth=2, num_heads=4, drop_path_rate=0.0, decoder_width=16,
-                      decoder_num_heads=2, regressor_depth=1, decoder_depth=1)
-  return config
+  """configs/cae.py:tiny: 16 px images, patch 4: 8 of 16 patches hidden in blocks of >= 4;
+  encoder 32 wide, regressor and decoder (1 block each) 16 wide, so latents pass the
+  projection."""
+  return config_file("cae.py", "tiny", overrides)
 
 
 def toy_tokenizer(images):
@@ -224,20 +218,17 @@ def test_tokenizer_targets_use_cross_entropy_over_the_ids(pixel_cae):
       methods.create(config)
 
 
-def load_config(name, arg=None):
-  return config_file(name, arg)
-
-
 def test_published_vit_base_recipe_and_tiny_config():
-  config = load_config("cae_vit_base.py")
+  config = config_file("cae.py", "vit_base")
   opt = config.optimizer
   assert optim.scaled_lr(opt.base_lr, opt.lr_scaling, config.batch_size) == 1.5e-3
   assert (opt.b1, opt.b2, opt.weight_decay, opt.grad_clip, opt.min_lr) == (
       0.9, 0.999, 0.05, 3.0, 1e-5)
   assert (config.batch_size, config.num_epochs, config.warmup_epochs) == (2048, 800, 20)
-  assert [load_config("cae_vit_base.py", a).warmup_epochs for a in ("300", "1600")] == [10, 40]
+  assert [config_file("cae.py", f"vit_base_{e}ep").warmup_epochs for e in (300, 1600)] == [
+      10, 40]
   with pytest.raises(ValueError, match="choose one of"):
-    load_config("cae_vit_base.py", "400")
+    config_file("cae.py", "vit_base_400ep")
   assert config.data.crop_scale == (0.08, 1.0) and config.method.align_weight == 2.0
   method = methods.create(config)
   assert (method.num_masking, method.num_visible) == (98, 98)
@@ -252,9 +243,9 @@ def test_published_vit_base_recipe_and_tiny_config():
   decay = optim.decay_mask(params, opt.no_decay_patterns)  # optim_factory.py, no skip list
   assert decay["encoder"]["cls_token"] and decay["regressor"]["mask_token"]
   assert not decay["regressor"]["regressor_blocks_0"]["gamma_1_cross"]
-  tiny = load_config("cae_tiny.py")
-  train.validate_config(tiny, 8, 1)
-  assert methods.create(tiny).num_masking == 32
+  small = config_file("cae.py", "cifar")  # 64 patches of 32 px images
+  train.validate_config(small, 8, 1)
+  assert methods.create(small).num_masking == 32
 
 
 def test_sharded_steps_equal_single_device_steps():

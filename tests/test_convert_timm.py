@@ -163,7 +163,7 @@ def test_cli_official_cae_to_timm_and_back(tmp_path, capsys):
   assert main(["to-timm", "--workdir", run, "--output", timm_file]) == 0
   run2 = str(tmp_path / "timm_run")
   assert main(["from-timm", "--checkpoint", timm_file, "--output", run2, "--config",
-               "configs/simmim_vit_base.py",
+               "configs/simmim.py:vit_base",
                "--num_heads", str(HEADS)]) == 0
   _, params2, config2 = load_encoder(run2)
   assert config2.method.name == "simmim" and config2.model.pos_embedding == "sincos"

@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from conftest import REPO, scalar_series, tiny_mae_config
+from conftest import REPO, config_file, scalar_series, tiny_mae_config
 from mim_jax import pretrain
 from mim_jax.evaluation import attentive_probe, features, knn, linear_probe, run
 from mim_jax.models import vit
@@ -181,7 +181,7 @@ def pretrained_dir(tmp_path_factory):
 
 
 def eval_config(base, pretrained, **fields):
-  config = run.base_config(base)
+  config = config_file(f"eval/{base}.py")
   config.pretrained = pretrained
   config.eval_batch_size = 32
   config.update(fields)

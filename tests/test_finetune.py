@@ -18,7 +18,7 @@ from mim_jax.models import vit
 
 
 def finetune_config_file():
-  return config_file("eval/finetune.py")
+  return config_file("eval/finetune.py", "vit_base")
 
 
 def test_layer_decay_multipliers_equal_the_closed_form():
@@ -127,17 +127,8 @@ def pretrain_dir(tmp_path_factory):
 
 
 def tiny_finetune_config(pretrain_dir):
-  config = finetune_config_file()
-  config.pretrained = str(pretrain_dir)  # data: the pretraining run's (synthetic, 10 classes)
-  config.batch_size = 16
-  config.num_train_steps = 4
-  config.warmup_steps = 1
-  config.eval_every_steps = 2
-  config.eval_batch_size = 16
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 100  # only where a run stops or ends
-  config.sharding.fsdp_min_size = 64
-  return config
+  """configs/eval/finetune.py:tiny on the pretraining run's data (synthetic, 10 classes)."""
+  return config_file("eval/finetune.py", "tiny", {"pretrained": str(pretrain_dir)})
 
 
 def checkpointed_params(workdir, step):

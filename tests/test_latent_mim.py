@@ -7,22 +7,17 @@ import numpy as np
 import pytest
 
 from conftest import (assert_sharded_equals_one_device, assert_trees_close, config_file,
-                      event_tags, random_images, scalar_series, tiny_mae_config)
+                      event_tags, random_images, scalar_series)
 from mim_jax import masking, methods, pretrain
 from mim_jax.methods import common, latent_mim
 from mim_jax.models import query_decoder
 
 
 def tiny_latent_config(**method):
-  """4×4 grid of 4 px patches with a 1 px gap (20 px images), 4 visible, 12 targets;
-  one 32-wide block in the encoder and in the decoder."""
-  config = tiny_mae_config()
-  config.model.update(depth=1, decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  config.method = latent_mim.method_config(patch_gap=1, mask_ratio=0.75, projector_depth=2,
-                                           projector_hidden=32)
-  config.method.update(method)
-  config.data.image_size = 4 * (4 + config.method.patch_gap)
-  return config
+  """configs/latent_mim.py:tiny with `method` fields: 4×4 grid of 4 px patches with a 1 px
+  gap (20 px images), 4 visible, 12 targets; one 32-wide block in the encoder and in the
+  decoder."""
+  return config_file("latent_mim.py", "tiny", {f"method.{k}": v for k, v in method.items()})
 
 
 # --- masking ---------------------------------------------------------------------------
@@ -56,7 +51,7 @@ def test_grid_gap_crop_takes_one_window_per_cell_and_windows_never_touch():
 
 
 def test_published_geometry_and_visible_target_split_by_count():
-  config = config_file("latent_mim_vit_base.py")
+  config = config_file("latent_mim.py", "vit_base")
   assert config.data.image_size == 280  # 14·(16 + 4)
   method = methods.create(config)
   assert (method.num_patches, method.num_visible, method.encoder.image_size) == (196, 20, 224)
@@ -262,7 +257,7 @@ def test_collapse_monitor_regulariser_goal_and_lr_floor_reach_tensorboard(tmp_pa
   config = tiny_latent_config()
   config.update(num_train_steps=4, warmup_steps=1, checkpoint_every_steps=4,
                 image_summary_every_steps=0)
-  config.optimizer.min_lr_ratio = 0.25
+  assert (config.optimizer.min_lr_ratio, config.optimizer.warmup_start_ratio) == (0.25, 0.25)
   pretrain.run(config, str(tmp_path))
   tags = event_tags(str(tmp_path))
   for tag in ("sim_target", "sim_pred", "sim_visible", "sim_regulariser", "sim_goal",
@@ -273,6 +268,6 @@ def test_collapse_monitor_regulariser_goal_and_lr_floor_reach_tensorboard(tmp_pa
                              0.25 + 0.25 * (1 + np.cos(np.pi * steps / 4)), rtol=1e-5)
   peak = 1.5e-4 * config.batch_size / 256
   floor = 0.25 * peak
-  progress = np.clip((steps - 1) / 3, 0, 1)
-  want = np.where(steps < 1, 0.0, floor + (peak - floor) * 0.5 * (1 + np.cos(np.pi * progress)))
+  progress = np.clip((steps - 1) / 3, 0, 1)  # the warmup (step 0) starts at the floor too
+  want = np.where(steps < 1, floor, floor + (peak - floor) * 0.5 * (1 + np.cos(np.pi * progress)))
   np.testing.assert_allclose(scalar_series(str(tmp_path), "lr"), want, rtol=1e-5)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 
-MAIN_ARGS = ["--config=configs/mae_vit_base.py", "--workdir=/shared/runs/mae b16",
+MAIN_ARGS = ["--config=configs/mae.py:vit_base", "--workdir=/shared/runs/mae b16",
              "--config.batch_size=4096"]
 
 
@@ -120,7 +120,7 @@ exit 0
   assert [c[:2] for c in commands(out)][2] == ["tar", "-czf"]
   with tarfile.open(tmp_path / "mim_jax_code.tar.gz") as tar:
     names = tar.getnames()
-  assert {"setup.py", "mim_jax/distributed.py", "configs/mae_vit_base.py",
+  assert {"setup.py", "mim_jax/distributed.py", "configs/mae.py",
           "launch/slurm_gpu.sbatch"} <= set(names)
   assert not any("__pycache__" in n for n in names)
 

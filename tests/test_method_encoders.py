@@ -20,13 +20,12 @@ TINY_MODEL = {"model.width": 16, "model.depth": 1, "model.num_heads": 2,
               "model.decoder_width": 16, "model.decoder_depth": 1, "model.decoder_num_heads": 2}
 # (config file, its method-specific tiny overrides)
 PUBLISHED = {
-    "mae": ("mae_vit_base.py", {}),
-    "simmim": ("simmim_vit_base.py", {}),
-    "cae": ("cae_vit_base.py", {"model.regressor_depth": 1}),
-    "latent_mim": ("latent_mim_vit_base.py", {"method.projector_hidden": 32}),
-    "pcae": ("pcae_vit_base.py", {"method.drop_layers": (0,)}),
-    "multiview_mae": ("multiview_mae_vit_base.py", {"method.proj_hidden_dim": 32,
-                                                    "method.proj_dim": 8}),
+    "mae": {},
+    "simmim": {},
+    "cae": {"model.regressor_depth": 1},
+    "latent_mim": {"method.projector_hidden": 32},
+    "pcae": {"method.drop_layers": (0,)},
+    "multiview_mae": {"method.proj_hidden_dim": 32, "method.proj_dim": 8},
 }
 # (method, use_target): every method's online encoder, and the EMA targets
 ENCODERS = [(name, False) for name in PUBLISHED] + [("latent_mim", True), ("pcae", True)]
@@ -36,8 +35,8 @@ SYNTHETIC = {"data.source": "synthetic", "data.num_classes": 4,
 
 def published_config(name, overrides=None):
   """The published ViT-B/16 recipe of `name`, with a 16-wide, 1-deep encoder."""
-  file, extra = PUBLISHED[name]
-  return config_file(file, overrides={**TINY_MODEL, **extra, **(overrides or {})})
+  return config_file(f"{name}.py", "vit_base",
+                     {**TINY_MODEL, **PUBLISHED[name], **(overrides or {})})
 
 
 @pytest.mark.parametrize("name,use_target", ENCODERS)
@@ -167,8 +166,8 @@ def test_every_reader_sees_the_trained_grid_and_reads_only_the_encoder(
 
 
 def test_latent_mim_cifar_config_is_evaluated_on_8x8_patches_of_32px(tmp_path):
-  config = config_file("latent_mim_cifar.py", overrides={**TINY_MODEL, **SYNTHETIC,
-                                                         "method.projector_hidden": 32})
+  config = config_file("latent_mim.py", "cifar", {**TINY_MODEL, **SYNTHETIC,
+                                                  "method.projector_hidden": 32})
   assert config.data.image_size == 40  # 8·(4 + 1)
   encoder = methods.create(config).eval_encoder()
   assert (encoder.image_size, encoder.grid_hw) == (32, (8, 8))
@@ -185,8 +184,8 @@ def test_fine_tuning_warm_starts_from_the_eval_encoder_and_reads_only_it(
   pretrain_config = published_config(name, SYNTHETIC)
   workdir = str(tmp_path / "run")
   state = save_random_run(pretrain_config, workdir)
-  config = config_file("eval/finetune.py", overrides={"pretrained": workdir,
-                                                      "use_target": use_target})
+  config = config_file("eval/finetune.py", "vit_base", {"pretrained": workdir,
+                                                        "use_target": use_target})
   config = finetune_config(config)
   assert config.data.image_size == 224  # Latent MIM: not its 280 px training size
   method = FineTune(config)

@@ -17,9 +17,9 @@ from test_mae import numpy_mae_loss
 
 
 def tiny_multiview_config(**method_fields):
-  config = tiny_mae_config()
-  config.method = mv.method_config(**{"proj_hidden_dim": 32, "proj_dim": 16, **method_fields})
-  return config
+  """configs/multiview_mae.py:tiny with `method_fields`."""
+  return config_file("multiview_mae.py", "tiny",
+                     {f"method.{k}": v for k, v in method_fields.items()})
 
 
 def random_batch(config, b=8, seed=0):
@@ -237,7 +237,7 @@ def test_ablation_switches():
 
 
 def test_configs_hold_the_paper_defaults():
-  config = config_file("multiview_mae_vit_base.py")
+  config = config_file("multiview_mae.py", "vit_base")
   m = config.method
   assert (m.name, m.mask_ratio, m.contrastive_weight, m.contrastive, m.two_targets) == (
       "multiview_mae", 0.8, 2.0, True, True)
@@ -245,7 +245,7 @@ def test_configs_hold_the_paper_defaults():
       768, 8, 224)
   train.validate_config(config, 8, 1)
   assert isinstance(methods.create(config), mv.MultiViewMAE)
-  small = config_file("multiview_mae_cifar.py")
+  small = config_file("multiview_mae.py", "cifar")
   train.validate_config(small, 8, 1)
   assert small.method.mask_ratio == 0.8 and (REPO / small.data.path).resolve() == (
       REPO.parent / "shared" / "data" / "cifar10_small.npz")

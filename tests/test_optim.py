@@ -127,9 +127,7 @@ OFFICIAL_NO_DECAY = {
     "latent_mim": lambda name, shape: (timm_add_weight_decay(name, shape) or any(
         word in name for word in ("bias", "norm", "embed"))),
 }
-PUBLISHED_CONFIGS = {"mae": "mae_vit_base.py", "simmim": "simmim_vit_base.py",
-                     "cae": "cae_vit_base.py", "latent_mim": "latent_mim_vit_base.py",
-                     "pcae": "pcae_vit_base.py", "multiview_mae": "multiview_mae_vit_base.py"}
+
 
 
 def no_decay_leaves(params, config):
@@ -138,10 +136,10 @@ def no_decay_leaves(params, config):
           jax.tree_util.tree_flatten_with_path(mask)[0] if not decays}
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED_CONFIGS))
+@pytest.mark.parametrize("name", sorted(OFFICIAL_NO_DECAY))
 def test_weight_decay_follows_each_official_optimizer(name):
   extra = {"pcae": {"method.drop_layers": (0,)}, "cae": {"model.regressor_depth": 1}}
-  config = config_file(PUBLISHED_CONFIGS[name], overrides={
+  config = config_file(f"{name}.py", "vit_base", overrides={
       "model.depth": 2, "model.width": 32, "model.num_heads": 2, "model.decoder_depth": 1,
       **extra.get(name, {})})
   method = methods.create(config)
@@ -162,7 +160,7 @@ def test_weight_decay_follows_each_official_optimizer(name):
 def test_fine_tuning_weight_decay_is_maes_param_groups_lrd():
   """mae/util/lr_decay.py `param_groups_lrd`: no decay where p.ndim == 1 or the name is in
   timm ViT's no_weight_decay() = {pos_embed, cls_token, dist_token}."""
-  config = config_file("eval/finetune.py")
+  config = config_file("eval/finetune.py", "vit_base")
   params = {"encoder": {"cls_token": jnp.zeros((1, 1, 8)), "patch_embed": {
       "kernel": jnp.zeros((48, 8)), "bias": jnp.zeros(8)}, "blocks_0": {
       "attn": {"qkv": {"kernel": jnp.zeros((8, 24)), "bias": jnp.zeros(24)}},
@@ -186,12 +184,12 @@ def test_warmup_from_a_fraction_of_the_peak_then_cosine_to_the_floor():
     assert float(lr(step)) == pytest.approx(want)
   with pytest.raises(ValueError, match="warmup_start_ratio"):
     optim.lr_schedule(peak, total, warmup, warmup_start_ratio=1.5)
-  for arg in ("base", "large"):
-    opt = config_file("latent_mim_vit_base.py", arg).optimizer
+  for arg in ("vit_base", "vit_large"):
+    opt = config_file("latent_mim.py", arg).optimizer
     assert (opt.warmup_start_ratio, opt.min_lr_ratio) == (0.25, 0.25)
-  assert config_file("latent_mim_cifar.py").optimizer.warmup_start_ratio == 0.25
-  assert config_file("mae_vit_base.py").optimizer.warmup_start_ratio == 0.0
+  assert config_file("latent_mim.py", "cifar").optimizer.warmup_start_ratio == 0.25
+  assert config_file("mae.py", "vit_base").optimizer.warmup_start_ratio == 0.0
   # the trainer's schedule reads the field
-  config = config_file("latent_mim_cifar.py")
+  config = config_file("latent_mim.py", "cifar")
   from_config = optim.lr_schedule_from_config(config, peak, total, warmup, steps_per_epoch=1)
   assert float(from_config(0)) == pytest.approx(0.5)

@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import (assert_sharded_equals_one_device, assert_trees_close, config_file,
-                      random_images, tiny_mae_config)
+                      random_images)
 from mim_jax import methods
 from mim_jax.methods import pcae
 
 
 def tiny_pcae_config(**method):
   """16 px images, 16 patches: 4 visible, 12 hidden → 6 → 3 after blocks 0 and 1."""
-  config = tiny_mae_config()
-  config.method = pcae.method_config(drop_layers=(0, 1))
-  config.method.update(method)
-  return config
+  return config_file("pcae.py", "tiny", {f"method.{k}": v for k, v in method.items()})
 
 
 def test_token_dropping_keeps_exactly_the_least_similar_tokens():
@@ -36,7 +33,7 @@ def test_token_dropping_keeps_exactly_the_least_similar_tokens():
 
 
 def test_teacher_compresses_147_to_73_36_18_at_vit_base():
-  config = config_file("pcae_vit_base.py")
+  config = config_file("pcae.py", "vit_base")
   method = methods.create(config)
   assert method.drop_layers == (0, 4, 8)
   images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
@@ -47,7 +44,7 @@ def test_teacher_compresses_147_to_73_36_18_at_vit_base():
   assert features.shape == (2, 18, 768)
   # the prediction head is as wide as the encoder at every size (not p²·3)
   assert params["decoder"]["decoder_pred"]["kernel"].shape == (512, 768)
-  large = config_file("pcae_vit_base.py", "large")
+  large = config_file("pcae.py", "vit_large")
   large_method = methods.create(large)
   assert large_method.drop_layers == (0, 8, 16)
   large_params = jax.eval_shape(large_method.init, jax.random.PRNGKey(0), {"image": images})

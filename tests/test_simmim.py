@@ -6,18 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (assert_sharded_equals_one_device, config_file, random_images,
-                      scalar_series, tiny_mae_config)
+from conftest import assert_sharded_equals_one_device, config_file, random_images, scalar_series
 from mim_jax import masking, methods, optim, pretrain, train
 from mim_jax.methods import common, simmim
 
 
 def tiny_simmim_config(**overrides):
   """16 px images, patch 4, 8 px mask cells: 4 cells, ceil(4·0.6) = 3 hidden."""
-  config = tiny_mae_config(**overrides)
-  config.method = simmim.method_config(mask_patch_size=8)
-  config.model.update(layer_scale_init=0.1, pos_embedding="shared_rel_bias")
-  return config
+  return config_file("simmim.py", "tiny", overrides)
 
 
 def numpy_simmim_loss(images, recon, mask, p):
@@ -76,12 +72,8 @@ def test_encoder_sees_mask_tokens_and_the_head_is_linear_per_token():
   assert float(metrics["simmim_loss"]) == float(loss)
 
 
-def load_config(name):
-  return config_file(name)
-
-
 def test_published_vit_base_recipe_and_tiny_config():
-  config = load_config("simmim_vit_base.py")
+  config = config_file("simmim.py", "vit_base")
   assert config.method.mask_patch_size == 32 and config.method.mask_ratio == 0.6
   assert optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
                          config.batch_size) == pytest.approx(4e-4)  # 1e-4 per 512
@@ -103,7 +95,7 @@ def test_published_vit_base_recipe_and_tiny_config():
   assert decay["encoder"]["mask_token"] and decay["encoder"]["rel_pos_bias"][
       "relative_position_bias_table"]  # as optimizer.py `get_pretrain_param_groups`
   assert not decay["encoder"]["cls_token"] and not decay["encoder"]["blocks_0"]["gamma_1"]
-  tiny = load_config("simmim_tiny.py")
+  tiny = tiny_simmim_config()
   train.validate_config(tiny, 8, 1)
   assert methods.create(tiny).encoder.pos_embedding == "shared_rel_bias"
 

@@ -1,13 +1,18 @@
-"""Attentive probe (CAE tools/run_attentive.py recipe: one learned query cross-attending
-to all tokens -> BN without affine -> Linear, SGD Nesterov 0.9, lr 0.4, 90 epochs, 10
-warmup) on a pretraining run's frozen tokens, computed once from the un-augmented train
-split, on the pretraining run's own dataset unless config.data fields say otherwise.
+"""Attentive probe on a pretraining run's frozen tokens, computed once from the
+un-augmented train split, on the pretraining run's own dataset unless config.data fields
+say otherwise.
 
 python -m mim_jax.main --config=configs/eval/attentive_probe.py \
   --config.pretrained=PRETRAIN_DIR --workdir=EVAL_DIR
 """
+from mim_jax import config_files
 from mim_jax.evaluation import run
 
 
 def get_config():
-  return run.base_config("attentive_probe")
+  """Attentive probe, CAE tools/run_attentive.py: one learned query over all tokens → BN
+  without affine → Linear, SGD Nesterov 0.9, lr 0.4, 90 epochs (10 warmup)."""
+  config = run.base_config("attentive_probe")
+  config.attentive_probe = dict(epochs=90, batch_size=256, lr=0.4, warmup_epochs=10.0,
+                                min_lr=1e-6, num_heads=config_files.placeholder(int))
+  return config

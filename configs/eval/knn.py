@@ -9,4 +9,7 @@ from mim_jax.evaluation import run
 
 
 def get_config():
-  return run.base_config("knn")
+  """k-NN: cosine similarity, k = 20, T = 0.07 (solo-learn / mmselfsup), and 1-NN."""
+  config = run.base_config("knn")
+  config.knn = dict(k=20, temperature=0.07, chunk_size=1024)
+  return config

@@ -1,12 +1,13 @@
 """Representation collapse of Latent MIM target modes (the seed table's "Sim" column).
 
 python -m mim_jax.benchmarks.latent_mim_collapse [--steps=300] \
-    [--modes=joint,momentum] [--config=configs/latent_mim_cifar.py] [--config.x=y ...]
+    [--modes=joint,momentum] [--config=configs/latent_mim.py:cifar_collapse] \
+    [--config.x=y ...]
 
 Pretrains each `method.target_mode` in `--modes` for the same `--steps` on the config's
-data (default: the CIFAR-10 subset), in the first rung of the paper's ablation ladder
-(MSE loss, mask 0.75, no gap, self-attention decoder, no projector, no regulariser;
-`--norung` keeps the config's method fields), then prints, on 256 held-out test images
+data (default: the CIFAR-10 subset in the first rung of the paper's ablation ladder: MSE
+loss, mask 0.75, no gap, self-attention decoder, no projector, no regulariser), then
+prints, on 256 held-out test images
 with fixed masks, the mean pairwise cosine similarity of the target patch features
 (sim_target: 1.0 = collapsed), of the predictions, and the latent loss.
 """
@@ -20,14 +21,10 @@ from ml_collections import config_flags
 from mim_jax import data, methods, pretrain
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/latent_mim_cifar.py",
+config_flags.DEFINE_config_file("config", "configs/latent_mim.py:cifar_collapse",
                                 "Latent MIM config file.")
 flags.DEFINE_integer("steps", 300, "Training steps per mode.")
 flags.DEFINE_list("modes", ["joint", "momentum"], "config.method.target_mode values.")
-flags.DEFINE_bool("rung", True, "Use the first ablation rung's method fields.")
-
-RUNG = dict(loss="mse", mask_ratio=0.75, patch_gap=0, decoder="self_attn",
-            projector_depth=0, sim_reg_coeff=0.0)
 
 
 def held_out_batch(config, num_images=256):
@@ -43,12 +40,8 @@ def main(argv):
   results = {}
   for mode in FLAGS.modes:
     config = FLAGS.config.copy_and_resolve_references()
-    if FLAGS.rung:  # same grid of patches, without the gap: the size it is evaluated at
-      config.data.image_size = methods.create(config).eval_encoder().image_size
-      config.method.update(RUNG)
     config.method.target_mode = mode
-    config.update(num_train_steps=FLAGS.steps, warmup_steps=min(config.warmup_steps,
-                                                                FLAGS.steps // 10),
+    config.update(num_train_steps=FLAGS.steps, warmup_steps=FLAGS.steps // 10,
                   checkpoint_every_steps=FLAGS.steps, image_summary_every_steps=0)
     with tempfile.TemporaryDirectory() as workdir:
       state = pretrain.run(config, workdir)
@@ -58,8 +51,8 @@ def main(argv):
     _, metrics = jax.jit(method.loss)(state.params, state.target_params, batch, masks, None,
                                       state.step)
     results[mode] = {k: float(v) for k, v in metrics.items()}
-  rung = ", ".join(f"{k}={v}" for k, v in RUNG.items()) if FLAGS.rung else "config as given"
-  print(f"{FLAGS.steps} steps of batch {FLAGS.config.batch_size}, {rung}")
+  fields = ", ".join(f"{k}={v}" for k, v in FLAGS.config.method.items() if k != "target_mode")
+  print(f"{FLAGS.steps} steps of batch {FLAGS.config.batch_size}; method: {fields}")
   for mode, r in results.items():
     print(f"target_mode={mode}: sim_target={r['sim_target']:.3f} "
           f"sim_pred={r['sim_pred']:.3f} latent_loss={r['latent_loss']:.4f}")

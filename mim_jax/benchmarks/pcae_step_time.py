@@ -1,6 +1,6 @@
 """PCAE train-step time with token dropping, without it, and MAE's, on the same model.
 
-python -m mim_jax.benchmarks.pcae_step_time --config=configs/pcae_vit_base.py \
+python -m mim_jax.benchmarks.pcae_step_time --config=configs/pcae.py:vit_base \
     --config.batch_size=8 [--steps=5]
 
 Takes the flags of mim_jax.benchmarks.train_step. Times `--config` as given (the teacher
@@ -12,8 +12,7 @@ no-drop step.
 import jax
 from absl import app
 
-from mim_jax import defaults
-from mim_jax.benchmarks.train_step import FLAGS, measure_train_step
+from mim_jax.benchmarks.train_step import FLAGS, measure_train_step, vit_base_config
 
 
 def main(argv):
@@ -22,7 +21,7 @@ def main(argv):
   no_drop = config.copy_and_resolve_references()
   no_drop.method.drop_layers = ()
   mae = config.copy_and_resolve_references()
-  mae.method = defaults.base_config().method
+  mae.method = vit_base_config("mae").method  # MAE's method fields, pixel targets
   mae.method.mask_ratio = config.method.mask_ratio
   print(f"model: width={config.model.width} depth={config.model.depth} "
         f"patch={config.model.patch_size} image={config.data.image_size} "

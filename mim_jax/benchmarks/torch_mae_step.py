@@ -10,7 +10,7 @@ is a dependency of mim_jax). The official step (main_pretrain.py + engine_pretra
 `train_one_epoch` at fp32, no AMP on CPU): `mae_vit_base_patch16(norm_pix_loss=True)`,
 `loss, _, _ = model(samples, mask_ratio=0.75)`, backward, AdamW(betas (0.9, 0.95),
 weight decay 0.05 except biases and 1-D parameters, timm `add_weight_decay`), zero_grad.
-Ours: configs/mae_vit_base.py at the same batch through mim_jax.train's step (fp32).
+Ours: configs/mae.py:vit_base at the same batch through mim_jax.train's step (fp32).
 
 Both are built and warmed up once in this process; then each of `--rounds` rounds runs
 `--steps` steps of ours and `--steps` of the official step, alternating which goes first,
@@ -29,8 +29,8 @@ from typing import Callable, List
 import numpy as np
 from absl import app, flags
 
-from mim_jax.benchmarks.train_step import (CONFIG_DIR, FLAGS, CompiledStep, apply_overrides,
-                                           describe, load_config)
+from mim_jax.benchmarks.train_step import (FLAGS, CompiledStep, apply_overrides, describe,
+                                           vit_base_config)
 
 flags.DEFINE_string("mae_repo", None, "Path of a facebookresearch/mae checkout.")
 flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")
@@ -131,7 +131,7 @@ def main(argv):
         f"{getattr(timm, '__version__', '?')}", flush=True)
   ours = None
   if FLAGS.jax:
-    config = load_config(os.path.join(CONFIG_DIR, "mae_vit_base.py"))
+    config = vit_base_config("mae")
     apply_overrides(config, batch)
     ours = CompiledStep(config, count_model_flops=False)
     print(f"ours: {describe(config)} compile_s={ours.compile_s:.1f}", flush=True)

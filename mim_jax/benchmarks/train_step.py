@@ -3,9 +3,9 @@
 python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] [--batch_size=8] \
     [--steps=10] [--peak_tflops=...] [--dtype=float32|bfloat16] [--remat=none|full|...] \
     [--scan_layers] [--attention_impl=xla|cudnn]
-python -m mim_jax.benchmarks.train_step --config=configs/mae_vit_base.py [--config.x=...]
+python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--config.x=...]
 
-For each method's ViT-B/16 config (configs/<method>_vit_base.py, at its own image size:
+For each method's ViT-B/16 config (configs/<method>.py:vit_base, at its own image size:
 224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
 time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
 FLOPs per image and, with --peak_tflops (of all local devices together), the MFU.
@@ -18,7 +18,6 @@ MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount met
 stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pipeline
 (see input_pipeline.py).
 """
-import importlib.util
 import os
 import time
 from typing import Any, Dict, List
@@ -28,14 +27,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mim_jax import methods, optim, sharding, train
+from mim_jax import config_files, methods, optim, sharding, train
 from mim_jax.models import vit
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
                                 "--methods).")
 flags.DEFINE_list("methods", ["mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae"],
-                  "Methods whose configs/<method>_vit_base.py to time.")
+                  "Methods whose configs/<method>.py:vit_base to time.")
 flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods configs.")
 flags.DEFINE_integer("steps", 10, "Timed steps.")
 flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all local devices together, for "
@@ -48,12 +47,9 @@ flags.DEFINE_string("attention_impl", None, "Overrides config.model.attention_im
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
 
-def load_config(path: str):
-  """get_config() of a config file, with its default argument."""
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def vit_base_config(method: str):
+  """configs/<method>.py:vit_base, wherever the benchmark runs from."""
+  return config_files.load(os.path.join(CONFIG_DIR, f"{method}.py") + ":vit_base")
 
 
 def _flops(compiled) -> float:
@@ -184,7 +180,7 @@ def main(argv):
   else:
     configs = []
     for name in FLAGS.methods:
-      config = load_config(os.path.join(CONFIG_DIR, f"{name}_vit_base.py"))
+      config = vit_base_config(name)
       config.data.source = "synthetic"  # the step runs on random images; no ImageNet needed
       apply_overrides(config, FLAGS.batch_size)
       configs.append(config)

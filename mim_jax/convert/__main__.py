@@ -1,9 +1,9 @@
 """Command line: convert checkpoints between official PyTorch code, timm and mim_jax.
 
   python -m mim_jax.convert from-official --format {mae,cae,simmim} --checkpoint X.pth \
-      --output DIR [--config configs/<format>_vit_base.py] [--image_size N] [--num_heads H]
+      --output DIR [--config configs/<format>.py:vit_base] [--image_size N] [--num_heads H]
   python -m mim_jax.convert from-timm --checkpoint model.safetensors --output DIR \
-      [--config configs/mae_vit_base.py] [--image_size N] [--num_heads H]
+      [--config configs/mae.py:vit_base] [--image_size N] [--num_heads H]
   python -m mim_jax.convert to-timm --workdir DIR --output model.safetensors|model.pth \
       [--image_size N] [--step S] [--use_target]
   python -m mim_jax.convert resample-timm --checkpoint in.pth --image_size N --output out.pth
@@ -63,7 +63,7 @@ def _official(args):
     if "decoder.0.weight" in sd:
       params["decoder"] = simmim.simmim_head_from_torch(sd, dims["patch_size"])
   image_size = args.image_size or dims["image_size"]
-  recipe = config_files.load(args.config or f"configs/{args.format}_vit_base.py")
+  recipe = config_files.load(args.config or f"configs/{args.format}.py:vit_base")
   config = workdir.converted_config(recipe, dims, image_size, decoder)
   encoder = params.pop("encoder")
   workdir.write_workdir(args.output, config, encoder, params)
@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
                  help="image size of the workdir's model (default: the checkpoint's)")
   s.add_argument("--config", default=None,
                  help="recipe of the workdir's config, path[:variant] (default: "
-                      "configs/<format>_vit_base.py); the model follows the checkpoint")
+                      "configs/<format>.py:vit_base); the model follows the checkpoint")
   add_heads(s)
   s.add_argument("--decoder_num_heads", type=int, default=None,
                  help="MAE decoder heads (default 16 for the 512-wide decoder)")
@@ -136,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
   s = sub.add_parser("from-timm", help="timm VisionTransformer state dict -> workdir")
   s.add_argument("--checkpoint", required=True)
   s.add_argument("--output", required=True, help="new workdir")
-  s.add_argument("--config", default="configs/mae_vit_base.py",
+  s.add_argument("--config", default="configs/mae.py:vit_base",
                  help="recipe (and method) of the workdir's config, path[:variant]; the model "
                       "follows the checkpoint, the method's other parts are initialised")
   s.add_argument("--image_size", type=int, default=None)

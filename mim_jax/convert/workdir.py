@@ -24,7 +24,7 @@ from mim_jax import checkpoint, methods, optim, train
 def converted_config(config: ml_collections.ConfigDict, dims: Mapping[str, Any],
                      image_size: int, model_fields: Optional[Mapping[str, Any]] = None
                      ) -> ml_collections.ConfigDict:
-  """`config` (a recipe, e.g. configs/cae_vit_base.py) with `config.model` and
+  """`config` (a recipe, e.g. configs/cae.py:vit_base) with `config.model` and
   `data.image_size` describing the converted encoder; `model_fields` (e.g. the decoder's
   size) override further model fields."""
   config = ml_collections.ConfigDict(config.to_dict())

@@ -27,7 +27,8 @@ Config fields (`base_config` holds the defaults):
     label in either split.
   eval_batch_size: global batch of the feature extraction (a multiple of the devices).
   seed: probe initialisation and shuffling.
-  knn / linear_probe / attentive_probe: the protocol's hyper-parameters.
+  knn / linear_probe / attentive_probe: the protocol's hyper-parameters (set by its
+    config file, configs/eval/<protocol>.py).
 
 TensorBoard: the final test metrics at step = the pretraining checkpoint's step; probe
 training curves ('probe/train_loss', 'probe/lr') at step = epoch.
@@ -61,7 +62,9 @@ def data_overrides() -> ml_collections.ConfigDict:
 
 
 def base_config(protocol: str) -> ml_collections.ConfigDict:
-  """Defaults of an evaluation config for `protocol` (see the module docstring)."""
+  """The generic fields of an evaluation config for `protocol` (see the module
+  docstring); configs/eval/<protocol>.py adds the protocol's hyper-parameters
+  (`config.knn`, `config.linear_probe`, `config.attentive_probe`)."""
   if protocol not in PROTOCOLS:
     raise ValueError(f"Unknown protocol {protocol!r}; choose one of {PROTOCOLS}.")
   config = ml_collections.ConfigDict()
@@ -75,15 +78,6 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
   config.num_classes = _placeholder(int)
   config.eval_batch_size = 256
   config.seed = 0
-  if protocol == "knn":
-    config.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07, chunk_size=1024))
-  elif protocol == "linear_probe":
-    config.linear_probe = ml_collections.ConfigDict(dict(
-        epochs=90, batch_size=256, base_lr=0.1, warmup_epochs=10.0, weight_decay=0.0))
-  else:
-    config.attentive_probe = ml_collections.ConfigDict(dict(
-        epochs=90, batch_size=256, lr=0.4, warmup_epochs=10.0, min_lr=1e-6,
-        num_heads=_placeholder(int)))
   return config
 
 

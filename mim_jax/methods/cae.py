@@ -20,37 +20,15 @@ from typing import Callable, Dict
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from mim_jax import defaults, masking
+from mim_jax import masking
 from mim_jax.methods import common
 from mim_jax.methods.base import Method
 from mim_jax.models import cae as cae_models
 from mim_jax.models import vit
 
 TARGETS = ("pixels", "tokenizer")
-
-
-def method_config(**overrides) -> ml_collections.ConfigDict:
-  """`config.method` with the published values (98 of 196 patches in blocks of >= 16,
-  λ = 2, run_pretraining.py) and pixel targets."""
-  fields = dict(name="cae", mask_ratio=0.5, min_block_patches=16, min_aspect=0.3,
-                align_weight=2.0, target="pixels", norm_pix_loss=True,
-                tokenizer=ml_collections.config_dict.placeholder(str), vocab_size=8192)
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
-
-
-def model_config(size: str, patch_size: int = 16) -> ml_collections.ConfigDict:
-  """`config.model` of a standard ViT size with the published CAE heads: LayerScale 0.1,
-  drop path 0.1, regressor and decoder of 4 blocks at the encoder width."""
-  config = defaults.vit_model_config(size, patch_size)
-  config.update(layer_scale_init=0.1, drop_path_rate=0.1, decoder_width=config.width,
-                decoder_depth=4, decoder_num_heads=config.num_heads)
-  config.regressor_depth = 4
-  config.decoder_layer_scale_init = 0.1
-  return config
 
 
 class PixelTarget:

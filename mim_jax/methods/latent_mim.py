@@ -15,7 +15,6 @@ from typing import Dict
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from mim_jax import masking, optim
@@ -29,17 +28,6 @@ LOSSES = ("patchdisc", "mse", "l1", "huber")
 # decoder name -> (cross_attention, visual_cues)
 DECODERS = {"cross_attn_cues": (True, True), "cross_attn": (True, False),
             "self_attn": (False, False)}
-
-
-def method_config(**overrides) -> ml_collections.ConfigDict:
-  """`config.method` of the published ViT-B recipe (fields: see `LatentMIM`)."""
-  config = ml_collections.ConfigDict(dict(
-      name="latent_mim", patch_gap=4, mask_ratio=0.9, target_mode="momentum",
-      target_momentum=0.99, loss="patchdisc", tau=0.2, huber_delta=1.0,
-      decoder="cross_attn_cues", projector_depth=3, projector_hidden=4096,
-      sim_reg_coeff=0.1, sim_reg_start=0.75, sim_reg_end=0.25))
-  config.update(overrides)
-  return config
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:

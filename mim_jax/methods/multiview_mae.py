@@ -22,15 +22,15 @@ Two RandomResizedCrop + flip views of each image (§3.1.1), each masked independ
   temperature τ = 0.1 (SimCLR), both directions, 2B − 2 negatives per anchor from the
   whole global batch. Pooling: mean of the visible patch tokens ('mean') or cls ('cls').
 
-Config (`method_config()`): mask_ratio, norm_pix_loss, contrastive, contrastive_weight (λ),
-temperature, pool, proj_hidden_dim, proj_dim, two_targets, cross_head; decoder depth in
-`model.decoder_depth` (8, MAE's, tied best with 4 in §4.3).
+Config (`config.method`; configs/multiview_mae.py): mask_ratio, norm_pix_loss,
+contrastive, contrastive_weight (λ), temperature, pool, proj_hidden_dim, proj_dim,
+two_targets, cross_head; decoder depth in `model.decoder_depth` (8, MAE's, tied best with
+4 in §4.3).
 """
 from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mim_jax import masking
 from mim_jax.methods import mae
@@ -40,16 +40,6 @@ from mim_jax.models.projector import SimCLRProjector
 POOLS = ("mean", "cls")
 CROSS_HEADS = ("separate", "shared")
 _OVERLAP_TOL = 1e-3  # pixels
-
-
-def method_config(**overrides) -> ml_collections.ConfigDict:
-  """config.method for Multi-View MAE with the paper's best ablation settings."""
-  config = ml_collections.ConfigDict(dict(
-      name="multiview_mae", mask_ratio=0.8, norm_pix_loss=True, contrastive=True,
-      contrastive_weight=2.0, temperature=0.1, pool="mean", proj_hidden_dim=2048,
-      proj_dim=128, two_targets=True, cross_head="separate"))
-  config.update(overrides)
-  return config
 
 
 def _merge_views(x: jax.Array) -> jax.Array:

@@ -18,21 +18,11 @@ from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mim_jax import masking, optim
 from mim_jax.methods import common
 from mim_jax.methods.base import Method
 from mim_jax.models.query_decoder import QueryDecoder
-
-
-def method_config(**overrides) -> ml_collections.ConfigDict:
-  """`config.method` of the PCAE ViT-B recipe (fields: see `PCAE`)."""
-  config = ml_collections.ConfigDict(dict(
-      name="pcae", mask_ratio=0.75, drop_layers=(0, 4, 8), keep_ratio=0.5,
-      random_drop=False, target_momentum=0.9999))
-  config.update(overrides)
-  return config
 
 
 def similarity_to_mean(x: jax.Array) -> jax.Array:

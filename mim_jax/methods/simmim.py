@@ -13,19 +13,11 @@ from typing import Dict
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mim_jax import masking
 from mim_jax.methods import common
 from mim_jax.methods.base import Method
 from mim_jax.models import vit
-
-
-def method_config(**overrides) -> ml_collections.ConfigDict:
-  """`config.method` with the published values (32 px cells, 60% hidden)."""
-  fields = dict(name="simmim", mask_patch_size=32, mask_ratio=0.6)
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
 
 
 def simmim_loss(images: jax.Array, recon: jax.Array, mask: jax.Array,
