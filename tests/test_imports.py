@@ -83,11 +83,8 @@ def test_outside_methods_no_code_guesses_a_method_or_its_parameter_tree():
   guesses = ['"encoder" in', "'encoder' in", "hasattr(method", "method.name ==",
              "method.name !=", "method.patch_gap", '.get("patch_gap"']
   by_name = re.compile(r"\bname\s*[!=]=\s*[\"'](%s)[\"']" % "|".join(methods.METHODS))
-  # probe_methods.py builds its per-method recipes in Python; issue 14 replaces it by
-  # config variants and a comparison tool.
-  skipped = {PACKAGE / "benchmarks" / "probe_methods.py"}
   for path in PACKAGE.rglob("*.py"):
-    if path.is_relative_to(PACKAGE / "methods") or path in skipped:
+    if path.is_relative_to(PACKAGE / "methods"):
       continue
     text = path.read_text()
     for guess in guesses:

@@ -2,13 +2,15 @@
 
 python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] [--batch_size=8] \
     [--steps=10] [--peak_tflops=...] [--dtype=float32|bfloat16] [--remat=none|full|...] \
-    [--scan_layers] [--attention_impl=xla|cudnn]
+    [--scan_layers] [--attention_impl=xla|cudnn] [--results=docs/RESULTS.md]
 python -m mim_jax.benchmarks.train_step --config=configs/mae_vit_base.py [--config.x=...]
 
 For each method's ViT-B/16 config (configs/<method>_vit_base.py, at its own image size:
 224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
 time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
-FLOPs per image and, with --peak_tflops (of all local devices together), the MFU.
+FLOPs per image and, with --peak_tflops (of all local devices together), the MFU. With
+--results, the same figures replace the 'train_step' section (--results_section) of that
+document, with the command, machine and date (mim_jax/benchmarks/results.py).
 
 FLOPs: `step` is XLA's cost-analysis count of the compiled train step (recomputation
 under remat included); `model` is the same count for the step compiled without remat
@@ -29,6 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mim_jax import methods, optim, sharding, train
+from mim_jax.benchmarks import results
 from mim_jax.models import vit
 
 FLAGS = flags.FLAGS
@@ -176,8 +179,27 @@ def print_summary(config, result: Dict[str, Any]) -> None:
   print(line + f" final_loss={result['final_loss']:.4f}", flush=True)
 
 
+def results_table(measured) -> str:
+  """Markdown table of (config, summary) pairs."""
+  lines = ["| config | image | batch | dtype / remat / scan / attention | devices | compile s | "
+           "s/step | images/s | model GFLOP/image | step GFLOP/image | MFU |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for config, r in measured:
+    m = config.model
+    mfu = f"{r['mfu']:.1%}" if "mfu" in r else "—"
+    lines.append(
+        f"| {config.method.name} {m.width}w×{m.depth}, patch {m.patch_size} | "
+        f"{config.data.image_size} | {config.batch_size} | {m.dtype} / {m.get('remat')} / "
+        f"{m.get('scan_layers')} / {m.get('attention_impl')} | {jax.device_count()} × "
+        f"{jax.devices()[0].platform} | {r['compile_s']:.1f} | {r['step_s']:.4g} | "
+        f"{r['images_per_s']:.3g} | {r['model_gflops_per_image']:.3g} | "
+        f"{r['step_gflops_per_image']:.3g} | {mfu} |")
+  return "\n".join(lines) + f"\n\nMedian of {FLAGS.steps} timed steps after one warm-up step.\n"
+
+
 def main(argv):
   del argv
+  results.requested_section("train_step")  # a bad --results_section fails first
   if FLAGS.config is not None:
     configs = [FLAGS.config]
     apply_overrides(FLAGS.config)
@@ -188,10 +210,14 @@ def main(argv):
       config.data.source = "synthetic"  # the step runs on random images; no ImageNet needed
       apply_overrides(config, FLAGS.batch_size)
       configs.append(config)
+  measured = []
   for config in configs:
     step = CompiledStep(config)
     step.run(FLAGS.steps)
-    print_summary(config, step.summary(FLAGS.peak_tflops))
+    measured.append((config, step.summary(FLAGS.peak_tflops)))
+    print_summary(*measured[-1])
+  results.write_from_flags("mim_jax.benchmarks.train_step", "train_step",
+                           "Train-step throughput", results_table(measured))
 
 
 if __name__ == "__main__":

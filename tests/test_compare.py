@@ -1,0 +1,235 @@
+"""The comparison tool end to end on a tiny npz set with two tiny variants; its budget
+arithmetic and schedule scaling by hand."""
+import json
+import math
+import os
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+from absl import app, flags
+from absl.testing import flagsaver
+
+from conftest import REPO, config_file, scalar_series
+from mim_jax import compare, pretrain, train
+from mim_jax.benchmarks import train_step
+from mim_jax.evaluation import run
+
+# Two tiny variants; with the per-method `:tiny` config variants this becomes
+# VARIANTS = ["configs/mae.py:tiny", "configs/pcae.py:tiny"].
+TINY_VARIANTS_FILE = f'''
+from mim_jax import config_files
+
+BASES = {{"mae": "configs/quickstart.py", "pcae": "configs/pcae_cifar.py"}}
+
+
+def get_config(arg):
+  config = config_files.load("{REPO}/" + BASES[arg])
+  config.data.image_size = 16
+  config.model.update(width=16, depth=2, num_heads=2, decoder_width=16, decoder_depth=1,
+                      decoder_num_heads=2)
+  if arg == "pcae":
+    config.method.drop_layers = (0,)
+  config.batch_size = 16
+  config.log_every_steps = 1
+  config.image_summary_every_steps = 0
+  return config
+'''
+# k-NN on pooled features and the attentive probe on tokens (the linear probe takes the
+# same path as k-NN here); CPU-sized probe settings.
+PROTOCOLS = ["knn", "attentive_probe"]
+PROTOCOL_OVERRIDES = ["eval_batch_size=32", "attentive_probe.epochs=1",
+                      "attentive_probe.batch_size=16", "attentive_probe.warmup_epochs=0.0",
+                      "knn:knn.k=5"]
+
+
+def write_npz(path, num_train=64, num_test=32, size=16, classes=4):
+  """uint8 images whose mean colour depends on the label, and the labels."""
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, n in (("train", num_train), ("test", num_test)):
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 96, (n, size, size, 3)) + 40 * labels[:, None, None, None]
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = images.astype(np.uint8), labels
+  np.savez(path, **arrays)
+
+
+def run_main(argv):
+  argv = ["compare"] + argv
+  with flagsaver.flagsaver(), mock.patch.object(sys, "argv", argv):
+    flags.FLAGS(argv)
+    compare.main(argv[:1])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("compare")
+  write_npz(root / "tiny.npz")
+  (root / "tiny_variants.py").write_text(TINY_VARIANTS_FILE)
+  variants = [f"{root / 'tiny_variants.py'}:mae", f"{root / 'tiny_variants.py'}:pcae"]
+  results_doc = root / "docs" / "RESULTS.md"
+  results_doc.parent.mkdir()
+  results_doc.write_text("# Measured results\n\n<!-- results:other -->\nkept\n"
+                         "<!-- /results:other -->\n")
+  argv = [f"--configs={','.join(variants)}", f"--workdir={root / 'work'}",
+          "--budget=steps:4", "--num_checkpoints=2", "--data=source=npz",
+          f"--data=path={root / 'tiny.npz'}", f"--results={results_doc}",
+          f"--protocols={','.join(PROTOCOLS)}"]
+  argv += [f"--eval_override={o}" for o in PROTOCOL_OVERRIDES]
+  run_main(argv)
+  return root, argv, variants
+
+
+def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(setup):
+  root, _, _ = setup
+  report = json.loads((root / "work" / "comparison.json").read_text())
+  assert [v["method"] for v in report["variants"]] == ["mae", "pcae"]
+  labels = PROTOCOLS
+  assert [p["label"] for p in report["protocols"]] == labels
+  for variant in report["variants"]:
+    plan = variant["plan"]
+    # 64 train images // batch 16 = 4 steps per epoch, from the data
+    assert (plan["steps"], plan["num_examples"], plan["steps_per_epoch"]) == (4, 64, 4)
+    assert plan["checkpoint_steps"] == [0, 2, 4] and plan["flops_per_step"] > 0
+    steps = [row["step"] for row in variant["checkpoints"]]
+    assert steps == [0, 2, 4]
+    assert [row["epochs"] for row in variant["checkpoints"]] == [0.0, 0.5, 1.0]
+    assert [row["flops"] for row in variant["checkpoints"]] == [
+        s * plan["flops_per_step"] for s in steps]
+    for row in variant["checkpoints"]:
+      for protocol in report["protocols"]:
+        metrics = json.loads(
+            open(os.path.join(row["eval_dirs"][protocol["label"]], "metrics.json")).read())
+        assert metrics["pretrained_step"] == row["step"]
+        assert metrics["pretrained"] == os.path.join(variant["workdir"], "pretrain")
+        assert metrics[protocol["top1_key"]] == row["top1"][protocol["label"]]
+        assert (metrics["num_train"], metrics["num_test"], metrics["num_classes"]) == (64, 32, 4)
+    # wall time: Σ step_time × steps of its log interval (logged every step; step 1, which
+    # compiles, has none and takes step 2's)
+    times = dict(scalar_series(os.path.join(variant["workdir"], "pretrain"), "step_time",
+                               with_steps=True))
+    assert sorted(times) == [2, 3, 4]
+    walls = [row["wall_seconds"] for row in variant["checkpoints"]]
+    assert walls == pytest.approx([0.0, 2 * times[2], 2 * times[2] + times[3] + times[4]])
+  (group,) = report["raw_pixels"]
+  assert group["variants"] == ["tiny_variants_mae", "tiny_variants_pcae"]
+  for protocol, shape in zip(report["protocols"], ([768], [16, 48])):
+    metrics = json.loads(open(os.path.join(group["eval_dirs"][protocol["label"]],
+                                           "metrics.json")).read())
+    assert metrics["feature_shape"] == shape and metrics["num_classes"] == 4
+    assert metrics[protocol["top1_key"]] == group["top1"][protocol["label"]]
+  knn = json.loads(open(os.path.join(group["eval_dirs"]["knn"], "config.json")).read())
+  assert knn["eval"]["knn"]["k"] == 5  # the knn-only override
+  table = (root / "work" / "comparison.md").read_text()
+  final = report["variants"][1]["checkpoints"][-1]
+  assert (f"| tiny_variants_pcae | pcae | 4 | 1.00 | {final['flops']:.3g} | "
+          f"{final['wall_seconds']:.3g} | " + " | ".join(
+              f"{final['top1'][k]:.1f}" for k in labels) + " |") in table
+  assert "| raw pixels (16 px) |" in table
+
+
+def test_the_plots_exist_and_the_results_section_is_replaced(setup):
+  root, _, _ = setup
+  for name in ("top1_vs_flops.png", "top1_vs_wall_time.png"):
+    for path in (root / "work" / name, root / "docs" / "figures" / f"compare_{name}"):
+      assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+  text = (root / "docs" / "RESULTS.md").read_text()
+  assert text.startswith("# Measured results\n\n<!-- results:other -->\nkept\n"
+                         "<!-- /results:other -->\n")
+  assert text.count("<!-- results:compare -->") == 1 and "--budget=steps:4" in text
+  assert "](figures/compare_top1_vs_flops.png)" in text
+
+
+def test_a_rerun_pretrains_and_evaluates_nothing(setup, monkeypatch):
+  root, argv, _ = setup
+  metrics = sorted((root / "work").rglob("metrics.json"))
+  assert len(metrics) == 2 * 3 * 2 + 2  # variants × checkpoints × protocols + raw pixels
+  before = {p: p.stat().st_mtime_ns for p in metrics}
+  report = json.loads((root / "work" / "comparison.json").read_text())
+
+  def fail(*args, **kwargs):
+    raise AssertionError("a rerun must not pretrain, compile a step or evaluate")
+
+  for module, name in ((pretrain, "run"), (run, "evaluate"), (run, "run_protocol"),
+                       (train_step, "CompiledStep")):
+    monkeypatch.setattr(module, name, fail)
+  run_main(argv)
+  assert {p: p.stat().st_mtime_ns for p in metrics} == before
+  again = json.loads((root / "work" / "comparison.json").read_text())
+  assert again["variants"] == report["variants"] and again["raw_pixels"] == report["raw_pixels"]
+  assert (root / "docs" / "RESULTS.md").read_text().count("<!-- results:compare -->") == 1
+  with pytest.raises(app.UsageError, match="planned for"):
+    run_main([a if not a.startswith("--budget") else "--budget=steps:6" for a in argv])
+
+
+def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch):
+  root, _, variants = setup
+  (variant,) = compare.load_variants(variants[:1], ["source=npz", f"path={root / 'tiny.npz'}"],
+                                     str(root / "plans"))
+  done = json.loads((root / "work" / "tiny_variants_mae" / "plan.json").read_text())
+  cpu = compare.make_plan(variant, "cpu_seconds:1000", 2, 2)
+  assert cpu["flops_per_step"] == done["flops_per_step"]  # the same compiled step
+  assert cpu["steps"] == math.floor(1000 / cpu["cpu_seconds_per_step"]) > 0
+  assert "time.process_time" in cpu["how"]
+
+  class Step:  # XLA counts per device: 1e6 FLOPs on each of the 8
+    step_flops = 1e6
+
+    def __init__(self, config, count_model_flops):
+      del config, count_model_flops
+
+  monkeypatch.setattr(train_step, "CompiledStep", Step)
+  flops = compare.make_plan(variant, "flops:2.5e7", 2, 2)
+  assert (flops["flops_per_step"], flops["steps"]) == (8e6, 3)  # floor(2.5e7 / 8e6)
+  assert flops["checkpoint_steps"] == [0, 2, 3]
+
+
+def test_budget_arithmetic_and_checkpoint_steps_by_hand():
+  assert compare.parse_budget("flops:1e12") == ("flops", 1e12)
+  for bad in ("steps:1.5", "weeks:2", "epochs:-1", "epochs", None):
+    with pytest.raises(app.UsageError, match="--budget"):
+      compare.parse_budget(bad)
+  steps = lambda kind, amount: compare.budget_steps(
+      kind, amount, steps_per_epoch=78, flops_per_step=3e9, cpu_seconds_per_step=0.8)
+  assert steps("steps", 200) == 200
+  assert steps("epochs", 2.5) == 195  # round(2.5 × 78)
+  assert steps("flops", 1e12) == 333  # floor(1e12 / 3e9)
+  assert steps("cpu_seconds", 480) == 600  # floor(480 / 0.8)
+  assert compare.checkpoint_steps(10, 4) == [0, 3, 6, 9, 10]
+  assert compare.checkpoint_steps(9, 4) == [0, 3, 6, 9]
+  assert compare.checkpoint_steps(3, 5) == [0, 1, 2, 3]
+
+
+def test_the_schedule_keeps_its_shape_at_the_budget():
+  simmim = config_file("simmim_tiny.py")  # 400 steps, warmup 40, ×0.1 at step 350
+  config = compare.scheduled_config(simmim, 200, 4)
+  assert (config.num_train_steps, config.warmup_steps) == (200, 20)
+  assert tuple(config.optimizer.decay_steps) == (175,)
+  assert (config.checkpoint_every_steps, config.keep_checkpoints) == (50, 201)
+  by_epochs = config_file("quickstart.py", overrides={
+      "num_train_steps": -1, "num_epochs": 10.0, "warmup_steps": -1, "warmup_epochs": 1.0})
+  assert train.schedule_lengths(by_epochs) == (1560, 156, 156)  # 10k synthetic // 64
+  config = compare.scheduled_config(by_epochs, 100, 3)
+  assert (config.num_train_steps, config.warmup_steps, config.checkpoint_every_steps) == (
+      100, 10, 34)
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path):
+  quickstart = str(REPO / "configs" / "quickstart.py")
+  cases = [
+      (dict(budget="steps:0"), "--budget"),
+      (dict(data_overrides=["image_size=64"]), "image_size"),
+      (dict(data_overrides=["colour=red"]), "no such field"),
+      (dict(eval_overrides=["svm:k=3"]), "no protocol"),
+      (dict(eval_overrides=["linear_probe.nope=3"]), "no such field"),
+      (dict(specs=[quickstart, quickstart]), "same name"),
+      (dict(budget="epochs:0.001"), "buys no training step"),
+  ]
+  for overrides, message in cases:
+    kwargs = dict(specs=[quickstart], budget="steps:2", data_overrides=[], eval_overrides=[])
+    kwargs.update(overrides)
+    with pytest.raises(app.UsageError, match=message):
+      compare.compare(kwargs.pop("specs"), str(tmp_path / "work"), kwargs.pop("budget"),
+                      **kwargs)
+  assert not (tmp_path / "work").exists()
