@@ -279,11 +279,19 @@ def read_plan(variant: Variant, budget: str, num_checkpoints: int) -> Optional[d
     return None
   with open(variant.plan_path) as f:
     plan = json.load(f)
-  asked = {"spec": variant.spec, "budget": budget, "num_checkpoints": num_checkpoints}
-  if {k: plan[k] for k in asked} != asked:
-    raise app.UsageError(f"{variant.plan_path} was planned for {({k: plan[k] for k in asked})}"
-                         f", not {asked}: use another --workdir or the same flags.")
+  asked = plan_key(variant, budget, num_checkpoints)
+  if {k: plan.get(k) for k in asked} != asked:
+    raise app.UsageError(f"{variant.plan_path} was planned for "
+                         f"{({k: plan.get(k) for k in asked})}, not {asked} (config_hash: "
+                         "of the config with --data applied): use another --workdir, or the "
+                         "same config, --data, --budget and --num_checkpoints.")
   return plan
+
+
+def plan_key(variant: Variant, budget: str, num_checkpoints: int) -> dict:
+  """What a plan is made for: a rerun with other values would not continue the same run."""
+  return {"spec": variant.spec, "config_hash": config_hash(variant.config), "budget": budget,
+          "num_checkpoints": num_checkpoints}
 
 
 def validate(variant: Variant, budget: str, num_checkpoints: int) -> None:
@@ -326,8 +334,7 @@ def make_plan(variant: Variant, budget: str, num_checkpoints: int,
   if steps < 1:
     raise app.UsageError(f"--budget={budget} buys no training step for {variant.spec} "
                          f"({how}).")
-  return {"spec": variant.spec, "budget": budget, "num_checkpoints": num_checkpoints,
-          "steps": steps, "how": f"{how} = {steps} steps",
+  return {**plan_key(variant, budget, num_checkpoints), "steps": steps, "how": f"{how} = {steps} steps",
           "steps_per_epoch": per_epoch, "batch_size": config.batch_size,
           "num_examples": data.num_examples(config, config.data.train_split),
           "flops_per_step": flops_per_step, "cpu_seconds_per_step": cpu_per_step,

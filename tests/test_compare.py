@@ -161,6 +161,8 @@ def test_a_rerun_pretrains_and_evaluates_nothing(setup, monkeypatch):
   assert (root / "docs" / "RESULTS.md").read_text().count("<!-- results:compare -->") == 1
   with pytest.raises(app.UsageError, match="planned for"):
     run_main([a if not a.startswith("--budget") else "--budget=steps:6" for a in argv])
+  with pytest.raises(app.UsageError, match="planned for"):  # other data: another run
+    run_main(argv + ["--data=flip=False"])
 
 
 def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch):
