@@ -263,6 +263,11 @@ def load_protocols(names: Sequence[str], overrides: Sequence[str]) -> List[Proto
     if not applied:
       raise app.UsageError(f"--eval_override={override!r}: no such field in the eval "
                            f"config of {[p.label for p in chosen]}.")
+  for p in protocols:  # what run.plan checks that needs no pretrained encoder
+    features.check_pool(p.config.pool, run.PROTOCOL_POOLS[p.config.protocol],
+                        f"{p.label} pool")
+    data.check_batch_size(p.config.eval_batch_size, jax.device_count(), jax.process_count(),
+                          field=f"{p.label} eval_batch_size")
   return protocols
 
 

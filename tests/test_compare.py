@@ -225,13 +225,15 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
       (dict(data_overrides=["colour=red"]), "no such field"),
       (dict(eval_overrides=["svm:k=3"]), "no protocol"),
       (dict(eval_overrides=["linear_probe.nope=3"]), "no such field"),
+      (dict(eval_overrides=["pool=mean"]), "attentive_probe pool"),
+      (dict(eval_overrides=["eval_batch_size=12"]), "knn eval_batch_size"),
       (dict(specs=[quickstart, quickstart]), "same name"),
       (dict(budget="epochs:0.001"), "buys no training step"),
   ]
   for overrides, message in cases:
     kwargs = dict(specs=[quickstart], budget="steps:2", data_overrides=[], eval_overrides=[])
     kwargs.update(overrides)
-    with pytest.raises(app.UsageError, match=message):
+    with pytest.raises((app.UsageError, ValueError), match=message):
       compare.compare(kwargs.pop("specs"), str(tmp_path / "work"), kwargs.pop("budget"),
                       **kwargs)
   assert not (tmp_path / "work").exists()
