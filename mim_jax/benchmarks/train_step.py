@@ -179,8 +179,8 @@ def print_summary(config, result: Dict[str, Any]) -> None:
   print(line + f" final_loss={result['final_loss']:.4f}", flush=True)
 
 
-def results_table(measured) -> str:
-  """Markdown table of (config, summary) pairs."""
+def results_table(measured, steps: int) -> str:
+  """Markdown table of (config, `CompiledStep.summary`) pairs timed over `steps` steps."""
   lines = ["| config | image | batch | dtype / remat / scan / attention | devices | compile s | "
            "s/step | images/s | model GFLOP/image | step GFLOP/image | MFU |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -194,7 +194,7 @@ def results_table(measured) -> str:
         f"{jax.devices()[0].platform} | {r['compile_s']:.1f} | {r['step_s']:.4g} | "
         f"{r['images_per_s']:.3g} | {r['model_gflops_per_image']:.3g} | "
         f"{r['step_gflops_per_image']:.3g} | {mfu} |")
-  return "\n".join(lines) + f"\n\nMedian of {FLAGS.steps} timed steps after one warm-up step.\n"
+  return "\n".join(lines) + f"\n\nMedian of {steps} timed steps after one warm-up step.\n"
 
 
 def main(argv):
@@ -217,7 +217,7 @@ def main(argv):
     measured.append((config, step.summary(FLAGS.peak_tflops)))
     print_summary(*measured[-1])
   results.write_from_flags("mim_jax.benchmarks.train_step", "train_step",
-                           "Train-step throughput", results_table(measured))
+                           "Train-step throughput", results_table(measured, FLAGS.steps))
 
 
 if __name__ == "__main__":
