@@ -26,11 +26,12 @@ Inputs:
 What it does, per variant (everything under --workdir/<variant>/):
   1. plan.json: the budget in steps. FLOPs per step = XLA's cost analysis of the
      compiled train step (train.jit_train_step of the config, on a random batch of its
-     shape: benchmarks/train_step.CompiledStep) × the device count (the count is per
+     shape: benchmarks/compiled_step.CompiledStep) × the device count (the count is per
      device). For `cpu_seconds`, the process CPU time (time.process_time, all threads)
      of --measure_steps steps of that compiled step after its warm-up step, divided by
      the steps: the train step alone, without compilation and input pipeline. The plan
-     is kept: a rerun reuses it, and refuses other --budget / --num_checkpoints values.
+     is kept: a rerun reuses it, and refuses another config (file or --data), --budget
+     or --num_checkpoints.
   2. Pretraining with mim_jax.pretrain.run in pretrain/ for N steps: the recipe's warmup
      and lr milestones scaled by N / its own length (the schedule keeps its shape), a
      checkpoint every ceil(N / --num_checkpoints) steps and at N, none deleted, and the
@@ -75,7 +76,7 @@ from absl import app, flags, logging
 from clu import metric_writers
 
 from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain, train
-from mim_jax.benchmarks import results, train_step
+from mim_jax.benchmarks import compiled_step, results
 from mim_jax.evaluation import features, pretrained, run
 
 METHOD_NAMES = ("mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae")
@@ -86,20 +87,26 @@ FIGURES = {"flops": ("top1_vs_flops.png", "pretraining FLOPs"),
            "wall_seconds": ("top1_vs_wall_time.png", "training wall time (s)")}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", DEFAULT_CONFIGS, "Config specs path[:variant] to compare.")
-flags.DEFINE_string("workdir", None, "Pretraining, evaluation and output directory.")
-flags.DEFINE_string("budget", None, "Per variant: steps:N, epochs:E, flops:F or "
-                    "cpu_seconds:S.")
-flags.DEFINE_multi_string("data", [], "field=value override of config.data for every "
-                          "variant (repeat the flag), e.g. --data=source=npz "
-                          "--data=path=DATA.npz.")
-flags.DEFINE_integer("num_checkpoints", 4, "Checkpoints evaluated along the way, besides "
-                     "step 0 (random init).")
-flags.DEFINE_list("protocols", list(run.PROTOCOLS), "knn, linear_probe, attentive_probe "
-                  "(configs/eval/<name>.py) or eval config specs path[:variant].")
-flags.DEFINE_multi_string("eval_override", [], "[PROTOCOL:]field=value on the protocols' "
-                          "eval configs (repeat the flag).")
-flags.DEFINE_integer("measure_steps", 5, "Steps timed for the cpu_seconds budget.")
+
+
+def define_flags() -> None:
+  """The command line's flags, defined when the module runs as a program (importing it
+  defines none: its flag names would clash with mim_jax.main's)."""
+  flags.DEFINE_list("configs", DEFAULT_CONFIGS, "Config specs path[:variant] to compare.")
+  flags.DEFINE_string("workdir", None, "Pretraining, evaluation and output directory.")
+  flags.DEFINE_string("budget", None, "Per variant: steps:N, epochs:E, flops:F or "
+                      "cpu_seconds:S.")
+  flags.DEFINE_multi_string("data", [], "field=value override of config.data for every "
+                            "variant (repeat the flag), e.g. --data=source=npz "
+                            "--data=path=DATA.npz.")
+  flags.DEFINE_integer("num_checkpoints", 4, "Checkpoints evaluated along the way, besides "
+                       "step 0 (random init).")
+  flags.DEFINE_list("protocols", list(run.PROTOCOLS), "knn, linear_probe, attentive_probe "
+                    "(configs/eval/<name>.py) or eval config specs path[:variant].")
+  flags.DEFINE_multi_string("eval_override", [], "[PROTOCOL:]field=value on the protocols' "
+                            "eval configs (repeat the flag).")
+  flags.DEFINE_integer("measure_steps", 5, "Steps timed for the cpu_seconds budget.")
+  results.define_flags("compare")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -318,7 +325,7 @@ def make_plan(variant: Variant, budget: str, num_checkpoints: int,
   config = variant.config
   kind, amount = parse_budget(budget)
   per_epoch = steps_per_epoch(config)
-  compiled = train_step.CompiledStep(config, count_model_flops=False)
+  compiled = compiled_step.CompiledStep(config, count_model_flops=False)
   flops_per_step = compiled.step_flops * jax.device_count()
   how = f"{kind}:{amount:g}"
   cpu_per_step = None
@@ -656,7 +663,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("Set --workdir.")
-  section = results.requested_section("compare")
+  section = results.requested_section()
   report = compare(FLAGS.configs, FLAGS.workdir, FLAGS.budget, data_overrides=FLAGS.data,
                    protocol_names=FLAGS.protocols, eval_overrides=FLAGS.eval_override,
                    num_checkpoints=FLAGS.num_checkpoints, measure_steps=FLAGS.measure_steps,
@@ -669,4 +676,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -3,18 +3,16 @@ arithmetic and schedule scaling by hand."""
 import json
 import math
 import os
+import subprocess
 import sys
-from unittest import mock
 
 import numpy as np
 import pytest
-from absl import app, flags
-from absl.testing import flagsaver
+from absl import app
 
 from conftest import REPO, config_file, scalar_series
-from mim_jax import compare, pretrain, train
-from mim_jax.benchmarks import train_step
-from mim_jax.evaluation import run
+from mim_jax import compare, train
+from mim_jax.benchmarks import compiled_step
 
 # Two tiny variants; with the per-method `:tiny` config variants this becomes
 # VARIANTS = ["configs/mae.py:tiny", "configs/pcae.py:tiny"].
@@ -55,11 +53,21 @@ def write_npz(path, num_train=64, num_test=32, size=16, classes=4):
   np.savez(path, **arrays)
 
 
-def run_main(argv):
-  argv = ["compare"] + argv
-  with flagsaver.flagsaver(), mock.patch.object(sys, "argv", argv):
-    flags.FLAGS(argv)
-    compare.main(argv[:1])
+def compare_args(root):
+  """compare.compare's arguments for the two tiny variants on the tiny npz set."""
+  variants = [f"{root / 'tiny_variants.py'}:mae", f"{root / 'tiny_variants.py'}:pcae"]
+  return dict(specs=variants, workdir=str(root / "work"), budget="steps:4",
+              data_overrides=["source=npz", f"path={root / 'tiny.npz'}"],
+              protocol_names=PROTOCOLS, eval_overrides=PROTOCOL_OVERRIDES, num_checkpoints=2)
+
+
+def command_line(args, results_doc):
+  """The same comparison as `python -m mim_jax.compare` flags."""
+  return ([f"--configs={','.join(args['specs'])}", f"--workdir={args['workdir']}",
+           f"--budget={args['budget']}", f"--num_checkpoints={args['num_checkpoints']}",
+           f"--protocols={','.join(args['protocol_names'])}", f"--results={results_doc}"] +
+          [f"--data={d}" for d in args["data_overrides"]] +
+          [f"--eval_override={o}" for o in args["eval_overrides"]])
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +75,9 @@ def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("compare")
   write_npz(root / "tiny.npz")
   (root / "tiny_variants.py").write_text(TINY_VARIANTS_FILE)
-  variants = [f"{root / 'tiny_variants.py'}:mae", f"{root / 'tiny_variants.py'}:pcae"]
-  results_doc = root / "docs" / "RESULTS.md"
-  results_doc.parent.mkdir()
-  results_doc.write_text("# Measured results\n\n<!-- results:other -->\nkept\n"
-                         "<!-- /results:other -->\n")
-  argv = [f"--configs={','.join(variants)}", f"--workdir={root / 'work'}",
-          "--budget=steps:4", "--num_checkpoints=2", "--data=source=npz",
-          f"--data=path={root / 'tiny.npz'}", f"--results={results_doc}",
-          f"--protocols={','.join(PROTOCOLS)}"]
-  argv += [f"--eval_override={o}" for o in PROTOCOL_OVERRIDES]
-  run_main(argv)
-  return root, argv, variants
+  args = compare_args(root)
+  report = compare.compare(**args, command="python -m mim_jax.compare (the test)")
+  return root, args, report
 
 
 def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(setup):
@@ -129,45 +128,54 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
   assert "| raw pixels (16 px) |" in table
 
 
-def test_the_plots_exist_and_the_results_section_is_replaced(setup):
+def test_the_plots_exist(setup):
   root, _, _ = setup
   for name in ("top1_vs_flops.png", "top1_vs_wall_time.png"):
-    for path in (root / "work" / name, root / "docs" / "figures" / f"compare_{name}"):
-      assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-  text = (root / "docs" / "RESULTS.md").read_text()
-  assert text.startswith("# Measured results\n\n<!-- results:other -->\nkept\n"
-                         "<!-- /results:other -->\n")
-  assert text.count("<!-- results:compare -->") == 1 and "--budget=steps:4" in text
-  assert "](figures/compare_top1_vs_flops.png)" in text
+    path = root / "work" / name
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
-def test_a_rerun_pretrains_and_evaluates_nothing(setup, monkeypatch):
-  root, argv, _ = setup
-  metrics = sorted((root / "work").rglob("metrics.json"))
+def test_the_command_line_rerun_redoes_nothing_and_replaces_its_results_section(setup):
+  root, args, report = setup
+  work = root / "work"
+  metrics = sorted(work.rglob("metrics.json"))
   assert len(metrics) == 2 * 3 * 2 + 2  # variants × checkpoints × protocols + raw pixels
-  before = {p: p.stat().st_mtime_ns for p in metrics}
-  report = json.loads((root / "work" / "comparison.json").read_text())
-
-  def fail(*args, **kwargs):
-    raise AssertionError("a rerun must not pretrain, compile a step or evaluate")
-
-  for module, name in ((pretrain, "run"), (run, "evaluate"), (run, "run_protocol"),
-                       (train_step, "CompiledStep")):
-    monkeypatch.setattr(module, name, fail)
-  run_main(argv)
-  assert {p: p.stat().st_mtime_ns for p in metrics} == before
-  again = json.loads((root / "work" / "comparison.json").read_text())
+  outputs = sorted(work.rglob("events.out.tfevents.*")) + sorted(work.rglob("checkpoints/*"))
+  before = {p: p.stat().st_mtime_ns for p in metrics + outputs}
+  doc = root / "docs" / "RESULTS.md"
+  doc.parent.mkdir()
+  other = "# Measured results\n\n<!-- results:other -->\nkept\n<!-- /results:other -->\n"
+  doc.write_text(other)
+  cmd = [sys.executable, "-m", "mim_jax.compare"] + command_line(args, doc)
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  # no pretraining (it writes event files and checkpoints) and no evaluation
+  assert sorted(work.rglob("events.out.tfevents.*")) + sorted(
+      work.rglob("checkpoints/*")) == outputs
+  assert {p: p.stat().st_mtime_ns for p in metrics + outputs} == before
+  again = json.loads((work / "comparison.json").read_text())
   assert again["variants"] == report["variants"] and again["raw_pixels"] == report["raw_pixels"]
-  assert (root / "docs" / "RESULTS.md").read_text().count("<!-- results:compare -->") == 1
-  with pytest.raises(app.UsageError, match="planned for"):
-    run_main([a if not a.startswith("--budget") else "--budget=steps:6" for a in argv])
-  with pytest.raises(app.UsageError, match="planned for"):  # other data: another run
-    run_main(argv + ["--data=flip=False"])
+  text = doc.read_text()
+  assert text.startswith(other + "\n<!-- results:compare -->\n## Pretraining comparison\n")
+  assert text.count("<!-- results:compare -->") == 1 and "--budget=steps:4" in text
+  assert "| tiny_variants_mae | mae | 4 | 1.00 |" in text
+  for name in ("top1_vs_flops.png", "top1_vs_wall_time.png"):
+    assert f"](figures/compare_{name})" in text
+    assert (doc.parent / "figures" / f"compare_{name}").read_bytes() == (
+        work / name).read_bytes()
+
+
+def test_a_rerun_with_another_budget_or_data_is_refused(setup):
+  root, args, _ = setup
+  for changed in (dict(budget="steps:6"),
+                  dict(data_overrides=args["data_overrides"] + ["flip=False"])):
+    with pytest.raises(app.UsageError, match="planned for"):
+      compare.compare(**dict(args, **changed))
 
 
 def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch):
-  root, _, variants = setup
-  (variant,) = compare.load_variants(variants[:1], ["source=npz", f"path={root / 'tiny.npz'}"],
+  root, args, _ = setup
+  (variant,) = compare.load_variants(args["specs"][:1], args["data_overrides"],
                                      str(root / "plans"))
   done = json.loads((root / "work" / "tiny_variants_mae" / "plan.json").read_text())
   cpu = compare.make_plan(variant, "cpu_seconds:1000", 2, 2)
@@ -181,7 +189,7 @@ def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch
     def __init__(self, config, count_model_flops):
       del config, count_model_flops
 
-  monkeypatch.setattr(train_step, "CompiledStep", Step)
+  monkeypatch.setattr(compiled_step, "CompiledStep", Step)
   flops = compare.make_plan(variant, "flops:2.5e7", 2, 2)
   assert (flops["flops_per_step"], flops["steps"]) == (8e6, 3)  # floor(2.5e7 / 8e6)
   assert flops["checkpoint_steps"] == [0, 2, 3]

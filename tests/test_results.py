@@ -50,11 +50,11 @@ def test_the_command_line_and_machine_line():
 
 def test_the_train_step_benchmark_tabulates_its_summary():
   from conftest import config_file
-  from mim_jax.benchmarks import train_step
+  from mim_jax.benchmarks import compiled_step
   config = config_file("quickstart.py")
   summary = dict(compile_s=8.04, step_s=0.04353, images_per_s=183.8,
                  model_gflops_per_image=0.2318, step_gflops_per_image=0.2318, mfu=0.4123)
-  table = train_step.results_table([(config, summary)], steps=5)
+  table = compiled_step.results_table([(config, summary)], steps=5)
   assert ("| mae 192w×12, patch 4 | 32 | 64 | float32 / none / False / xla | 8 × cpu | 8.0 | "
           "0.04353 | 184 | 0.232 | 0.232 | 41.2% |") in table
   assert table.endswith("Median of 5 timed steps after one warm-up step.\n")

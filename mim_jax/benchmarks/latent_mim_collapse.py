@@ -29,6 +29,7 @@ config_flags.DEFINE_config_file("config", "configs/latent_mim_cifar.py",
 flags.DEFINE_integer("steps", 300, "Training steps per mode.")
 flags.DEFINE_list("modes", ["joint", "momentum"], "config.method.target_mode values.")
 flags.DEFINE_bool("rung", True, "Use the first ablation rung's method fields.")
+results.define_flags("latent_mim_collapse")
 
 RUNG = dict(loss="mse", mask_ratio=0.75, patch_gap=0, decoder="self_attn",
             projector_depth=0, sim_reg_coeff=0.0)
@@ -43,7 +44,7 @@ def held_out_batch(config, num_images=256):
 
 def main(argv):
   del argv
-  results.requested_section("latent_mim_collapse")  # a bad --results_section fails first
+  results.requested_section()  # a bad --results_section fails first
   logging.set_verbosity(logging.WARNING)  # no per-checkpoint INFO lines
   measured = {}
   for mode in FLAGS.modes:
@@ -74,7 +75,7 @@ def main(argv):
        "| --- | --- | --- | --- |"] +
       [f"| {mode} | {r['sim_target']:.3f} | {r['sim_pred']:.3f} | {r['latent_loss']:.4f} |"
        for mode, r in measured.items()])
-  results.write_from_flags("mim_jax.benchmarks.latent_mim_collapse", "latent_mim_collapse",
+  results.write_from_flags("mim_jax.benchmarks.latent_mim_collapse",
                            "Latent MIM collapse: naive joint vs momentum target", table)
 
 

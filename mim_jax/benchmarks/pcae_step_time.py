@@ -13,7 +13,8 @@ import jax
 from absl import app
 
 from mim_jax import defaults
-from mim_jax.benchmarks.train_step import FLAGS, measure_train_step
+from mim_jax.benchmarks.compiled_step import measure_train_step
+from mim_jax.benchmarks.train_step import FLAGS
 
 
 def main(argv):

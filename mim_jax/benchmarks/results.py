@@ -6,7 +6,8 @@ machine (CPU model and cores, JAX backend and devices, jax version) and the date
 `write_section` replaces that section and keeps every other line of the file (writing the
 same section twice gives the same file); a missing section is appended, a missing file is
 created with a title. Tools take `--results=docs/RESULTS.md` (and `--results_section` to
-keep several runs of one tool apart).
+keep several runs of one tool apart): `define_flags` where the tool defines its flags,
+then `write_from_flags`.
 """
 import datetime
 import os
@@ -19,12 +20,6 @@ from typing import Optional, Sequence
 
 import jax
 from absl import flags
-
-flags.DEFINE_string("results", None, "Results document (e.g. docs/RESULTS.md) whose section "
-                    "of this tool to replace with this run's figures, command, machine and "
-                    "date (mim_jax/benchmarks/results.py).")
-flags.DEFINE_string("results_section", None, "Name of the section in --results (default: the "
-                    "tool's name); another name keeps an earlier run's section.")
 
 TITLE = "# Measured results\n"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -115,19 +110,26 @@ def copy_figure(source: str, results_path: str, name: str) -> str:
   return f"figures/{name}"
 
 
-def requested_section(default: str) -> Optional[str]:
-  """The section named by --results_section (default `default`), or None without
-  --results."""
+def define_flags(default_section: str) -> None:
+  """--results and --results_section (default `default_section`) of a tool."""
+  flags.DEFINE_string("results", None, "Results document (e.g. docs/RESULTS.md) whose "
+                      "section --results_section to replace with this run's figures, command, "
+                      "machine and date (mim_jax/benchmarks/results.py).")
+  flags.DEFINE_string("results_section", default_section, "Section of --results to replace; "
+                      "another name keeps an earlier run's section.")
+
+
+def requested_section() -> Optional[str]:
+  """--results_section, checked, or None without --results."""
   if not flags.FLAGS.results:
     return None
-  name = flags.FLAGS.results_section or default
-  markers(name)  # a bad name fails before the tool runs
-  return name
+  markers(flags.FLAGS.results_section)  # a bad name fails before the tool runs
+  return flags.FLAGS.results_section
 
 
-def write_from_flags(module: str, default_section: str, title: str, body: str) -> None:
-  """With --results: replace the section (--results_section or `default_section`) of
-  that document with `body`, headed by `python -m module ARGS`, machine and date."""
-  name = requested_section(default_section)
+def write_from_flags(module: str, title: str, body: str) -> None:
+  """With --results: replace its section --results_section with `body`, headed by
+  `python -m module ARGS`, machine and date."""
+  name = requested_section()
   if name is not None:
     write_section(flags.FLAGS.results, name, title, body, command_line(module))

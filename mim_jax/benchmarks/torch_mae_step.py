@@ -29,8 +29,9 @@ from typing import Callable, List
 import numpy as np
 from absl import app, flags
 
-from mim_jax.benchmarks.train_step import (CONFIG_DIR, FLAGS, CompiledStep, apply_overrides,
-                                           describe, load_config)
+from mim_jax.benchmarks.compiled_step import CompiledStep
+from mim_jax.benchmarks.train_step import (CONFIG_DIR, FLAGS, apply_overrides, describe,
+                                           load_config)
 
 flags.DEFINE_string("mae_repo", None, "Path of a facebookresearch/mae checkout.")
 flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")
