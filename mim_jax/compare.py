@@ -346,8 +346,9 @@ def make_plan(variant: Variant, budget: str, num_checkpoints: int,
   if steps < 1:
     raise app.UsageError(f"--budget={budget} buys no training step for {variant.spec} "
                          f"({how}).")
-  return {**plan_key(variant, budget, num_checkpoints), "steps": steps, "how": f"{how} = {steps} steps",
-          "steps_per_epoch": per_epoch, "batch_size": config.batch_size,
+  return {**plan_key(variant, budget, num_checkpoints), "steps": steps,
+          "how": f"{how} = {steps} steps", "steps_per_epoch": per_epoch,
+          "batch_size": config.batch_size,
           "num_examples": data.num_examples(config, config.data.train_split),
           "flops_per_step": flops_per_step, "cpu_seconds_per_step": cpu_per_step,
           "device_count": jax.device_count(),

@@ -13,9 +13,9 @@ FLOPs per image and, with --peak_tflops (of all local devices together), the MFU
 document, with the command, machine and date (mim_jax/benchmarks/results.py).
 
 FLOPs (`step`, `model`: with and without remat) as mim_jax/benchmarks/compiled_step.py
-counts them; MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount methods with a
-stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pipeline
-(see input_pipeline.py).
+counts them; MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount
+methods with a stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no
+input pipeline (see input_pipeline.py).
 """
 import importlib.util
 import os
