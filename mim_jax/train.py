@@ -217,10 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   Resumes from the latest checkpoint in `workdir`; a fresh start takes its params from
   `method.warm_start`. `stop_after_step` ends the run early at that step with a
   checkpoint, as a preempted job would, without changing any schedule; running again
-  continues from there. `description` names the run in the log (default "Pretraining
-  <method>"). `evaluations` (e.g. the k-NN monitor, mim_jax/evaluation/monitor.py) are
-  called as `evaluation(state, step) -> {name: float}` every `evaluation.every_steps`
-  steps and at the last step, and their scalars are written to TensorBoard.
+  continues from there (0 on a fresh start saves the initial state as checkpoint 0).
+  `description` names the run in the log (default "Pretraining <method>").
+  `evaluations` (e.g. the k-NN monitor, mim_jax/evaluation/monitor.py) are called as
+  `evaluation(state, step) -> {name: float}` every `evaluation.every_steps` steps and at
+  the last step, and their scalars are written to TensorBoard.
 
   Nothing is written to `workdir` before the config is checked, against
   workdir/config.json too when resuming (`check_resume`). Steps that an earlier attempt
@@ -278,6 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   saver = checkpoint.Saver(manager)
   last_step = total_steps if stop_after_step is None else min(stop_after_step, total_steps)
   try:
+    if last_step == start_step and start_step not in manager.all_steps():
+      # stop_after_step=0 on a fresh start: the initial state as checkpoint 0
+      saver.save(start_step, state, position.gathered())
     with preemption.PreemptionWatch() as watch:
       for step in range(start_step + 1, last_step + 1):
         local = next(train_iter)

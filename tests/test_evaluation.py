@@ -161,6 +161,21 @@ def test_intermediate_block_output_and_extracted_features():
     features.extract_features(encoder, params, batches, pool="max")
 
 
+def test_pixel_features_flatten_the_images_or_cut_them_into_patch_tokens():
+  images = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+  batches = [{"image": images, "label": np.array([3, 1]), "valid": np.array([True, False])},
+             {"image": images + 1, "label": np.array([0, 2])}]
+  flat, labels = features.pixel_features(batches)
+  assert labels.tolist() == [3, 0, 2] and flat.shape == (3, 192)
+  np.testing.assert_array_equal(flat[:2], [images[0].ravel(), images[0].ravel() + 1])
+  tokens, labels = features.pixel_features(batches, patch_size=4)
+  assert labels.tolist() == [3, 0, 2] and tokens.shape == (3, 4, 48)
+  np.testing.assert_array_equal(tokens[0, 1], images[0, :4, 4:].ravel())  # top right
+  np.testing.assert_array_equal(tokens[2, 2], images[1, 4:, :4].ravel() + 1)  # bottom left
+  with pytest.raises(ValueError, match="patches"):
+    features.pixel_features(batches, patch_size=3)
+
+
 def nn_layer_norm(params, x, eps=vit.LN_EPS):
   mean = x.mean(-1, keepdims=True)
   var = ((x - mean) ** 2).mean(-1, keepdims=True)

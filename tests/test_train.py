@@ -74,6 +74,24 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
                             np.asarray(resumed.params["encoder"]["norm"]["scale"]))
 
 
+def test_stop_after_step_zero_saves_the_initial_state_and_the_rerun_continues(tmp_path):
+  config = tiny_mae_config(num_train_steps=4, image_summary_every_steps=0)
+  full = pretrain.run(config, str(tmp_path / "full"))
+  initial = pretrain.run(config, str(tmp_path / "resumed"), stop_after_step=0)
+  assert int(initial.step) == 0
+  assert checkpoint_steps(tmp_path / "resumed") == [0]
+  _, saved = pretrained.restore_state(str(tmp_path / "resumed"), step=0)
+  assert int(saved.step) == 0
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               (initial.params, initial.opt_state), (saved.params, saved.opt_state))
+  resumed = pretrain.run(config, str(tmp_path / "resumed"))
+  assert checkpoint_steps(tmp_path / "resumed") == [0, 2, 4]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               (full.params, full.opt_state), (resumed.params, resumed.opt_state))
+  assert not np.array_equal(np.asarray(saved.params["encoder"]["norm"]["scale"]),
+                            np.asarray(resumed.params["encoder"]["norm"]["scale"]))
+
+
 @pytest.mark.parametrize("overrides,message", [
     (dict(batch_size=12), "divisible"),
     (dict(grad_accum_steps=3), "grad_accum_steps"),

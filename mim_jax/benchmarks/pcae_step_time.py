@@ -12,7 +12,8 @@ no-drop step.
 import jax
 from absl import app
 
-from mim_jax.benchmarks.train_step import FLAGS, measure_train_step, vit_base_config
+from mim_jax.benchmarks.compiled_step import measure_train_step, vit_base_config
+from mim_jax.benchmarks.train_step import FLAGS
 
 
 def main(argv):

@@ -29,8 +29,8 @@ from typing import Callable, List
 import numpy as np
 from absl import app, flags
 
-from mim_jax.benchmarks.train_step import (FLAGS, CompiledStep, apply_overrides, describe,
-                                           vit_base_config)
+from mim_jax.benchmarks.compiled_step import CompiledStep, vit_base_config
+from mim_jax.benchmarks.train_step import FLAGS, apply_overrides, describe
 
 flags.DEFINE_string("mae_repo", None, "Path of a facebookresearch/mae checkout.")
 flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")

@@ -2,33 +2,29 @@
 
 python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] [--batch_size=8] \
     [--steps=10] [--peak_tflops=...] [--dtype=float32|bfloat16] [--remat=none|full|...] \
-    [--scan_layers] [--attention_impl=xla|cudnn]
+    [--scan_layers] [--attention_impl=xla|cudnn] [--results=docs/RESULTS.md]
 python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--config.x=...]
 
 For each method's ViT-B/16 config (configs/<method>.py:vit_base, at its own image size:
 224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
 time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
-FLOPs per image and, with --peak_tflops (of all local devices together), the MFU.
+FLOPs per image and, with --peak_tflops (of all local devices together), the MFU. With
+--results, the same figures replace the 'train_step' section (--results_section) of that
+document, with the command, machine and date (mim_jax/benchmarks/results.py).
 
-FLOPs: `step` is XLA's cost-analysis count of the compiled train step (recomputation
-under remat included); `model` is the same count for the step compiled without remat
-(forward passes, backward passes where gradients flow, e.g. not through EMA targets,
-and AdamW; the PaLM definition up to the optimizer's few FLOPs per parameter).
-MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount methods with a
-stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pipeline
-(see input_pipeline.py).
+FLOPs (`step`, `model`: with and without remat) as mim_jax/benchmarks/compiled_step.py
+counts them; MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount
+methods with a stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no
+input pipeline (see input_pipeline.py).
 """
-import os
-import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mim_jax import config_files, methods, optim, sharding, train
-from mim_jax.models import vit
+from mim_jax.benchmarks import results
+from mim_jax.benchmarks.compiled_step import CompiledStep, results_table, vit_base_config
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
@@ -43,104 +39,7 @@ flags.DEFINE_string("dtype", None, "Overrides config.model.dtype (float32 | bflo
 flags.DEFINE_string("remat", None, "Overrides config.model.remat (a policy name).")
 flags.DEFINE_bool("scan_layers", None, "Overrides config.model.scan_layers.")
 flags.DEFINE_string("attention_impl", None, "Overrides config.model.attention_impl.")
-
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-
-
-def vit_base_config(method: str):
-  """configs/<method>.py:vit_base, wherever the benchmark runs from."""
-  return config_files.load(os.path.join(CONFIG_DIR, f"{method}.py") + ":vit_base")
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0)) if cost else 0.0
-
-
-def random_batch(config, method, batch_size: int) -> Dict[str, np.ndarray]:
-  """Random images with `method.batch_keys`; views (if several) cover the whole image,
-  unflipped ('crop_box' [B, V, 4] as (y0, x0, h, w) fractions, 'flip' [B, V])."""
-  size = config.data.image_size
-  views = (method.num_views,) if method.num_views > 1 else ()
-  batch = {"image": np.random.default_rng(0).normal(
-      size=(batch_size,) + views + (size, size, 3)).astype(np.float32),
-           "crop_box": np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32),
-                               (batch_size,) + views + (1,)),
-           "flip": np.zeros((batch_size,) + views, np.bool_)}
-  return {k: batch[k] for k in method.batch_keys}
-
-
-class CompiledStep:
-  """The jitted train step of `config` on random images, compiled once; `run(n)` times n
-  steps. compile_s: lower + compile of the step; step_flops: XLA's count for one step;
-  model_flops: XLA's count for one step compiled without remat (with
-  `count_model_flops`)."""
-
-  def __init__(self, config, count_model_flops: bool = True):
-    train.validate_config(config, jax.device_count(), jax.process_count())
-    self.config = config
-    mesh = sharding.create_mesh(config)
-    total_steps = 1000
-    method = methods.create(config, total_steps)
-    lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
-    tx = optim.create_optimizer(config, lr_fn)
-    batch = random_batch(config, method, config.batch_size)
-    self.state, shardings = train.create_train_state(
-        method, tx, config, mesh, {k: v[:1] for k, v in batch.items()})
-    step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
-    self.batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
-    start = time.perf_counter()
-    self.compiled = step_fn.lower(self.state, self.batch).compile()
-    self.compile_s = time.perf_counter() - start
-    self.step_flops = _flops(self.compiled)
-    self.model_flops = float("nan")
-    if count_model_flops:
-      self.model_flops = self.step_flops
-      if vit.remat_policy_name(config.model.get("remat", False)) != "none":
-        plain = config.copy_and_resolve_references()
-        plain.model.remat = "none"
-        self.model_flops = _flops(
-            train.jit_train_step(methods.create(plain, total_steps), tx, lr_fn, plain,
-                                 total_steps, mesh,
-                                 shardings).lower(self.state, self.batch).compile())
-    self.times: List[float] = []
-    self.loss = float("nan")
-    self.run(1, record=False)  # warm-up
-
-  def run(self, steps: int, record: bool = True) -> List[float]:
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      self.state, metrics = self.compiled(self.state, self.batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
-    self.loss = float(metrics["loss"])
-    if record:
-      self.times += times
-    return times
-
-  def summary(self, peak_tflops: float = 0.0) -> Dict[str, Any]:
-    batch = self.config.batch_size
-    step_s = float(np.median(self.times))
-    model_flops = self.model_flops / batch
-    out = dict(compile_s=self.compile_s, step_s=step_s, images_per_s=batch / step_s,
-               model_gflops_per_image=model_flops / 1e9,
-               step_gflops_per_image=self.step_flops / batch / 1e9, final_loss=self.loss)
-    if peak_tflops > 0:
-      out["mfu"] = model_flops * batch / step_s / (peak_tflops * 1e12)
-    return out
-
-
-def measure_train_step(config, steps: int) -> Dict[str, Any]:
-  """Compile and time the train step of `config` on random images: compile_s, step_s
-  (median of `steps` timed steps after one warm-up step), times, flops (XLA's count for
-  one step) and the last loss."""
-  step = CompiledStep(config, count_model_flops=False)
-  step.run(steps)
-  return dict(compile_s=step.compile_s, step_s=float(np.median(step.times)), times=step.times,
-              flops=step.step_flops, final_loss=step.loss)
-
+results.define_flags("train_step")
 
 def apply_overrides(config, batch_size=None) -> None:
   """The command-line speed options and batch size onto `config`."""
@@ -174,6 +73,7 @@ def print_summary(config, result: Dict[str, Any]) -> None:
 
 def main(argv):
   del argv
+  results.requested_section()  # a bad --results_section fails first
   if FLAGS.config is not None:
     configs = [FLAGS.config]
     apply_overrides(FLAGS.config)
@@ -184,10 +84,14 @@ def main(argv):
       config.data.source = "synthetic"  # the step runs on random images; no ImageNet needed
       apply_overrides(config, FLAGS.batch_size)
       configs.append(config)
+  measured = []
   for config in configs:
     step = CompiledStep(config)
     step.run(FLAGS.steps)
-    print_summary(config, step.summary(FLAGS.peak_tflops))
+    measured.append((config, step.summary(FLAGS.peak_tflops)))
+    print_summary(*measured[-1])
+  results.write_from_flags("mim_jax.benchmarks.train_step", "Train-step throughput",
+                           results_table(measured, FLAGS.steps))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Frozen-encoder features of a whole split, computed on the mesh like a training step.
+"""Frozen-encoder features of a whole split, computed on the mesh like a training step,
+and the raw-pixel features the same protocols take as a baseline.
 
 The probes and k-NN here work on features computed once from the un-augmented
 (eval-preprocessed) images of each split: cheap enough for a CPU, at the cost of the
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mim_jax import sharding
@@ -93,3 +95,30 @@ def extract_features(encoder: vit.ViTEncoder, params: Any, batches: Iterable[dic
   if not features:
     raise ValueError("extract_features got no batches: is the split empty?")
   return np.concatenate(features), np.concatenate(labels)
+
+
+def pixel_features(batches: Iterable[dict], patch_size: Optional[int] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """(features, labels) of every valid example in `batches` (read as `extract_features`
+  reads them) from the normalised pixels themselves, the raw-pixel baseline: float32
+  [N, H·W·C] flattened images, or with `patch_size` p the patch grid as tokens
+  [N, (H/p)·(W/p), p·p·C] (`vit.patchify`: row-major, each patch (p, p, C)) for the
+  attentive probe. With several processes, every process gets all of them."""
+  images, labels, valid = [], [], []
+  for batch in batches:
+    images.append(np.asarray(batch["image"], np.float32))
+    labels.append(np.asarray(batch["label"], np.int32))
+    valid.append(np.asarray(batch.get("valid", np.ones(len(batch["label"]), bool)), bool))
+  if not images:
+    raise ValueError("pixel_features got no batches: is the split empty?")
+  images, labels, valid = (np.concatenate(x) for x in (images, labels, valid))
+  if jax.process_count() > 1:  # every process yields the same number of (padded) batches
+    images, labels, valid = (np.asarray(x) for x in multihost_utils.process_allgather(
+        (images, labels, valid), tiled=True))
+  images, labels = images[valid], labels[valid]
+  if patch_size is None:
+    return images.reshape(len(images), -1), labels
+  if images.shape[1] % patch_size or images.shape[2] % patch_size:
+    raise ValueError(f"Images of {images.shape[1]}x{images.shape[2]} px do not split into "
+                     f"{patch_size} px patches.")
+  return np.asarray(vit.patchify(images, patch_size)), labels

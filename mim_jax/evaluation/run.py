@@ -112,6 +112,16 @@ def validate(config, encoder: EvalEncoder) -> int:
   return step
 
 
+def count_classes(config, data_config, train_labels, test_labels) -> int:
+  """config.num_classes, or when None: the synthetic source's data.num_classes, else 1 +
+  the largest label in either split."""
+  if config.num_classes is not None:
+    return config.num_classes
+  if data_config.data.source == "synthetic":
+    return data_config.data.num_classes
+  return int(max(train_labels.max(), test_labels.max())) + 1
+
+
 def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
                  ) -> Dict[str, Any]:
   """The protocol's metrics from (features, labels) of both splits."""
@@ -177,10 +187,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                                            block=config.block, mesh=mesh)
                  for batches in iterators)
   feature_seconds = time.perf_counter() - start
-  num_classes = config.num_classes
-  if num_classes is None:
-    num_classes = (data_config.data.num_classes if data_config.data.source == "synthetic"
-                   else int(max(train[1].max(), test[1].max())) + 1)
+  num_classes = count_classes(config, data_config, train[1], test[1])
 
   writer = metric_writers.create_default_writer(workdir,
                                                 just_logging=jax.process_index() != 0)

@@ -1,0 +1,142 @@
+"""A config's train step compiled on random images, without flags: compile time, XLA's
+FLOPs count, timed steps and their summary (used by benchmarks/train_step.py and the
+scripts built on it, and by mim_jax/compare.py for FLOPs and CPU time per step).
+
+FLOPs: `step_flops` is XLA's cost-analysis count of the compiled train step
+(recomputation under remat included); `model_flops` is the same count for the step
+compiled without remat (forward passes, backward passes where gradients flow, e.g. not
+through EMA targets, and AdamW; the PaLM definition up to the optimizer's few FLOPs per
+parameter). Both are counts of the program one device runs: with several devices, each
+runs its share of the batch and its own copy of replicated work (e.g. the optimizer
+update in data-parallel mode). Random images, no input pipeline.
+"""
+import os
+import time
+from typing import Any, Dict, List
+
+import jax
+import numpy as np
+
+from mim_jax import config_files, methods, optim, sharding, train
+from mim_jax.models import vit
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+
+
+def vit_base_config(method: str):
+  """configs/<method>.py:vit_base, wherever the benchmark runs from."""
+  return config_files.load(os.path.join(CONFIG_DIR, f"{method}.py") + ":vit_base")
+
+
+def xla_flops(compiled) -> float:
+  """XLA's cost-analysis FLOPs of a compiled function (0 when it has none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def random_batch(config, method, batch_size: int) -> Dict[str, np.ndarray]:
+  """Random images with `method.batch_keys`; views (if several) cover the whole image,
+  unflipped ('crop_box' [B, V, 4] as (y0, x0, h, w) fractions, 'flip' [B, V])."""
+  size = config.data.image_size
+  views = (method.num_views,) if method.num_views > 1 else ()
+  batch = {"image": np.random.default_rng(0).normal(
+      size=(batch_size,) + views + (size, size, 3)).astype(np.float32),
+           "crop_box": np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32),
+                               (batch_size,) + views + (1,)),
+           "flip": np.zeros((batch_size,) + views, np.bool_)}
+  return {k: batch[k] for k in method.batch_keys}
+
+
+class CompiledStep:
+  """The jitted train step of `config` on random images, compiled once; `run(n)` times n
+  steps. compile_s: lower + compile of the step; step_flops: XLA's count for one step;
+  model_flops: XLA's count for one step compiled without remat (with
+  `count_model_flops`)."""
+
+  def __init__(self, config, count_model_flops: bool = True):
+    train.validate_config(config, jax.device_count(), jax.process_count())
+    self.config = config
+    mesh = sharding.create_mesh(config)
+    total_steps = 1000
+    method = methods.create(config, total_steps)
+    lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
+    tx = optim.create_optimizer(config, lr_fn)
+    batch = random_batch(config, method, config.batch_size)
+    self.state, shardings = train.create_train_state(
+        method, tx, config, mesh, {k: v[:1] for k, v in batch.items()})
+    step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
+    self.batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
+    start = time.perf_counter()
+    self.compiled = step_fn.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.step_flops = xla_flops(self.compiled)
+    self.model_flops = float("nan")
+    if count_model_flops:
+      self.model_flops = self.step_flops
+      if vit.remat_policy_name(config.model.get("remat", False)) != "none":
+        plain = config.copy_and_resolve_references()
+        plain.model.remat = "none"
+        self.model_flops = xla_flops(
+            train.jit_train_step(methods.create(plain, total_steps), tx, lr_fn, plain,
+                                 total_steps, mesh,
+                                 shardings).lower(self.state, self.batch).compile())
+    self.times: List[float] = []
+    self.loss = float("nan")
+    self.run(1, record=False)  # warm-up
+
+  def run(self, steps: int, record: bool = True) -> List[float]:
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    self.loss = float(metrics["loss"])
+    if record:
+      self.times += times
+    return times
+
+  def summary(self, peak_tflops: float = 0.0) -> Dict[str, Any]:
+    batch = self.config.batch_size
+    step_s = float(np.median(self.times))
+    model_flops = self.model_flops / batch
+    out = dict(compile_s=self.compile_s, step_s=step_s, images_per_s=batch / step_s,
+               model_gflops_per_image=model_flops / 1e9,
+               step_gflops_per_image=self.step_flops / batch / 1e9, final_loss=self.loss)
+    if peak_tflops > 0:
+      out["mfu"] = model_flops * batch / step_s / (peak_tflops * 1e12)
+    return out
+
+
+def measure_train_step(config, steps: int) -> Dict[str, Any]:
+  """Compile and time the train step of `config` on random images: compile_s, step_s
+  (median of `steps` timed steps after one warm-up step), times, flops (XLA's count for
+  one step) and the last loss."""
+  step = CompiledStep(config, count_model_flops=False)
+  step.run(steps)
+  return dict(compile_s=step.compile_s, step_s=float(np.median(step.times)), times=step.times,
+              flops=step.step_flops, final_loss=step.loss)
+
+
+
+
+def results_table(measured, steps: int) -> str:
+  """Markdown table of (config, `CompiledStep.summary`) pairs timed over `steps` steps."""
+  lines = ["| config | image | batch | dtype / remat / scan / attention | devices | compile s | "
+           "s/step | images/s | model GFLOP/image | step GFLOP/image | MFU |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for config, r in measured:
+    m = config.model
+    mfu = f"{r['mfu']:.1%}" if "mfu" in r else "—"
+    lines.append(
+        f"| {config.method.name} {m.width}w×{m.depth}, patch {m.patch_size} | "
+        f"{config.data.image_size} | {config.batch_size} | {m.dtype} / {m.get('remat')} / "
+        f"{m.get('scan_layers')} / {m.get('attention_impl')} | {jax.device_count()} × "
+        f"{jax.devices()[0].platform} | {r['compile_s']:.1f} | {r['step_s']:.4g} | "
+        f"{r['images_per_s']:.3g} | {r['model_gflops_per_image']:.3g} | "
+        f"{r['step_gflops_per_image']:.3g} | {mfu} |")
+  return "\n".join(lines) + f"\n\nMedian of {steps} timed steps after one warm-up step.\n"
+
+

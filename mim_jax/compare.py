@@ -1,0 +1,681 @@
+"""Compare pretraining recipes: pretrain each config variant for the same budget, probe its
+encoder at checkpoints along the way, and tabulate and plot probe top-1 against
+pretraining FLOPs and wall time, with the random-init and raw-pixel baselines.
+
+python -m mim_jax.compare --workdir=/tmp/compare --budget=epochs:8 \
+    [--configs=configs/mae.py:cifar,configs/pcae.py:cifar,...] \
+    [--data=source=npz --data=path=../shared/data/cifar10_small.npz] \
+    [--num_checkpoints=4] [--protocols=knn,linear_probe,attentive_probe] \
+    [--eval_override=attentive_probe.epochs=10 --eval_override=knn:pool=mean] \
+    [--results=docs/RESULTS.md [--results_section=compare]]
+
+Inputs:
+  --configs: config specs `path[:variant]` (default: the six methods' `:cifar` variants).
+    Each variant keeps its own recipe and image size.
+  --data: `field=value` overrides of `config.data` for every variant (any source: npz,
+    image_folder, tfds, synthetic; not image_size, which stays each config's). The number
+    of examples comes from the data, the number of classes from its labels.
+  --budget: per variant, `steps:N`, `epochs:E` (E × steps per epoch, steps per epoch =
+    train examples // the config's batch size, rounded), `flops:F` (floor of F / FLOPs per
+    step) or `cpu_seconds:S` (floor of S / CPU-seconds per step).
+  --protocols: `knn`, `linear_probe`, `attentive_probe` (configs/eval/<name>.py) or eval
+    config specs; --eval_override `[PROTOCOL:]field=value` changes their fields (e.g.
+    fewer attentive-probe epochs on a CPU), for every protocol with that field or only
+    the one named.
+
+What it does, per variant (everything under --workdir/<variant>/):
+  1. plan.json: the budget in steps. FLOPs per step = XLA's cost analysis of the
+     compiled train step (train.jit_train_step of the config, on a random batch of its
+     shape: benchmarks/compiled_step.CompiledStep) × the device count (the count is per
+     device). For `cpu_seconds`, the process CPU time (time.process_time, all threads)
+     of --measure_steps steps of that compiled step after its warm-up step, divided by
+     the steps: the train step alone, without compilation and input pipeline. The plan
+     is kept: a rerun reuses it, and refuses another config (file or --data), --budget
+     or --num_checkpoints.
+  2. Pretraining with mim_jax.pretrain.run in pretrain/ for N steps: the recipe's warmup
+     and lr milestones scaled by N / its own length (the schedule keeps its shape), a
+     checkpoint every ceil(N / --num_checkpoints) steps and at N, none deleted, and the
+     initial state as checkpoint 0 (train_and_evaluate with stop_after_step=0). A rerun
+     resumes an unfinished run and skips a finished one.
+  3. Every protocol on every checkpoint (step 0 = the same encoder randomly initialised)
+     with mim_jax.evaluation.run.evaluate, in eval/<protocol>-<hash of its config>/
+     step_<S>/; one whose metrics.json exists is read back, not rerun.
+  Raw pixels: the protocols (run.run_protocol) on features.pixel_features of the
+  evaluation data of each variant (flattened normalised images; the encoder's patch
+  grid as tokens for the attentive probe, heads = gcd(encoder heads, token width)),
+  once per distinct (data, image size, patch size), under --workdir/raw_pixels/.
+
+x-axes: pretraining FLOPs = step × FLOPs per step; training wall time = Σ step_time ×
+steps of its logging interval, from the trainer's TensorBoard scalars (step_time: wall
+seconds per step between two log points, measured in the train loop: input pipeline,
+step, metric and image summaries, k-NN monitor, the start of asynchronous checkpoint
+saves; not the first step of each process, which compiles, nor start-up, restore and
+evaluation), interpolated linearly at checkpoints between log points.
+
+Outputs in --workdir: comparison.json, comparison.md (final and along-the-way tables),
+top1_vs_flops.png and top1_vs_wall_time.png (one panel per protocol, one line per
+variant; dotted horizontal lines: each variant's random init; dashed: raw pixels).
+With --results, the section --results_section (default 'compare') of that document is
+replaced by the tables, the command, the machine and the date, with the plots copied to
+figures/<section>_top1_vs_*.png beside it (mim_jax/benchmarks/results.py).
+"""
+import ast
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from clu import metric_writers
+
+from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain, train
+from mim_jax.benchmarks import compiled_step, results
+from mim_jax.evaluation import features, pretrained, run
+
+METHOD_NAMES = ("mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae")
+DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in METHOD_NAMES]
+BUDGET_KINDS = ("steps", "epochs", "flops", "cpu_seconds")
+TOP1 = {"knn": "knn_top1", "linear_probe": "top1", "attentive_probe": "top1"}
+FIGURES = {"flops": ("top1_vs_flops.png", "pretraining FLOPs"),
+           "wall_seconds": ("top1_vs_wall_time.png", "training wall time (s)")}
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, defined when the module runs as a program (importing it
+  defines none: its flag names would clash with mim_jax.main's)."""
+  flags.DEFINE_list("configs", DEFAULT_CONFIGS, "Config specs path[:variant] to compare.")
+  flags.DEFINE_string("workdir", None, "Pretraining, evaluation and output directory.")
+  flags.DEFINE_string("budget", None, "Per variant: steps:N, epochs:E, flops:F or "
+                      "cpu_seconds:S.")
+  flags.DEFINE_multi_string("data", [], "field=value override of config.data for every "
+                            "variant (repeat the flag), e.g. --data=source=npz "
+                            "--data=path=DATA.npz.")
+  flags.DEFINE_integer("num_checkpoints", 4, "Checkpoints evaluated along the way, besides "
+                       "step 0 (random init).")
+  flags.DEFINE_list("protocols", list(run.PROTOCOLS), "knn, linear_probe, attentive_probe "
+                    "(configs/eval/<name>.py) or eval config specs path[:variant].")
+  flags.DEFINE_multi_string("eval_override", [], "[PROTOCOL:]field=value on the protocols' "
+                            "eval configs (repeat the flag).")
+  flags.DEFINE_integer("measure_steps", 5, "Steps timed for the cpu_seconds budget.")
+  results.define_flags("compare")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _parse_value(node: ml_collections.ConfigDict, name: str, text: str):
+  """`text` as a value for field `name` of `node`: as is for string fields, else a
+  Python literal."""
+  try:
+    field_type = node.get_ref(name).get_type()
+  except ValueError:  # a None value without a declared type
+    field_type = None
+  if field_type is str:
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def set_field(config: ml_collections.ConfigDict, assignment: str, flag: str) -> bool:
+  """Apply 'dotted.field=value' to `config`; False when it has no such field."""
+  dotted, sep, text = assignment.partition("=")
+  if not sep or not dotted:
+    raise app.UsageError(f"{flag}={assignment!r}: write field=value.")
+  *parents, name = dotted.split(".")
+  node = config
+  for parent in parents:
+    if not isinstance(node, ml_collections.ConfigDict) or parent not in node:
+      return False
+    node = node[parent]
+  if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+    return False
+  try:
+    node[name] = _parse_value(node, name, text)
+  except (TypeError, ValueError) as e:
+    raise app.UsageError(f"{flag}={assignment!r}: {e}") from None
+  return True
+
+
+def parse_budget(text: Optional[str]) -> Tuple[str, float]:
+  """'kind:amount' -> (kind, amount) with kind in BUDGET_KINDS and amount > 0."""
+  kind, _, amount = (text or "").partition(":")
+  try:
+    value = float(amount)
+  except ValueError:
+    value = float("nan")
+  if kind not in BUDGET_KINDS or not value > 0 or (kind == "steps" and value != int(value)):
+    raise app.UsageError(f"--budget={text!r}: give steps:N, epochs:E, flops:F or "
+                         "cpu_seconds:S with a positive amount (N an integer).")
+  return kind, value
+
+
+def budget_steps(kind: str, amount: float, *, steps_per_epoch: int,
+                 flops_per_step: Optional[float] = None,
+                 cpu_seconds_per_step: Optional[float] = None) -> int:
+  """Training steps that the budget buys (see the module docstring)."""
+  if kind == "steps":
+    return int(amount)
+  if kind == "epochs":
+    return int(round(amount * steps_per_epoch))
+  per_step = flops_per_step if kind == "flops" else cpu_seconds_per_step
+  return int(math.floor(amount / per_step))
+
+
+def checkpoint_steps(steps: int, num_checkpoints: int) -> List[int]:
+  """0, then every ceil(steps / num_checkpoints) steps, and `steps`."""
+  every = math.ceil(steps / num_checkpoints)
+  return [0] + sorted(set(range(every, steps, every)) | {steps})
+
+
+def spec_name(spec: str) -> str:
+  """'configs/mae.py:cifar' -> 'mae_cifar' (a directory and table name)."""
+  path, _, arg = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0] + (f"_{arg}" if arg else "")
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class Variant:
+  """A pretraining config to compare: its spec, name and config (data overrides applied)."""
+  spec: str
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: str
+
+  @property
+  def pretrain_dir(self) -> str:
+    return os.path.join(self.workdir, "pretrain")
+
+  @property
+  def plan_path(self) -> str:
+    return os.path.join(self.workdir, "plan.json")
+
+
+@dataclasses.dataclass
+class Protocol:
+  """An evaluation config (configs/eval/) with the overrides applied."""
+  label: str
+  spec: str
+  config: ml_collections.ConfigDict
+  overrides: List[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def key(self) -> str:
+    return f"{self.label}-{config_hash(self.config)}"
+
+  @property
+  def top1(self) -> str:
+    return TOP1[self.config.protocol]
+
+
+def load_variants(specs: Sequence[str], data_overrides: Sequence[str],
+                  workdir: str) -> List[Variant]:
+  if not specs:
+    raise app.UsageError("--configs is empty: name at least one config spec.")
+  variants = []
+  for spec in specs:
+    config = config_files.load(spec)
+    for assignment in data_overrides:
+      if assignment.partition("=")[0] == "image_size":
+        raise app.UsageError("--data cannot set image_size: each variant keeps its own.")
+      if not set_field(config.data, assignment, "--data"):
+        raise app.UsageError(f"--data={assignment!r}: config.data has no such field "
+                             f"({', '.join(sorted(config.data))}).")
+    name = spec_name(spec)
+    variants.append(Variant(spec, name, config.copy_and_resolve_references(),
+                            os.path.join(workdir, name)))
+  names = [v.name for v in variants]
+  if len(set(names)) < len(names):
+    raise app.UsageError(f"--configs gives variants with the same name ({names}): each "
+                         "needs its own file name or variant.")
+  return variants
+
+
+def load_protocols(names: Sequence[str], overrides: Sequence[str]) -> List[Protocol]:
+  protocols = []
+  for name in names:
+    spec = f"configs/eval/{name}.py" if name in run.PROTOCOLS else name
+    config = config_files.load(spec)
+    if config.get("protocol") not in run.PROTOCOLS:
+      raise app.UsageError(f"--protocols: {spec} is not a {'/'.join(run.PROTOCOLS)} config.")
+    protocols.append(Protocol(spec_name(spec), spec, config))
+  if len({p.label for p in protocols}) < len(protocols):
+    raise app.UsageError(f"--protocols names one config twice: {list(names)}.")
+  for override in overrides:
+    target, sep, assignment = override.partition(":")
+    if not sep or "=" in target:
+      target, assignment = None, override
+    chosen = [p for p in protocols if target in (None, p.label, p.config.protocol)]
+    if not chosen:
+      raise app.UsageError(f"--eval_override={override!r}: no protocol {target!r} in "
+                           f"--protocols.")
+    applied = [p for p in chosen if set_field(p.config, assignment, "--eval_override")]
+    for p in applied:
+      p.overrides.append(assignment)
+    if not applied:
+      raise app.UsageError(f"--eval_override={override!r}: no such field in the eval "
+                           f"config of {[p.label for p in chosen]}.")
+  for p in protocols:  # what run.plan checks that needs no pretrained encoder
+    features.check_pool(p.config.pool, run.PROTOCOL_POOLS[p.config.protocol],
+                        f"{p.label} pool")
+    data.check_batch_size(p.config.eval_batch_size, jax.device_count(), jax.process_count(),
+                          field=f"{p.label} eval_batch_size")
+  return protocols
+
+
+# --------------------------------------------------------------------- pretraining
+
+
+def steps_per_epoch(config) -> int:
+  return train.schedule_lengths(config)[2]
+
+
+def read_plan(variant: Variant, budget: str, num_checkpoints: int) -> Optional[dict]:
+  """The variant's plan.json, or None; an error if it was made for other flags."""
+  if not os.path.exists(variant.plan_path):
+    return None
+  with open(variant.plan_path) as f:
+    plan = json.load(f)
+  asked = plan_key(variant, budget, num_checkpoints)
+  if {k: plan.get(k) for k in asked} != asked:
+    raise app.UsageError(f"{variant.plan_path} was planned for "
+                         f"{({k: plan.get(k) for k in asked})}, not {asked} (config_hash: "
+                         "of the config with --data applied): use another --workdir, or the "
+                         "same config, --data, --budget and --num_checkpoints.")
+  return plan
+
+
+def plan_key(variant: Variant, budget: str, num_checkpoints: int) -> dict:
+  """What a plan is made for: a rerun with other values would not continue the same run."""
+  return {"spec": variant.spec, "config_hash": config_hash(variant.config), "budget": budget,
+          "num_checkpoints": num_checkpoints}
+
+
+def validate(variant: Variant, budget: str, num_checkpoints: int) -> None:
+  """Errors a user can fix, raised before anything is compiled or written."""
+  config = variant.config
+  methods.create(config, total_steps=1)
+  train.validate_config(config, jax.device_count(), jax.process_count())
+  kind, amount = parse_budget(budget)
+  if kind in ("steps", "epochs") and budget_steps(
+      kind, amount, steps_per_epoch=steps_per_epoch(config)) < 1:
+    raise app.UsageError(f"--budget={budget} buys no training step for {variant.spec} "
+                         f"({steps_per_epoch(config)} steps per epoch).")
+  read_plan(variant, budget, num_checkpoints)
+
+
+def make_plan(variant: Variant, budget: str, num_checkpoints: int,
+              measure_steps: int) -> dict:
+  """The budget in steps, FLOPs per step and (cpu_seconds) CPU-seconds per step."""
+  config = variant.config
+  kind, amount = parse_budget(budget)
+  per_epoch = steps_per_epoch(config)
+  compiled = compiled_step.CompiledStep(config, count_model_flops=False)
+  flops_per_step = compiled.step_flops * jax.device_count()
+  how = f"{kind}:{amount:g}"
+  cpu_per_step = None
+  if kind == "cpu_seconds":
+    start = time.process_time()
+    compiled.run(measure_steps)
+    cpu_per_step = (time.process_time() - start) / measure_steps
+    how += (f" / {cpu_per_step:.4g} CPU-s per step (time.process_time of the whole process "
+            f"over {measure_steps} steps of the compiled train step on a random batch, "
+            "after its warm-up step; no compilation, no input pipeline)")
+  elif kind == "flops":
+    how += f" / {flops_per_step:.4g} FLOPs per step"
+  elif kind == "epochs":
+    how += f" × {per_epoch} steps per epoch"
+  del compiled
+  steps = budget_steps(kind, amount, steps_per_epoch=per_epoch, flops_per_step=flops_per_step,
+                       cpu_seconds_per_step=cpu_per_step)
+  if steps < 1:
+    raise app.UsageError(f"--budget={budget} buys no training step for {variant.spec} "
+                         f"({how}).")
+  return {**plan_key(variant, budget, num_checkpoints), "steps": steps,
+          "how": f"{how} = {steps} steps", "steps_per_epoch": per_epoch,
+          "batch_size": config.batch_size,
+          "num_examples": data.num_examples(config, config.data.train_split),
+          "flops_per_step": flops_per_step, "cpu_seconds_per_step": cpu_per_step,
+          "device_count": jax.device_count(),
+          "checkpoint_steps": checkpoint_steps(steps, num_checkpoints)}
+
+
+def scheduled_config(config: ml_collections.ConfigDict, steps: int,
+                     num_checkpoints: int) -> ml_collections.ConfigDict:
+  """`config` trained for `steps` steps: warmup and lr milestones scaled by steps / its
+  own length, a checkpoint every ceil(steps / num_checkpoints) steps, none deleted."""
+  total, warmup, per_epoch = train.schedule_lengths(config)
+  opt = config.optimizer
+  milestones = opt.decay_steps or [optim.steps_from_epochs(-1, e, per_epoch)
+                                   for e in opt.decay_epochs]
+  scale = steps / total
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = steps
+  config.warmup_steps = int(round(warmup * scale))
+  config.optimizer.decay_steps = tuple(int(round(m * scale)) for m in milestones)
+  config.optimizer.decay_epochs = ()
+  config.checkpoint_every_steps = math.ceil(steps / num_checkpoints)
+  config.keep_checkpoints = steps + 1  # at most one per step: none is deleted
+  return config
+
+
+def pretrain_variant(variant: Variant, plan: dict) -> bool:
+  """Pretrain (or resume, or find finished) the variant; False if the run was stopped
+  (SIGTERM, Ctrl-C) before its last step."""
+  steps = plan["steps"]
+  done = pretrained.checkpoint_steps(variant.pretrain_dir)
+  if steps in done and 0 in done:
+    return True
+  if done and 0 not in done:
+    raise RuntimeError(f"{variant.pretrain_dir} has checkpoints {done} but not step 0 (the "
+                       "random init): it was not started by this tool; use another --workdir.")
+  config = scheduled_config(variant.config, steps, plan["num_checkpoints"])
+  if not done:
+    pretrain.run(config, variant.pretrain_dir, stop_after_step=0)
+  start = time.process_time()
+  state = pretrain.run(config, variant.pretrain_dir)
+  logging.info("%s: pretrained to step %d in %.0f CPU-s", variant.name, int(state.step),
+               time.process_time() - start)
+  return int(state.step) == steps
+
+
+def wall_seconds(workdir: str, steps: Sequence[int]) -> Dict[int, Optional[float]]:
+  """Training wall time to each of `steps` from the logged step_time (module docstring);
+  None past the last logged step."""
+  logged = dict(events.scalar_series(workdir, "step_time", with_steps=True))
+  xs, ys, previous = [0], [0.0], 0
+  for step, seconds in sorted(logged.items()):
+    xs.append(step)
+    ys.append(ys[-1] + seconds * (step - previous))
+    previous = step
+  return {s: (float(np.interp(s, xs, ys)) if s <= xs[-1] else None) for s in steps}
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+def read_metrics(directory: str) -> Optional[dict]:
+  path = os.path.join(directory, "metrics.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def eval_config(protocol: Protocol, pretrain_dir: str, step: int) -> ml_collections.ConfigDict:
+  config = protocol.config.copy_and_resolve_references()
+  config.pretrained = pretrain_dir
+  config.pretrained_step = step
+  return config
+
+
+def evaluate_variant(variant: Variant, plan: dict, protocols: Sequence[Protocol]) -> dict:
+  """Every protocol on every planned checkpoint: the variant's row of comparison.json."""
+  steps = plan["checkpoint_steps"]
+  walls = wall_seconds(variant.pretrain_dir, steps)
+  rows = []
+  for step in steps:
+    row = {"step": step, "epochs": step / plan["steps_per_epoch"],
+           "flops": step * plan["flops_per_step"], "wall_seconds": walls[step],
+           "top1": {}, "eval_dirs": {}}
+    for protocol in protocols:
+      directory = os.path.join(variant.workdir, "eval", protocol.key, f"step_{step}")
+      metrics = read_metrics(directory)
+      if metrics is None:
+        metrics = run.evaluate(eval_config(protocol, variant.pretrain_dir, step), directory)
+      row["top1"][protocol.label] = metrics[protocol.top1]
+      row["eval_dirs"][protocol.label] = directory
+    rows.append(row)
+  config = variant.config
+  return {"name": variant.name, "spec": variant.spec, "method": config.method.name,
+          "workdir": variant.workdir, "plan": plan, "checkpoints": rows}
+
+
+def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
+               workdir: str) -> List[dict]:
+  """The protocols on raw pixels, once per distinct evaluation data of the variants."""
+  groups: Dict[str, dict] = {}
+  for variant in variants:
+    eval_plan = run.plan(eval_config(protocols[0], variant.pretrain_dir, 0))
+    module = eval_plan.encoder.module
+    setting = {"data": eval_plan.data_config.to_dict(), "patch_size": module.patch_size}
+    key = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
+    group = groups.setdefault(key, {
+        "name": f"{eval_plan.data_config.data.image_size} px", "key": key,
+        "image_size": eval_plan.data_config.data.image_size,
+        "patch_size": module.patch_size, "num_heads": module.num_heads,
+        "data_config": eval_plan.data_config, "variants": [], "top1": {}, "eval_dirs": {}})
+    group["variants"].append(variant.name)
+  if len(groups) > 1:
+    for group in groups.values():
+      group["name"] += f", as {', '.join(group['variants'])}"
+  for group in groups.values():
+    for protocol in protocols:
+      directory = os.path.join(workdir, "raw_pixels", group["key"], protocol.key)
+      metrics = read_metrics(directory) or evaluate_pixels(protocol, group, directory)
+      group["top1"][protocol.label] = metrics[protocol.top1]
+      group["eval_dirs"][protocol.label] = directory
+    del group["data_config"]
+  return list(groups.values())
+
+
+def evaluate_pixels(protocol: Protocol, group: dict, directory: str) -> dict:
+  """run.run_protocol on pixel features; writes config.json and metrics.json like
+  run.evaluate."""
+  config, data_config = protocol.config, group["data_config"]
+  patch_size = group["patch_size"] if config.protocol == "attentive_probe" else None
+  splits = (data_config.data.train_split, data_config.data.eval_split)
+  train_set, test_set = (features.pixel_features(
+      data.create_eval_iterator(data_config, split, global_batch_size=config.eval_batch_size),
+      patch_size) for split in splits)
+  num_classes = run.count_classes(config, data_config, train_set[1], test_set[1])
+  setting = ml_collections.ConfigDict({"eval": config.to_dict(), "data": data_config.to_dict(),
+                                       "patch_size": patch_size})
+  checkpoint.write_text(directory, checkpoint.CONFIG_FILE, setting.to_json(indent=2))
+  writer = metric_writers.create_default_writer(directory,
+                                                just_logging=jax.process_index() != 0)
+  log_fn = lambda epoch, scalars: writer.write_scalars(
+      epoch, {f"probe/{name}": value for name, value in scalars.items()})
+  start = time.perf_counter()
+  try:
+    heads = math.gcd(group["num_heads"], train_set[0].shape[-1])
+    metrics = run.run_protocol(config, train_set, test_set, num_classes, log_fn, heads)
+  finally:
+    writer.flush()
+  metrics = dict(metrics, protocol=config.protocol, features="raw pixels",
+                 data_source=data_config.data.source, splits=list(splits),
+                 image_size=data_config.data.image_size, patch_size=patch_size,
+                 num_train=len(train_set[1]), num_test=len(test_set[1]),
+                 num_classes=num_classes, feature_shape=list(train_set[0].shape[1:]),
+                 protocol_seconds=time.perf_counter() - start)
+  checkpoint.write_text(directory, "metrics.json", json.dumps(metrics, indent=2))
+  return metrics
+
+
+# -------------------------------------------------------------------------- outputs
+
+
+def _seconds(x: Optional[float]) -> str:
+  if x is None:
+    return "—"
+  return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def markdown(report: dict, figure_links: Dict[str, str]) -> str:
+  """The tables (final checkpoints with baselines, then every checkpoint) and plots."""
+  labels = [p["label"] for p in report["protocols"]]
+  head = "| " + " | ".join(labels) + " |"
+  rule = " --- |" * len(labels)
+  first = report["variants"][0]["checkpoints"][0]["eval_dirs"][labels[0]]
+  sample = read_metrics(first) or {}
+  protocols = "; ".join(f"{p['label']} (`{p['spec']}`"
+                        + "".join(f", {o}" for o in p["overrides"]) + ")"
+                        for p in report["protocols"])
+  lines = [
+      f"Budget per variant: `{report['budget']}`. Data: {report['data']}: "
+      f"{sample.get('num_train')} train / {sample.get('num_test')} test images, "
+      f"{sample.get('num_classes')} classes. Protocols: {protocols}. Top-1 in %. FLOPs: "
+      "XLA's count of the compiled train step × steps; wall time: the trainer's logged "
+      "step_time (compilation excluded). Random init: each variant's step 0.",
+      "", "| variant | method | steps | epochs | pretraining FLOPs | wall time (s) " + head,
+      "| --- | --- | --- | --- | --- | --- |" + rule]
+  for v in report["variants"]:
+    last = v["checkpoints"][-1]
+    lines.append(f"| {v['name']} | {v['method']} | {last['step']} | {last['epochs']:.2f} | "
+                 f"{last['flops']:.3g} | {_seconds(last['wall_seconds'])} | "
+                 + " | ".join(f"{last['top1'][k]:.1f}" for k in labels) + " |")
+  for v in report["variants"]:
+    zero = v["checkpoints"][0]
+    lines.append(f"| random init ({v['name']}) | {v['method']} | 0 | 0 | 0 | 0 | "
+                 + " | ".join(f"{zero['top1'][k]:.1f}" for k in labels) + " |")
+  for group in report["raw_pixels"]:
+    lines.append(f"| raw pixels ({group['name']}) | — | 0 | 0 | 0 | 0 | "
+                 + " | ".join(f"{group['top1'][k]:.1f}" for k in labels) + " |")
+  lines += ["", "Along the way:", "",
+            "| variant | step | epochs | pretraining FLOPs | wall time (s) " + head,
+            "| --- | --- | --- | --- | --- |" + rule]
+  for v in report["variants"]:
+    for row in v["checkpoints"]:
+      lines.append(f"| {v['name']} | {row['step']} | {row['epochs']:.2f} | {row['flops']:.3g} "
+                   f"| {_seconds(row['wall_seconds'])} | "
+                   + " | ".join(f"{row['top1'][k]:.1f}" for k in labels) + " |")
+  lines.append("")
+  lines += [f"![top-1 against {FIGURES[axis][1]}]({link})"
+            for axis, link in figure_links.items()]
+  return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, axis: str, path: str) -> None:
+  """Top-1 against `axis` ('flops' or 'wall_seconds'), one panel per protocol."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+
+  labels = [p["label"] for p in report["protocols"]]
+  fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 4), squeeze=False)
+  for ax, label in zip(axes[0], labels):
+    for i, v in enumerate(report["variants"]):
+      points = [(row[axis], row["top1"][label]) for row in v["checkpoints"]
+                if row[axis] is not None]
+      ax.plot(*zip(*points), marker="o", color=f"C{i}", label=v["name"])
+      ax.axhline(v["checkpoints"][0]["top1"][label], color=f"C{i}", linestyle=":",
+                 linewidth=1)
+    for j, group in enumerate(report["raw_pixels"]):
+      ax.axhline(group["top1"][label], color="black", linestyle=("--", "-.")[j % 2],
+                 linewidth=1, label=f"raw pixels ({group['name']})")
+    ax.set_title(label)
+    ax.set_xlabel(FIGURES[axis][1])
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(alpha=0.3)
+  handles, names = axes[0][0].get_legend_handles_labels()
+  handles.append(Line2D([], [], color="grey", linestyle=":", linewidth=1))
+  names.append("random init (step 0)")
+  axes[0][0].legend(handles, names, fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def describe_data(variants: Sequence[Variant]) -> str:
+  described = set()
+  for v in variants:
+    d = v.config.data
+    where = {"npz": d.path, "image_folder": d.path, "tfds": d.tfds_name}.get(d.source, "")
+    described.add(f"{d.source} {where}".strip() + f", splits {d.train_split}/{d.eval_split}")
+  return "; ".join(sorted(described))
+
+
+def write_outputs(report: dict, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  for axis, (name, _) in FIGURES.items():
+    plot(report, axis, os.path.join(workdir, name))
+  links = {axis: name for axis, (name, _) in FIGURES.items()}
+  with open(os.path.join(workdir, "comparison.md"), "w") as f:
+    f.write("# Pretraining comparison\n\n" + markdown(report, links))
+  with open(os.path.join(workdir, "comparison.json"), "w") as f:
+    json.dump(report, f, indent=1)
+
+
+def publish(report: dict, workdir: str, results_path: str, section: str) -> None:
+  """Replace `section` of the results document with the tables and the copied plots."""
+  links = {axis: results.copy_figure(os.path.join(workdir, name), results_path,
+                                     f"{section}_{name}")
+           for axis, (name, _) in FIGURES.items()}
+  results.write_section(results_path, section, "Pretraining comparison",
+                        markdown(report, links), report["command"], report["machine"],
+                        report["date"])
+
+
+def compare(specs: Sequence[str], workdir: str, budget: str, *,
+            data_overrides: Sequence[str] = (), protocol_names: Sequence[str] = run.PROTOCOLS,
+            eval_overrides: Sequence[str] = (), num_checkpoints: int = 4,
+            measure_steps: int = 5, command: str = "") -> Optional[dict]:
+  """Pretrain, evaluate and tabulate (module docstring); returns comparison.json's
+  content, or None when a pretraining run was stopped (rerun to continue)."""
+  parse_budget(budget)
+  if num_checkpoints < 1 or measure_steps < 1:
+    raise app.UsageError("--num_checkpoints and --measure_steps must be at least 1.")
+  variants = load_variants(specs, data_overrides, workdir)
+  protocols = load_protocols(protocol_names, eval_overrides)
+  for variant in variants:
+    validate(variant, budget, num_checkpoints)
+  rows = []
+  for variant in variants:
+    plan = read_plan(variant, budget, num_checkpoints)
+    if plan is None:
+      plan = make_plan(variant, budget, num_checkpoints, measure_steps)
+      checkpoint.write_text(variant.workdir, "plan.json", json.dumps(plan, indent=1))
+    logging.info("%s: %s", variant.name, plan["how"])
+    if not pretrain_variant(variant, plan):
+      logging.warning("Pretraining of %s stopped early; run the same command again to "
+                      "continue.", variant.name)
+      return None
+    rows.append(evaluate_variant(variant, plan, protocols))
+  report = {
+      "command": command, "machine": results.machine(), "date": results.now(),
+      "budget": budget, "num_checkpoints": num_checkpoints, "data": describe_data(variants),
+      "data_overrides": list(data_overrides),
+      "protocols": [{"label": p.label, "spec": p.spec, "protocol": p.config.protocol,
+                     "top1_key": p.top1, "key": p.key, "overrides": p.overrides,
+                     "config": p.config.to_dict()} for p in protocols],
+      "variants": rows, "raw_pixels": raw_pixels(variants, protocols, workdir)}
+  write_outputs(report, workdir)
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.workdir:
+    raise app.UsageError("Set --workdir.")
+  section = results.requested_section()
+  report = compare(FLAGS.configs, FLAGS.workdir, FLAGS.budget, data_overrides=FLAGS.data,
+                   protocol_names=FLAGS.protocols, eval_overrides=FLAGS.eval_override,
+                   num_checkpoints=FLAGS.num_checkpoints, measure_steps=FLAGS.measure_steps,
+                   command=results.command_line("mim_jax.compare"))
+  if report is None:
+    return
+  print(open(os.path.join(FLAGS.workdir, "comparison.md")).read())
+  if section is not None:
+    publish(report, FLAGS.workdir, FLAGS.results, section)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,238 @@
+"""The comparison tool end to end on a tiny npz set with two tiny variants; its budget
+arithmetic and schedule scaling by hand."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app
+
+from conftest import REPO, config_file, scalar_series
+from mim_jax import compare, train
+from mim_jax.benchmarks import compiled_step
+
+# Two tiny variants: the tests' configs/<method>.py:tiny without image summaries.
+TINY_VARIANTS_FILE = f'''
+from mim_jax import config_files
+
+
+def get_config(arg):
+  config = config_files.load("{REPO}/configs/" + arg + ".py:tiny")
+  config.image_summary_every_steps = 0
+  return config
+'''
+# k-NN on pooled features and the attentive probe on tokens (the linear probe takes the
+# same path as k-NN here); CPU-sized probe settings.
+PROTOCOLS = ["knn", "attentive_probe"]
+PROTOCOL_OVERRIDES = ["eval_batch_size=32", "attentive_probe.epochs=1",
+                      "attentive_probe.batch_size=16", "attentive_probe.warmup_epochs=0.0",
+                      "knn:knn.k=5"]
+
+
+def write_npz(path, num_train=64, num_test=32, size=16, classes=4):
+  """uint8 images whose mean colour depends on the label, and the labels."""
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, n in (("train", num_train), ("test", num_test)):
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 96, (n, size, size, 3)) + 40 * labels[:, None, None, None]
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = images.astype(np.uint8), labels
+  np.savez(path, **arrays)
+
+
+def compare_args(root):
+  """compare.compare's arguments for the two tiny variants on the tiny npz set."""
+  variants = [f"{root / 'tiny_variants.py'}:mae", f"{root / 'tiny_variants.py'}:pcae"]
+  return dict(specs=variants, workdir=str(root / "work"), budget="steps:4",
+              data_overrides=["source=npz", f"path={root / 'tiny.npz'}"],
+              protocol_names=PROTOCOLS, eval_overrides=PROTOCOL_OVERRIDES, num_checkpoints=2)
+
+
+def command_line(args, results_doc):
+  """The same comparison as `python -m mim_jax.compare` flags."""
+  return ([f"--configs={','.join(args['specs'])}", f"--workdir={args['workdir']}",
+           f"--budget={args['budget']}", f"--num_checkpoints={args['num_checkpoints']}",
+           f"--protocols={','.join(args['protocol_names'])}", f"--results={results_doc}"] +
+          [f"--data={d}" for d in args["data_overrides"]] +
+          [f"--eval_override={o}" for o in args["eval_overrides"]])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("compare")
+  write_npz(root / "tiny.npz")
+  (root / "tiny_variants.py").write_text(TINY_VARIANTS_FILE)
+  args = compare_args(root)
+  report = compare.compare(**args, command="python -m mim_jax.compare (the test)")
+  return root, args, report
+
+
+def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(setup):
+  root, _, _ = setup
+  report = json.loads((root / "work" / "comparison.json").read_text())
+  assert [v["method"] for v in report["variants"]] == ["mae", "pcae"]
+  labels = PROTOCOLS
+  assert [p["label"] for p in report["protocols"]] == labels
+  for variant in report["variants"]:
+    plan = variant["plan"]
+    # 64 train images // batch 16 = 4 steps per epoch, from the data
+    assert (plan["steps"], plan["num_examples"], plan["steps_per_epoch"]) == (4, 64, 4)
+    assert plan["checkpoint_steps"] == [0, 2, 4] and plan["flops_per_step"] > 0
+    steps = [row["step"] for row in variant["checkpoints"]]
+    assert steps == [0, 2, 4]
+    assert [row["epochs"] for row in variant["checkpoints"]] == [0.0, 0.5, 1.0]
+    assert [row["flops"] for row in variant["checkpoints"]] == [
+        s * plan["flops_per_step"] for s in steps]
+    for row in variant["checkpoints"]:
+      for protocol in report["protocols"]:
+        metrics = json.loads(
+            open(os.path.join(row["eval_dirs"][protocol["label"]], "metrics.json")).read())
+        assert metrics["pretrained_step"] == row["step"]
+        assert metrics["pretrained"] == os.path.join(variant["workdir"], "pretrain")
+        assert metrics[protocol["top1_key"]] == row["top1"][protocol["label"]]
+        assert (metrics["num_train"], metrics["num_test"], metrics["num_classes"]) == (64, 32, 4)
+    # wall time: Σ step_time × steps of its log interval (logged every step; step 1, which
+    # compiles, has none and takes step 2's)
+    times = dict(scalar_series(os.path.join(variant["workdir"], "pretrain"), "step_time",
+                               with_steps=True))
+    assert sorted(times) == [2, 3, 4]
+    walls = [row["wall_seconds"] for row in variant["checkpoints"]]
+    assert walls == pytest.approx([0.0, 2 * times[2], 2 * times[2] + times[3] + times[4]])
+  (group,) = report["raw_pixels"]
+  assert group["variants"] == ["tiny_variants_mae", "tiny_variants_pcae"]
+  for protocol, shape in zip(report["protocols"], ([768], [16, 48])):
+    metrics = json.loads(open(os.path.join(group["eval_dirs"][protocol["label"]],
+                                           "metrics.json")).read())
+    assert metrics["feature_shape"] == shape and metrics["num_classes"] == 4
+    assert metrics[protocol["top1_key"]] == group["top1"][protocol["label"]]
+  knn = json.loads(open(os.path.join(group["eval_dirs"]["knn"], "config.json")).read())
+  assert knn["eval"]["knn"]["k"] == 5  # the knn-only override
+  table = (root / "work" / "comparison.md").read_text()
+  final = report["variants"][1]["checkpoints"][-1]
+  assert (f"| tiny_variants_pcae | pcae | 4 | 1.00 | {final['flops']:.3g} | "
+          f"{final['wall_seconds']:.3g} | " + " | ".join(
+              f"{final['top1'][k]:.1f}" for k in labels) + " |") in table
+  assert "| raw pixels (16 px) |" in table
+
+
+def test_the_plots_exist(setup):
+  root, _, _ = setup
+  for name in ("top1_vs_flops.png", "top1_vs_wall_time.png"):
+    path = root / "work" / name
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_the_command_line_rerun_redoes_nothing_and_replaces_its_results_section(setup):
+  root, args, report = setup
+  work = root / "work"
+  metrics = sorted(work.rglob("metrics.json"))
+  assert len(metrics) == 2 * 3 * 2 + 2  # variants × checkpoints × protocols + raw pixels
+  outputs = sorted(work.rglob("events.out.tfevents.*")) + sorted(work.rglob("checkpoints/*"))
+  before = {p: p.stat().st_mtime_ns for p in metrics + outputs}
+  doc = root / "docs" / "RESULTS.md"
+  doc.parent.mkdir()
+  other = "# Measured results\n\n<!-- results:other -->\nkept\n<!-- /results:other -->\n"
+  doc.write_text(other)
+  cmd = [sys.executable, "-m", "mim_jax.compare"] + command_line(args, doc)
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  # no pretraining (it writes event files and checkpoints) and no evaluation
+  assert sorted(work.rglob("events.out.tfevents.*")) + sorted(
+      work.rglob("checkpoints/*")) == outputs
+  assert {p: p.stat().st_mtime_ns for p in metrics + outputs} == before
+  again = json.loads((work / "comparison.json").read_text())
+  assert again["variants"] == report["variants"] and again["raw_pixels"] == report["raw_pixels"]
+  text = doc.read_text()
+  assert text.startswith(other + "\n<!-- results:compare -->\n## Pretraining comparison\n")
+  assert text.count("<!-- results:compare -->") == 1 and "--budget=steps:4" in text
+  assert "| tiny_variants_mae | mae | 4 | 1.00 |" in text
+  for name in ("top1_vs_flops.png", "top1_vs_wall_time.png"):
+    assert f"](figures/compare_{name})" in text
+    assert (doc.parent / "figures" / f"compare_{name}").read_bytes() == (
+        work / name).read_bytes()
+
+
+def test_a_rerun_with_another_budget_or_data_is_refused(setup):
+  root, args, _ = setup
+  for changed in (dict(budget="steps:6"),
+                  dict(data_overrides=args["data_overrides"] + ["flip=False"])):
+    with pytest.raises(app.UsageError, match="planned for"):
+      compare.compare(**dict(args, **changed))
+
+
+def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch):
+  root, args, _ = setup
+  (variant,) = compare.load_variants(args["specs"][:1], args["data_overrides"],
+                                     str(root / "plans"))
+  done = json.loads((root / "work" / "tiny_variants_mae" / "plan.json").read_text())
+  cpu = compare.make_plan(variant, "cpu_seconds:1000", 2, 2)
+  assert cpu["flops_per_step"] == done["flops_per_step"]  # the same compiled step
+  assert cpu["steps"] == math.floor(1000 / cpu["cpu_seconds_per_step"]) > 0
+  assert "time.process_time" in cpu["how"]
+
+  class Step:  # XLA counts per device: 1e6 FLOPs on each of the 8
+    step_flops = 1e6
+
+    def __init__(self, config, count_model_flops):
+      del config, count_model_flops
+
+  monkeypatch.setattr(compiled_step, "CompiledStep", Step)
+  flops = compare.make_plan(variant, "flops:2.5e7", 2, 2)
+  assert (flops["flops_per_step"], flops["steps"]) == (8e6, 3)  # floor(2.5e7 / 8e6)
+  assert flops["checkpoint_steps"] == [0, 2, 3]
+
+
+def test_budget_arithmetic_and_checkpoint_steps_by_hand():
+  assert compare.parse_budget("flops:1e12") == ("flops", 1e12)
+  for bad in ("steps:1.5", "weeks:2", "epochs:-1", "epochs", None):
+    with pytest.raises(app.UsageError, match="--budget"):
+      compare.parse_budget(bad)
+  steps = lambda kind, amount: compare.budget_steps(
+      kind, amount, steps_per_epoch=78, flops_per_step=3e9, cpu_seconds_per_step=0.8)
+  assert steps("steps", 200) == 200
+  assert steps("epochs", 2.5) == 195  # round(2.5 × 78)
+  assert steps("flops", 1e12) == 333  # floor(1e12 / 3e9)
+  assert steps("cpu_seconds", 480) == 600  # floor(480 / 0.8)
+  assert compare.checkpoint_steps(10, 4) == [0, 3, 6, 9, 10]
+  assert compare.checkpoint_steps(9, 4) == [0, 3, 6, 9]
+  assert compare.checkpoint_steps(3, 5) == [0, 1, 2, 3]
+
+
+def test_the_schedule_keeps_its_shape_at_the_budget():
+  simmim = config_file("simmim.py", "tiny", {  # 400 steps, warmup 40, ×0.1 at step 350
+      "num_train_steps": 400, "warmup_steps": 40, "optimizer.decay_steps": (350,)})
+  config = compare.scheduled_config(simmim, 200, 4)
+  assert (config.num_train_steps, config.warmup_steps) == (200, 20)
+  assert tuple(config.optimizer.decay_steps) == (175,)
+  assert (config.checkpoint_every_steps, config.keep_checkpoints) == (50, 201)
+  by_epochs = config_file("quickstart.py", overrides={
+      "num_train_steps": -1, "num_epochs": 10.0, "warmup_steps": -1, "warmup_epochs": 1.0})
+  assert train.schedule_lengths(by_epochs) == (1560, 156, 156)  # 10k synthetic // 64
+  config = compare.scheduled_config(by_epochs, 100, 3)
+  assert (config.num_train_steps, config.warmup_steps, config.checkpoint_every_steps) == (
+      100, 10, 34)
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path):
+  quickstart = str(REPO / "configs" / "quickstart.py")
+  cases = [
+      (dict(budget="steps:0"), "--budget"),
+      (dict(data_overrides=["image_size=64"]), "image_size"),
+      (dict(data_overrides=["colour=red"]), "no such field"),
+      (dict(eval_overrides=["svm:k=3"]), "no protocol"),
+      (dict(eval_overrides=["linear_probe.nope=3"]), "no such field"),
+      (dict(eval_overrides=["pool=mean"]), "attentive_probe pool"),
+      (dict(eval_overrides=["eval_batch_size=12"]), "knn eval_batch_size"),
+      (dict(specs=[quickstart, quickstart]), "same name"),
+      (dict(budget="epochs:0.001"), "buys no training step"),
+  ]
+  for overrides, message in cases:
+    kwargs = dict(specs=[quickstart], budget="steps:2", data_overrides=[], eval_overrides=[])
+    kwargs.update(overrides)
+    with pytest.raises((app.UsageError, ValueError), match=message):
+      compare.compare(kwargs.pop("specs"), str(tmp_path / "work"), kwargs.pop("budget"),
+                      **kwargs)
+  assert not (tmp_path / "work").exists()
