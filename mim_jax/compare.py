@@ -19,7 +19,8 @@ Inputs:
     train examples // the config's batch size, rounded), `flops:F` (floor of F / FLOPs per
     step) or `cpu_seconds:S` (floor of S / CPU-seconds per step).
   --protocols: `knn`, `linear_probe`, `attentive_probe` (configs/eval/<name>.py) or eval
-    config specs; --eval_override `[PROTOCOL:]field=value` changes their fields (e.g.
+    config specs (default: knn and the `:cifar` variants of the two probes, sized for
+    10k-image sets on a CPU); --eval_override `[PROTOCOL:]field=value` changes their fields (e.g.
     fewer attentive-probe epochs on a CPU), for every protocol with that field or only
     the one named.
 
@@ -81,6 +82,8 @@ from mim_jax.evaluation import features, pretrained, run
 
 METHOD_NAMES = ("mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae")
 DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in METHOD_NAMES]
+DEFAULT_PROTOCOLS = ["knn", "configs/eval/linear_probe.py:cifar",
+                     "configs/eval/attentive_probe.py:cifar"]
 BUDGET_KINDS = ("steps", "epochs", "flops", "cpu_seconds")
 TOP1 = {"knn": "knn_top1", "linear_probe": "top1", "attentive_probe": "top1"}
 FIGURES = {"flops": ("top1_vs_flops.png", "pretraining FLOPs"),
@@ -101,7 +104,7 @@ def define_flags() -> None:
                             "--data=path=DATA.npz.")
   flags.DEFINE_integer("num_checkpoints", 4, "Checkpoints evaluated along the way, besides "
                        "step 0 (random init).")
-  flags.DEFINE_list("protocols", list(run.PROTOCOLS), "knn, linear_probe, attentive_probe "
+  flags.DEFINE_list("protocols", DEFAULT_PROTOCOLS, "knn, linear_probe, attentive_probe "
                     "(configs/eval/<name>.py) or eval config specs path[:variant].")
   flags.DEFINE_multi_string("eval_override", [], "[PROTOCOL:]field=value on the protocols' "
                             "eval configs (repeat the flag).")
