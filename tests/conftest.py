@@ -9,10 +9,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pathlib  # noqa: E402
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mim_jax import config_files, methods, optim, sharding, train  # noqa: E402
+from mim_jax import config_files, data, methods, optim, sharding, train  # noqa: E402
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
@@ -90,3 +91,46 @@ def assert_sharded_equals_one_device(config, batch, metric_keys=("loss",), num_s
   assert_trees_close(states8[-1].params, states1[-1].params)
   assert_trees_close(states8[-1].target_params, states1[-1].target_params)
   return runs
+
+
+# --- the input pipeline's tests (tests/data/, and methods that read pipeline batches) ----
+
+MEAN = np.array(data.default_data_config().mean, np.float32)
+STD = np.array(data.default_data_config().std, np.float32)
+ONE_PROCESS = {"process_index": 0, "process_count": 1}
+
+
+def data_config(**data_fields) -> ml_collections.ConfigDict:
+  """A config holding only seed 0 and config.data (32 px images; a synthetic source of 20
+  train / 12 eval images) with `data_fields`."""
+  config = ml_collections.ConfigDict({"seed": 0, "data": data.default_data_config()})
+  config.data.update({"image_size": 32, "synthetic_train_size": 20,
+                      "synthetic_eval_size": 12, **data_fields})
+  return config
+
+
+def write_npz(path, train_images, test_images=None):
+  """npz whose labels are example ids 0..n-1; the test split defaults to the train one."""
+  test_images = train_images if test_images is None else test_images
+  np.savez(path, x_train=train_images, y_train=np.arange(len(train_images)),
+           x_test=test_images, y_test=np.arange(len(test_images)))
+  return str(path)
+
+
+def uint8_images(n, size=32, seed=0):
+  """[n, size, size, 3] uniformly random uint8 images."""
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def normalised(pixels):
+  return (np.asarray(pixels, np.float32) / 255.0 - MEAN) / STD
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def coordinate_ramp(size=20):
+  """uint8 [size, size, 3]: red = 10·row, green = 10·column, blue = 0."""
+  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  return np.stack([10 * rows, 10 * cols, np.zeros_like(rows)], -1).astype(np.uint8)

@@ -1,52 +1,21 @@
-"""Input pipeline specification: sources, augmentation, determinism, resume, sharding."""
+"""mim_jax/data/pipeline.py: batch sizes per process, augmentation, determinism, resume,
+sharding over processes, unreadable images."""
+import logging
 import re
 import time
-from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from mim_jax import data
-from mim_jax.data import pipeline, synthetic
-
-MEAN = np.array(data.default_data_config().mean, np.float32)
-STD = np.array(data.default_data_config().std, np.float32)
-CIFAR_SMALL = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10_small.npz"
-ONE_PROCESS = {"process_index": 0, "process_count": 1}
+from conftest import (MEAN, ONE_PROCESS, STD, coordinate_ramp, data_config, normalised,
+                      scalar_series, take, tiny_mae_config, uint8_images, write_npz)
+from mim_jax import data, pretrain
+from mim_jax.data import pipeline
 
 
-def make_config(**data_fields) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict({"seed": 0, "data": data.default_data_config()})
-  config.data.update({"image_size": 32, "synthetic_train_size": 20,
-                      "synthetic_eval_size": 12, **data_fields})
-  return config
-
-
-def write_npz(path, train_images, test_images=None):
-  """npz whose labels are example ids 0..n-1; the test split defaults to the train one."""
-  test_images = train_images if test_images is None else test_images
-  np.savez(path, x_train=train_images, y_train=np.arange(len(train_images)),
-           x_test=test_images, y_test=np.arange(len(test_images)))
-  return str(path)
-
-
-def random_images(n, size=32, seed=0):
-  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def normalised(pixels):
-  return (np.asarray(pixels, np.float32) / 255.0 - MEAN) / STD
-
-
-def take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-# --- check_batch_size -------------------------------------------------------------------
+# --- check_batch_size --------------------------------------------------------------------
 
 def test_check_batch_size_accepts_divisible_batches():
   data.check_batch_size(64, num_devices=8, process_count=2)
@@ -65,127 +34,18 @@ def test_check_batch_size_says_what_to_change(batch, devices, processes, hint):
 
 def test_iterators_reject_batch_not_divisible_by_processes():
   with pytest.raises(ValueError, match="4 processes"):
-    data.create_train_iterator(make_config(), global_batch_size=10, process_index=0,
+    data.create_train_iterator(data_config(), global_batch_size=10, process_index=0,
                                process_count=4)
-
-
-# --- config errors ----------------------------------------------------------------------
-
-def test_unknown_source_names_the_field():
-  with pytest.raises(ValueError, match="config.data.source"):
-    data.create_train_iterator(make_config(source="lmdb"), global_batch_size=4, **ONE_PROCESS)
-
-
-def test_missing_npz_path_names_the_field(tmp_path):
-  with pytest.raises(ValueError, match="config.data.path"):
-    data.num_examples(make_config(source="npz"), "train")
-  with pytest.raises(ValueError, match="config.data.path"):
-    data.num_examples(make_config(source="image_folder", path=str(tmp_path / "nope")), "train")
-
-
-def test_missing_split_names_the_fields(tmp_path):
-  config = make_config(source="npz", path=write_npz(tmp_path / "d.npz", random_images(4)))
-  expected = r"'validation'.*\['test', 'train'\].*config.data.eval_split"
-  with pytest.raises(ValueError, match=expected):
-    data.create_eval_iterator(config, "validation", global_batch_size=2, **ONE_PROCESS)
-
-
-def test_an_npz_without_the_expected_arrays_lists_its_keys(tmp_path):
-  np.savez(tmp_path / "d.npz", images=random_images(4), labels=np.arange(4))
-  config = make_config(source="npz", path=str(tmp_path / "d.npz"))
-  with pytest.raises(ValueError, match=re.escape(
-      f"config.data.path='{tmp_path / 'd.npz'}' holds the arrays ['images', 'labels']; the npz "
-      "source expects x_train (uint8 images) and y_train (labels) for each split")):
-    data.num_examples(config, "train")
-
-
-def test_unprepared_tfds_dataset_names_data_dir(tmp_path):
-  config = make_config(source="tfds", tfds_name="imagenet2012", data_dir=str(tmp_path))
-  with pytest.raises(ValueError, match="config.data.data_dir"):
-    data.num_examples(config, "train")
 
 
 def test_bad_interpolation_names_the_field():
   with pytest.raises(ValueError, match="config.data.interpolation"):
-    data.create_train_iterator(make_config(interpolation="lanczos7"), global_batch_size=4,
+    data.create_train_iterator(data_config(interpolation="lanczos7"), global_batch_size=4,
                                **ONE_PROCESS)
 
 
-# --- synthetic --------------------------------------------------------------------------
-
-def test_synthetic_batches_have_the_promised_shapes_and_range():
-  config = make_config(num_classes=5)
-  batch = next(data.create_train_iterator(config, global_batch_size=8, **ONE_PROCESS))
-  assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
-  assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
-  assert set(batch["label"]) <= set(range(5))
-  assert (batch["image"] >= normalised(0.0) - 1e-5).all()
-  assert (batch["image"] <= normalised(255.0) + 1e-5).all()
-  assert data.num_examples(config, "train") == 20 and data.num_examples(config, "test") == 12
-
-
-def test_synthetic_images_are_a_pure_function_of_seed_and_shardable():
-  images, labels = synthetic.make_images(50, 32, 10, seed=3, split_id=0)
-  again, _ = synthetic.make_images(50, 32, 10, seed=3, split_id=0)
-  other_seed, _ = synthetic.make_images(50, 32, 10, seed=4, split_id=0)
-  odd, odd_labels = synthetic.make_images(50, 32, 10, seed=3, split_id=0,
-                                          indices=np.arange(1, 50, 2))
-  np.testing.assert_array_equal(images, again)
-  assert (images != other_seed).mean() > 0.5
-  np.testing.assert_array_equal(images[1::2], odd)
-  np.testing.assert_array_equal(labels[1::2], odd_labels)
-  assert np.bincount(labels).tolist() == [5] * 10  # balanced classes
-
-
-def test_synthetic_generation_is_fast():
-  start = time.perf_counter()
-  synthetic.make_images(2000, 32, 10, seed=0, split_id=0)
-  assert time.perf_counter() - start < 2.0
-
-
-def test_synthetic_classes_are_learnable_but_not_trivial():
-  images, labels = synthetic.make_images(3000, 32, 10, seed=0, split_id=0)
-  features = images.astype(np.float32).reshape(-1, 8, 4, 8, 4, 3).mean((2, 4)).reshape(3000, -1)
-  train, test = slice(0, 2500), slice(2500, None)
-  centroids = np.stack([features[train][labels[train] == c].mean(0) for c in range(10)])
-  distances = ((features[test][:, None] - centroids[None]) ** 2).sum(-1)
-  accuracy = (distances.argmin(1) == labels[test]).mean()
-  assert 0.3 < accuracy < 0.9  # chance is 0.1; a pixel template does not solve it
-
-
-# --- npz --------------------------------------------------------------------------------
-
-def test_npz_constant_images_map_to_normalised_values(tmp_path):
-  values = np.arange(0, 250, 25, dtype=np.uint8)  # 10 images, each one constant value
-  images = np.broadcast_to(values[:, None, None, None], (10, 32, 32, 3)).copy()
-  config = make_config(source="npz", path=write_npz(tmp_path / "c.npz", images))
-  expected = normalised(np.broadcast_to(values[:, None], (10, 3)))
-
-  batch = next(data.create_eval_iterator(config, "test", global_batch_size=10, **ONE_PROCESS))
-  np.testing.assert_array_equal(batch["label"], np.arange(10))
-  np.testing.assert_allclose(batch["image"], np.broadcast_to(expected[:, None, None, :],
-                                                             batch["image"].shape), atol=1e-6)
-
-  batch = next(data.create_train_iterator(config, global_batch_size=10, **ONE_PROCESS))
-  np.testing.assert_allclose(batch["image"],
-                             np.broadcast_to(expected[batch["label"], None, None, :],
-                                             batch["image"].shape), atol=1e-4)
-
-
-def test_npz_grey_and_rgba_images_become_rgb(tmp_path):
-  grey = np.full((4, 32, 32), 100, np.uint8)
-  rgba = np.zeros((4, 32, 32, 4), np.uint8)
-  rgba[..., :3] = (10, 20, 30)
-  rgba[..., 3] = 77
-  config = make_config(source="npz", path=write_npz(tmp_path / "g.npz", grey, rgba))
-  train = next(data.create_eval_iterator(config, "train", global_batch_size=4, **ONE_PROCESS))
-  test = next(data.create_eval_iterator(config, "test", global_batch_size=4, **ONE_PROCESS))
-  np.testing.assert_allclose(train["image"][0, 0, 0], normalised([100, 100, 100]), atol=1e-6)
-  np.testing.assert_allclose(test["image"][0, 0, 0], normalised([10, 20, 30]), atol=1e-6)
-
-
 def test_eval_covers_the_split_once_and_pads_the_last_batch(tmp_path):
-  config = make_config(source="npz", path=write_npz(tmp_path / "e.npz", random_images(20)))
+  config = data_config(source="npz", path=write_npz(tmp_path / "e.npz", uint8_images(20)))
   batches = list(data.create_eval_iterator(config, "test", global_batch_size=8, **ONE_PROCESS))
   assert [b["valid"].sum() for b in batches] == [8, 8, 4]
   assert batches[-1]["valid"].tolist() == [True] * 4 + [False] * 4
@@ -195,138 +55,14 @@ def test_eval_covers_the_split_once_and_pads_the_last_batch(tmp_path):
   assert (batches[-1]["image"][4:] == 0).all()
 
 
-def test_cifar10_small_loads():
-  if not CIFAR_SMALL.exists():
-    pytest.skip(f"{CIFAR_SMALL} not present")
-  config = make_config(source="npz", path=str(CIFAR_SMALL))
-  assert data.num_examples(config, "train") == 10_000
-  assert data.num_examples(config, "test") == 2_000
-  batch = next(data.create_eval_iterator(config, "test", global_batch_size=16, **ONE_PROCESS))
-  with np.load(CIFAR_SMALL) as raw:
-    pixels, labels = raw["x_test"][:16], raw["y_test"][:16]
-  np.testing.assert_allclose(batch["image"], normalised(pixels), atol=1e-5)  # 32 px: untouched
-  np.testing.assert_array_equal(batch["label"], labels.reshape(-1))
-  train = next(data.create_train_iterator(config, global_batch_size=16, **ONE_PROCESS))
-  assert train["image"].shape == (16, 32, 32, 3) and set(train["label"]) <= set(range(10))
-
-
-# --- image folder -----------------------------------------------------------------------
-
-COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cat": (30, 30, 200)}
-
-
-def write_image_folder(root: Path):
-  """train/<class>/ with JPEG, PNG, grey PNG and RGBA PNG of the class colour; val has bee."""
-  for name, colour in COLOURS.items():
-    folder = root / "train" / name
-    folder.mkdir(parents=True)
-    Image.new("RGB", (40, 36), colour).save(folder / "a.jpg", quality=95)
-    Image.new("RGB", (36, 40), colour).save(folder / "b.png")
-    Image.new("RGBA", (36, 36), colour + (128,)).save(folder / "c.png")
-    (folder / "notes.txt").write_text("not an image")
-  Image.new("L", (32, 32), 90).save(root / "train" / "cat" / "d.PNG")
-  (root / "val" / "bee").mkdir(parents=True)
-  Image.new("RGB", (64, 48), COLOURS["bee"]).save(root / "val" / "bee" / "x.jpeg")
-  return str(root)
-
-
-def test_image_folder_labels_follow_sorted_class_folders(tmp_path):
-  config = make_config(source="image_folder", path=write_image_folder(tmp_path),
-                       eval_split="val")
-  assert data.num_examples(config, "train") == 10 and data.num_examples(config, "val") == 1
-  batches = list(data.create_eval_iterator(config, "train", global_batch_size=4, **ONE_PROCESS))
-  images = np.concatenate([b["image"][b["valid"]] for b in batches])
-  labels = np.concatenate([b["label"][b["valid"]] for b in batches])
-  np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
-  expected = [COLOURS[name] for name in ("ant", "ant", "ant", "bee", "bee", "bee", "cat",
-                                         "cat", "cat")] + [(90, 90, 90)]
-  np.testing.assert_allclose(images.mean((1, 2)), normalised(expected), atol=0.05)  # JPEG
-
-  val = next(data.create_eval_iterator(config, "val", global_batch_size=2, **ONE_PROCESS))
-  assert val["label"][0] == 1 and val["valid"].tolist() == [True, False]  # bee, not 0
-  train = next(data.create_train_iterator(config, global_batch_size=4, num_views=2,
-                                          **ONE_PROCESS))
-  assert train["image"].shape == (4, 2, 32, 32, 3)
-
-
-def test_an_empty_class_folder_is_refused_by_name(tmp_path):
-  root = write_image_folder(tmp_path)
-  (tmp_path / "train" / "bat").mkdir()  # sorts first: every other label would shift by one
-  (tmp_path / "train" / "bat" / "notes.txt").write_text("no images here")
-  config = make_config(source="image_folder", path=root)
-  with pytest.raises(ValueError, match=re.escape(
-      f"Class folders without images (.jpg, .jpeg, .png, .bmp, .gif) in config.data.path="
-      f"'{root}': {tmp_path / 'train' / 'bat'}. Each class folder becomes a label: add its "
-      "images or remove the folder.")):
-    data.num_examples(config, "train")
-
-
-# --- tfds -------------------------------------------------------------------------------
-
-def test_tfds_mock_imagenet_through_train_and_eval():
-  config = make_config(source="tfds", tfds_name="imagenet2012", eval_split="validation",
-                       shuffle_buffer=8)
-  with tfds.testing.mock_data(num_examples=12):
-    assert data.num_examples(config, "validation") == 12
-    train = data.create_train_iterator(config, global_batch_size=4, **ONE_PROCESS)
-    first = take(train, 5)  # 20 examples: crosses an epoch boundary
-    resumed = take(data.create_train_iterator(config, global_batch_size=4, start_step=2,
-                                              **ONE_PROCESS), 3)
-    evals = list(data.create_eval_iterator(config, "validation", global_batch_size=8,
-                                           **ONE_PROCESS))
-  assert first[0]["image"].shape == (4, 32, 32, 3) and first[0]["image"].dtype == np.float32
-  assert first[0]["label"].dtype == np.int32 and (first[0]["label"] < 1000).all()
-  for got, want in zip(resumed, first[2:]):
-    np.testing.assert_array_equal(got["image"], want["image"])
-    np.testing.assert_array_equal(got["label"], want["label"])
-  assert [int(b["valid"].sum()) for b in evals] == [8, 4]
-  assert evals[0]["image"].shape == (8, 32, 32, 3)
-
-
-class TinyIds(tfds.core.GeneratorBasedBuilder):
-  """A prepared tfds dataset: 21 grey 28 px images; the label is the example's index."""
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(28, 28, 1)),
-        "label": tfds.features.ClassLabel(num_classes=21)}))
-
-  def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples()}
-
-  def _generate_examples(self):
-    for i in range(21):
-      yield i, {"image": np.full((28, 28, 1), 10 * i, np.uint8), "label": i}
-
-
-def test_tfds_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
-  TinyIds(data_dir=str(tmp_path)).download_and_prepare()
-  config = make_config(source="tfds", tfds_name="tiny_ids", data_dir=str(tmp_path),
-                       image_size=28)
-  assert data.num_examples(config, "train") == 21
-  ids = []
-  for index in range(2):
-    batches = list(data.create_eval_iterator(config, "train", global_batch_size=8,
-                                             process_index=index, process_count=2))
-    assert len(batches) == 3 and batches[0]["image"].shape == (4, 28, 28, 3)
-    images = np.concatenate([b["image"][b["valid"]] for b in batches])
-    labels = np.concatenate([b["label"][b["valid"]] for b in batches])
-    np.testing.assert_allclose(images, normalised(np.broadcast_to(  # grey -> RGB
-        10 * labels[:, None, None, None], images.shape)), atol=1e-5)
-    ids.append(labels)
-  assert not set(ids[0]) & set(ids[1])
-  np.testing.assert_array_equal(np.sort(np.concatenate(ids)), np.arange(21))
-
-
-# --- determinism, resume, sharding ------------------------------------------------------
+# --- determinism, resume, sharding -------------------------------------------------------
 
 @pytest.fixture(params=["synthetic", "npz"])
 def small_source(request, tmp_path):
   """A 20-example train split (npz labels are example ids), batches of 8 straddle epochs."""
   if request.param == "synthetic":
-    return make_config()
-  return make_config(source="npz", path=write_npz(tmp_path / "r.npz", random_images(20)))
+    return data_config()
+  return data_config(source="npz", path=write_npz(tmp_path / "r.npz", uint8_images(20)))
 
 
 def test_resume_yields_exactly_the_remaining_batches(small_source):
@@ -347,7 +83,7 @@ def test_train_stream_depends_on_the_seed(small_source):
 
 
 def test_each_epoch_is_a_new_permutation(tmp_path):
-  config = make_config(source="npz", path=write_npz(tmp_path / "p.npz", random_images(20)))
+  config = data_config(source="npz", path=write_npz(tmp_path / "p.npz", uint8_images(20)))
   batches = take(data.create_train_iterator(config, global_batch_size=10, **ONE_PROCESS), 6)
   stream = np.concatenate([b["label"] for b in batches]).reshape(3, 20)
   for epoch in stream:
@@ -365,8 +101,8 @@ def test_resuming_far_ahead_does_not_replay_the_skipped_steps(small_source):
 
 
 def test_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
-  config = make_config(source="npz",
-                       path=write_npz(tmp_path / "s.npz", random_images(21), random_images(21)))
+  config = data_config(source="npz",
+                       path=write_npz(tmp_path / "s.npz", uint8_images(21), uint8_images(21)))
   eval_ids, train_ids, num_batches = [], [], []
   for index in range(2):
     process = {"process_index": index, "process_count": 2}
@@ -383,7 +119,7 @@ def test_processes_read_disjoint_shards_that_cover_the_split(tmp_path):
     np.testing.assert_array_equal(np.sort(np.concatenate(ids)), np.arange(21))
 
 
-# --- augmentation -----------------------------------------------------------------------
+# --- augmentation ------------------------------------------------------------------------
 
 def test_random_resized_crop_samples_within_scale_and_ratio():
   for i in range(100):
@@ -404,8 +140,8 @@ def test_random_resized_crop_full_scale_takes_the_whole_image_or_falls_back_cent
 
 
 def test_full_scale_train_crop_is_the_whole_image_resized(tmp_path):
-  images = random_images(4, size=48)
-  config = make_config(source="npz", path=write_npz(tmp_path / "w.npz", images),
+  images = uint8_images(4, size=48)
+  config = data_config(source="npz", path=write_npz(tmp_path / "w.npz", images),
                        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)
   batch = next(data.create_train_iterator(config, global_batch_size=4, **ONE_PROCESS))
   resized = tf.image.resize(images, [32, 32], method="bicubic", antialias=True).numpy()
@@ -420,7 +156,7 @@ def test_flip_happens_about_half_the_time(tmp_path):
   path = write_npz(tmp_path / "f.npz", image)
   flipped = []
   for flip in (True, False):
-    config = make_config(source="npz", path=path, flip=flip, **full_view)
+    config = data_config(source="npz", path=path, flip=flip, **full_view)
     batch = next(data.create_train_iterator(config, global_batch_size=200, **ONE_PROCESS))
     left, right = batch["image"][:, :, :16], batch["image"][:, :, 16:]
     flipped.append(int((left.mean((1, 2, 3)) > right.mean((1, 2, 3))).sum()))
@@ -428,9 +164,9 @@ def test_flip_happens_about_half_the_time(tmp_path):
 
 
 def test_two_views_are_different_crops_of_the_same_image(tmp_path):
-  images = random_images(8)
+  images = uint8_images(8)
   images[..., 0] = np.arange(8)[:, None, None] * 30  # red channel: constant per image
-  config = make_config(source="npz", path=write_npz(tmp_path / "v.npz", images))
+  config = data_config(source="npz", path=write_npz(tmp_path / "v.npz", images))
   batch = next(data.create_train_iterator(config, global_batch_size=8, num_views=2,
                                           **ONE_PROCESS))
   assert batch["image"].shape == (8, 2, 32, 32, 3)
@@ -438,13 +174,6 @@ def test_two_views_are_different_crops_of_the_same_image(tmp_path):
   expected_red = normalised(np.stack([batch["label"] * 30] * 3, -1))[:, 0]
   np.testing.assert_allclose(red, np.stack([expected_red] * 2, 1), atol=1e-3)
   assert (np.abs(batch["image"][:, 0] - batch["image"][:, 1]).mean((1, 2, 3)) > 0.1).all()
-
-
-
-def coordinate_ramp(size=20):
-  """uint8 [size, size, 3]: red = 10·row, green = 10·column, blue = 0."""
-  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-  return np.stack([10 * rows, 10 * cols, np.zeros_like(rows)], -1).astype(np.uint8)
 
 
 def resample_view(source, box, flip, view_size):
@@ -473,14 +202,14 @@ def test_crop_box_and_flip_describe_the_crop_that_was_taken(tmp_path, source):
   ramp = coordinate_ramp()
   fields = dict(interpolation="bilinear", crop_scale=(0.2, 1.0), flip=True)
   if source == "npz_two_views":
-    config = make_config(source="npz", path=write_npz(tmp_path / "ramp.npz", ramp[None]),
+    config = data_config(source="npz", path=write_npz(tmp_path / "ramp.npz", ramp[None]),
                          **fields)
     num_views, pixels = 2, ramp
   else:  # the JPEG path decodes only the crop window (tf.image.decode_and_crop_jpeg)
     path = tmp_path / "train" / "ramp" / "r.jpg"
     path.parent.mkdir(parents=True)
     Image.fromarray(ramp).save(path, quality=95, subsampling=0)  # 4:4:4: crops decode alike
-    config = make_config(source="image_folder", path=str(tmp_path), **fields)
+    config = data_config(source="image_folder", path=str(tmp_path), **fields)
     num_views, pixels = 1, tf.io.decode_jpeg(path.read_bytes()).numpy()
   batch = next(data.create_train_iterator(config, global_batch_size=16, num_views=num_views,
                                           **ONE_PROCESS))
@@ -494,3 +223,83 @@ def test_crop_box_and_flip_describe_the_crop_that_was_taken(tmp_path, source):
   for image, box, flip in zip(images, boxes, flips):
     np.testing.assert_allclose(image * STD * 255 + MEAN * 255,
                                resample_view(pixels, box, flip, 32), atol=2e-3)
+
+
+# --- unreadable images -------------------------------------------------------------------
+
+def plant_image_folder(root, good_per_class=3):
+  """root/train/<class>/ with good JPEG/PNG files plus a truncated JPEG, a truncated
+  PNG, a text file named .jpg and a README that is not an image at all."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for label, name in enumerate(("cat", "dog")):
+    folder = root / "train" / name
+    folder.mkdir(parents=True)
+    for i in range(good_per_class):
+      pixels = rng.integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
+  good = (root / "train" / "cat" / "1.jpg").read_bytes()
+  (root / "train" / "cat" / "truncated.jpg").write_bytes(good[:len(good) // 3])
+  png = (root / "train" / "dog" / "0.png").read_bytes()
+  (root / "train" / "dog" / "truncated.png").write_bytes(png[:len(png) // 2])
+  (root / "train" / "dog" / "not_an_image.jpg").write_text("hello")
+  (root / "train" / "dog" / "README.txt").write_text("not listed: not an image suffix")
+  return 3  # unreadable listed files
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tmp_path, caplog):
+  from mim_jax import data
+  caplog.set_level(logging.WARNING, logger="absl")
+  bad = plant_image_folder(tmp_path / "images")
+  config = tiny_mae_config()
+  config.data.update(source="image_folder", path=str(tmp_path / "images"), image_size=16)
+  assert data.num_examples(config, "train") == 6 + bad
+  iterator = data.create_train_iterator(config, global_batch_size=2, process_index=0,
+                                        process_count=1)
+  batches = [next(iterator) for _ in range(13)]  # 26 good images: 4 epochs of 9 files + 2
+  elements = np.concatenate([b["element"] for b in batches])
+  epochs = elements // (6 + bad)
+  assert [int((epochs == e).sum()) for e in range(4)] == [6] * 4  # the 3 bad ones skipped
+  assert all(np.isfinite(b["image"]).all() and set(b["label"]) <= {0, 1} for b in batches)
+  messages = [r.getMessage() for r in caplog.records]
+  named = re.findall(r"^Skipped image file \S+/train/(\S+): it cannot be read or decoded\.$",
+                     "\n".join(messages), re.M)
+  assert len(named) == 5 and set(named) == {  # the first 5 of 12 or more skips, then a count
+      "cat/truncated.jpg", "dog/truncated.png", "dog/not_an_image.jpg"}
+  assert "Skipped 10 unreadable image files so far (the first 5 named above)." in messages
+  caplog.clear()
+  evaluated = list(data.create_eval_iterator(config, "train", global_batch_size=4,
+                                             process_index=0, process_count=1))
+  assert sum(int(b["valid"].sum()) for b in evaluated) == 6 and "index" not in evaluated[0]
+  assert len([r for r in caplog.records if r.getMessage().startswith("Skipped image")]) == 3
+  config.update(batch_size=8, num_train_steps=3, checkpoint_every_steps=3)
+  pretrain.run(config, str(tmp_path / "run"))
+  skipped = scalar_series(str(tmp_path / "run"), "skipped_images")
+  assert skipped[-1] >= bad and skipped == sorted(skipped)
+
+
+# --- the global batch under different process counts -------------------------------------
+
+def test_the_global_batch_does_not_depend_on_the_process_count(tmp_path):
+  """Batches of 12 from a 20-example split (step 1 straddles two epochs): the local
+  batches of 4 processes, resumed at step 1 from their element positions, concatenate to
+  the global batches of 1 process, crops and flips included."""
+  images = np.random.default_rng(0).integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
+  np.savez(tmp_path / "d.npz", x_train=images, y_train=np.arange(20), x_test=images,
+           y_test=np.arange(20))
+  config = tiny_mae_config()
+  config.data.update(source="npz", path=str(tmp_path / "d.npz"))
+
+  def local_batches(count, start_step=0):
+    """Steps start_step..3: per step, the list of each process's local batch."""
+    iterators = [data.create_train_iterator(
+        config, global_batch_size=12, process_index=p, process_count=count,
+        start_element=start_step * 12 // count) for p in range(count)]
+    return [[next(it) for it in iterators] for _ in range(4 - start_step)]
+
+  want = [b[0] for b in local_batches(1)]
+  epoch = np.concatenate([b["label"] for b in want])[:20]
+  np.testing.assert_array_equal(np.sort(epoch), np.arange(20))  # a permutation per epoch
+  for got, one in zip(local_batches(4, start_step=1), want[1:]):
+    for key in ("image", "label", "crop_box", "flip"):
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), one[key])

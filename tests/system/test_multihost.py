@@ -162,30 +162,6 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp
 
 # --- the input pipeline under different process counts -----------------------------------
 
-def test_the_global_batch_does_not_depend_on_the_process_count(tmp_path):
-  """Batches of 12 from a 20-example split (step 1 straddles two epochs): the local
-  batches of 4 processes, resumed at step 1 from their element positions, concatenate to
-  the global batches of 1 process, crops and flips included."""
-  images = np.random.default_rng(0).integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
-  np.savez(tmp_path / "d.npz", x_train=images, y_train=np.arange(20), x_test=images,
-           y_test=np.arange(20))
-  config = tiny_config()
-  config.data.update(source="npz", path=str(tmp_path / "d.npz"))
-
-  def local_batches(count, start_step=0):
-    """Steps start_step..3: per step, the list of each process's local batch."""
-    iterators = [data.create_train_iterator(
-        config, global_batch_size=12, process_index=p, process_count=count,
-        start_element=start_step * 12 // count) for p in range(count)]
-    return [[next(it) for it in iterators] for _ in range(4 - start_step)]
-
-  want = [b[0] for b in local_batches(1)]
-  epoch = np.concatenate([b["label"] for b in want])[:20]
-  np.testing.assert_array_equal(np.sort(epoch), np.arange(20))  # a permutation per epoch
-  for got, one in zip(local_batches(4, start_step=1), want[1:]):
-    for key in ("image", "label", "crop_box", "flip"):
-      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), one[key])
-
 
 # --- how the process layout is read -----------------------------------------------------
 

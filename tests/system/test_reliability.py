@@ -409,73 +409,11 @@ def test_main_keeps_orbax_warnings_but_drops_background_tracebacks():
   assert [str(u.exc_value) for u in seen] == ["other"]
 
 
-def test_missing_data_dir_and_missing_path_are_named(tmp_path):
-  config = tiny_mae_config()
-  config.data.update(source="tfds", tfds_name="imagenet2012", data_dir=str(tmp_path))
-  with pytest.raises(ValueError, match="config.data.data_dir"):
-    pretrain.run(config, str(tmp_path / "run"))
-  config = tiny_mae_config()
-  config.data.source = "npz"
-  with pytest.raises(ValueError, match="config.data.path"):
-    pretrain.run(config, str(tmp_path / "run"))
-
-
 def test_reading_a_workdir_without_checkpoints_says_so(tmp_path):
   config = tiny_mae_config()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
   with pytest.raises(FileNotFoundError, match="No checkpoint under"):
     pretrained.restore_state(str(tmp_path))
-
-
-def plant_image_folder(root, good_per_class=3):
-  """root/train/<class>/ with good JPEG/PNG files plus a truncated JPEG, a truncated
-  PNG, a text file named .jpg and a README that is not an image at all."""
-  from PIL import Image
-  rng = np.random.default_rng(0)
-  for label, name in enumerate(("cat", "dog")):
-    folder = root / "train" / name
-    folder.mkdir(parents=True)
-    for i in range(good_per_class):
-      pixels = rng.integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
-  good = (root / "train" / "cat" / "1.jpg").read_bytes()
-  (root / "train" / "cat" / "truncated.jpg").write_bytes(good[:len(good) // 3])
-  png = (root / "train" / "dog" / "0.png").read_bytes()
-  (root / "train" / "dog" / "truncated.png").write_bytes(png[:len(png) // 2])
-  (root / "train" / "dog" / "not_an_image.jpg").write_text("hello")
-  (root / "train" / "dog" / "README.txt").write_text("not listed: not an image suffix")
-  return 3  # unreadable listed files
-
-
-def test_unreadable_images_are_skipped_named_and_counted(tmp_path, caplog):
-  from mim_jax import data
-  caplog.set_level(logging.WARNING, logger="absl")
-  bad = plant_image_folder(tmp_path / "images")
-  config = tiny_mae_config()
-  config.data.update(source="image_folder", path=str(tmp_path / "images"), image_size=16)
-  assert data.num_examples(config, "train") == 6 + bad
-  iterator = data.create_train_iterator(config, global_batch_size=2, process_index=0,
-                                        process_count=1)
-  batches = [next(iterator) for _ in range(13)]  # 26 good images: 4 epochs of 9 files + 2
-  elements = np.concatenate([b["element"] for b in batches])
-  epochs = elements // (6 + bad)
-  assert [int((epochs == e).sum()) for e in range(4)] == [6] * 4  # the 3 bad ones skipped
-  assert all(np.isfinite(b["image"]).all() and set(b["label"]) <= {0, 1} for b in batches)
-  messages = [r.getMessage() for r in caplog.records]
-  named = re.findall(r"^Skipped image file \S+/train/(\S+): it cannot be read or decoded\.$",
-                     "\n".join(messages), re.M)
-  assert len(named) == 5 and set(named) == {  # the first 5 of 12 or more skips, then a count
-      "cat/truncated.jpg", "dog/truncated.png", "dog/not_an_image.jpg"}
-  assert "Skipped 10 unreadable image files so far (the first 5 named above)." in messages
-  caplog.clear()
-  evaluated = list(data.create_eval_iterator(config, "train", global_batch_size=4,
-                                             process_index=0, process_count=1))
-  assert sum(int(b["valid"].sum()) for b in evaluated) == 6 and "index" not in evaluated[0]
-  assert len([r for r in caplog.records if r.getMessage().startswith("Skipped image")]) == 3
-  config.update(batch_size=8, num_train_steps=3, checkpoint_every_steps=3)
-  pretrain.run(config, str(tmp_path / "run"))
-  skipped = scalar_series(str(tmp_path / "run"), "skipped_images")
-  assert skipped[-1] >= bad and skipped == sorted(skipped)
 
 
 def test_unknown_model_size_is_named():
