@@ -1,12 +1,10 @@
-"""k-NN, linear probe, attentive probe, intermediate-block features and the eval entry."""
+"""mim_jax/evaluation/run.py: the evaluation entry (k-NN through main, the probes) on a
+tiny pretraining run, and its config errors."""
 import json
-import math
 import os
 import shutil
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -14,157 +12,7 @@ from absl.testing import flagsaver
 
 from conftest import REPO, config_file, scalar_series, tiny_mae_config
 from mim_jax import pretrain
-from mim_jax.evaluation import attentive_probe, features, knn, linear_probe, run
-from mim_jax.models import vit
-
-
-def unit(angle_degrees):
-  """2-D unit vector at `angle_degrees`: its cosine with (1, 0) is cos(angle)."""
-  a = math.radians(angle_degrees)
-  return [math.cos(a), math.sin(a)]
-
-
-def at_similarity(s):
-  return unit(math.degrees(math.acos(s)))
-
-
-def test_knn_is_perfect_on_separable_clusters():
-  rng = np.random.default_rng(0)
-  centres = rng.normal(size=(5, 16)) * 4
-  make = lambda n: (lambda y: (centres[y] + rng.normal(size=(n, 16)), y))(
-      rng.integers(0, 5, n))
-  train_x, train_y = make(200)
-  test_x, test_y = make(50)
-  assert knn.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=5) == {
-      "knn_top1": 100.0, "nn1_top1": 100.0}
-
-
-def test_knn_hand_made_weights_and_ties():
-  query = np.array([[1.0, 0.0]], np.float32)
-  far = unit(180)  # similarity -1: never among the top k below
-  # One class-0 neighbour at similarity 0.9, three class-1 neighbours at 0.5 (equal):
-  # majority vote says 1; weights exp(s/T) give class 0 1 vs class 1 3·e^(−0.4/T), so
-  # class 0 at T = 0.07 (3·e^−5.71 = 0.0099) and class 1 at T = 1 (3·e^−0.4 = 2.01).
-  train = np.array([far, at_similarity(0.5), at_similarity(0.9), at_similarity(0.5),
-                    at_similarity(0.5)], np.float32) * [[1.0], [2.0], [0.5], [3.0], [1.0]]
-  labels = np.array([1, 1, 0, 1, 1])
-  vote, nn1 = knn.knn_predict(train, labels, query, num_classes=2, k=4, temperature=0.07)
-  assert (vote.tolist(), nn1.tolist()) == ([0], [0])
-  vote, _ = knn.knn_predict(train, labels, query, num_classes=2, k=4, temperature=1.0)
-  assert vote.tolist() == [1]
-  # 1-NN and the vote disagree: class 0 at 0.9 vs three class-1 at 0.88:
-  # 1 vs 3·e^(−0.02/0.07) = 2.25.
-  train = np.array([at_similarity(0.88)] * 3 + [at_similarity(0.9), far], np.float32)
-  labels = np.array([1, 1, 1, 0, 0])
-  vote, nn1 = knn.knn_predict(train, labels, query, num_classes=2, k=4)
-  assert (vote.tolist(), nn1.tolist()) == ([1], [0])
-  # Equal similarities (angles ±40°), class 2 first in the bank: the 1-NN tie goes to the
-  # lower training index (class 2), the equal vote to the lower class index (class 1).
-  train = np.array([far, unit(40), unit(-40)], np.float32)
-  labels = np.array([0, 2, 1])
-  vote, nn1 = knn.knn_predict(train, labels, query, num_classes=3, k=2)
-  assert (vote.tolist(), nn1.tolist()) == ([1], [2])
-  # Accuracy in percent, chunked queries: the 3 queries in chunks of 2.
-  queries = np.array([unit(40), unit(-40), unit(180)], np.float32)
-  accuracy = knn.knn_accuracy(train, labels, queries, np.array([2, 2, 0]), num_classes=3,
-                              k=1, chunk_size=2)
-  assert accuracy == {"knn_top1": pytest.approx(200 / 3), "nn1_top1": pytest.approx(200 / 3)}
-
-
-def test_knn_rejects_bad_input():
-  x, y = np.ones((4, 3)), np.array([0, 1, 2, 3])
-  with pytest.raises(ValueError, match="num_classes=3"):
-    knn.knn_predict(x, y, x, num_classes=3)
-  with pytest.raises(ValueError, match="pool='cls'"):
-    knn.knn_predict(np.ones((4, 2, 3)), y, x, num_classes=4)
-
-
-def separable_set(rng, directions, n, noise):
-  """Class c at directions[c] (orthogonal, length 3) plus a shared offset and noise."""
-  labels = rng.integers(0, len(directions), n)
-  x = directions[labels] + noise * rng.normal(size=(n, directions.shape[1])) + 5.0
-  return x.astype(np.float32), labels
-
-
-def test_linear_probe_learns_a_linearly_separable_set():
-  rng = np.random.default_rng(0)
-  directions = np.linalg.qr(rng.normal(size=(16, 16)))[0][:4] * 3.0
-  train_x, train_y = separable_set(rng, directions, 512, 0.5)
-  test_x, test_y = separable_set(rng, directions, 256, 0.5)
-  logged = []
-  # LARS moves a weight matrix by about lr·0.001/(1 − 0.9) of its norm per step, so 160
-  # steps need a far larger lr than ImageNet's 7k steps at lr 0.1·16384/256.
-  result = linear_probe.train_linear_probe(
-      train_x, train_y, test_x, test_y, num_classes=4, epochs=20, batch_size=64,
-      base_lr=16.0, warmup_epochs=2,
-      log_fn=lambda epoch, scalars: logged.append((epoch, scalars)))
-  assert result["top1"] >= 95.0
-  assert result["steps"] == 20 * 8 and result["peak_lr"] == pytest.approx(16.0 * 64 / 256)
-  assert [epoch for epoch, _ in logged] == list(range(1, 21))
-  assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
-
-
-def test_attentive_probe_finds_the_one_informative_token():
-  # Each example: 8 noise tokens and, at a random position, a marker plus its class's
-  # prototype; the query must learn to attend to the marked token.
-  rng = np.random.default_rng(3)
-  marker, prototypes = rng.normal(size=16) * 2, rng.normal(size=(4, 16)) * 2
-
-  def make(n):
-    labels = rng.integers(0, 4, n)
-    tokens = rng.normal(size=(n, 9, 16))
-    tokens[np.arange(n), rng.integers(1, 9, n)] = marker + prototypes[labels]
-    return tokens.astype(np.float32), labels
-
-  (train_x, train_y), (test_x, test_y) = make(512), make(256)
-  result = attentive_probe.train_attentive_probe(
-      train_x, train_y, test_x, test_y, num_classes=4, epochs=20, batch_size=64,
-      num_heads=2, warmup_epochs=1)
-  assert result["top1"] >= 90.0
-  with pytest.raises(ValueError, match="pool='tokens'"):
-    attentive_probe.train_attentive_probe(train_x[:, 0], train_y, test_x[:, 0], test_y,
-                                          num_classes=4, num_heads=2)
-
-
-def test_intermediate_block_output_and_extracted_features():
-  encoder = vit.ViTEncoder(image_size=8, patch_size=4, width=16, depth=3, num_heads=2)
-  images = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 8, 3))
-  params = encoder.init(jax.random.PRNGKey(1), images)["params"]
-  x = encoder.apply({"params": params}, images,
-                    method=lambda m, im: m.prepend_cls(m.embed(im)))
-  block = vit.Block(num_heads=2)
-  for i in range(2):
-    x = block.apply({"params": params[f"blocks_{i}"]}, x)
-  second = encoder.apply({"params": params}, images, block=2)
-  np.testing.assert_allclose(second, x, atol=1e-5)
-  for i in range(2, 3):
-    x = block.apply({"params": params[f"blocks_{i}"]}, x)
-  final = nn_layer_norm(params["norm"], x)
-  np.testing.assert_allclose(encoder.apply({"params": params}, images), final, atol=1e-5)
-  np.testing.assert_allclose(encoder.apply({"params": params}, images, block=3), x,
-                             atol=1e-5)
-  with pytest.raises(ValueError, match=r"\[1, 3\]"):
-    encoder.apply({"params": params}, images, block=4)
-
-  # Sharded extraction over 8 devices, padding rows (valid=False) dropped.
-  valid = np.arange(16) % 5 != 4
-  batches = [{"image": np.asarray(images[:8]), "label": np.arange(8), "valid": valid[:8]},
-             {"image": np.asarray(images[8:]), "label": np.arange(8, 16), "valid": valid[8:]}]
-  tokens, labels = features.extract_features(encoder, params, batches, pool="tokens", block=2)
-  assert labels.tolist() == np.arange(16)[valid].tolist()
-  np.testing.assert_allclose(tokens, np.asarray(second)[valid], atol=1e-5)
-  cls, _ = features.extract_features(encoder, params, batches, pool="cls", block=2)
-  mean, _ = features.extract_features(encoder, params, batches, pool="mean", block=2)
-  np.testing.assert_allclose(cls, tokens[:, 0], atol=1e-6)
-  np.testing.assert_allclose(mean, tokens[:, 1:].mean(1), atol=1e-6)
-  with pytest.raises(ValueError, match="pool="):
-    features.extract_features(encoder, params, batches, pool="max")
-
-
-def nn_layer_norm(params, x, eps=vit.LN_EPS):
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / jnp.sqrt(var + eps) * params["scale"] + params["bias"]
+from mim_jax.evaluation import run
 
 
 @pytest.fixture(scope="module")

@@ -409,13 +409,6 @@ def test_main_keeps_orbax_warnings_but_drops_background_tracebacks():
   assert [str(u.exc_value) for u in seen] == ["other"]
 
 
-def test_reading_a_workdir_without_checkpoints_says_so(tmp_path):
-  config = tiny_mae_config()
-  (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  with pytest.raises(FileNotFoundError, match="No checkpoint under"):
-    pretrained.restore_state(str(tmp_path))
-
-
 def test_unknown_model_size_is_named():
   from mim_jax import defaults
   with pytest.raises(ValueError, match=r"Unknown ViT size 'gigantic'.*base"):
