@@ -134,3 +134,23 @@ def coordinate_ramp(size=20):
   """uint8 [size, size, 3]: red = 10·row, green = 10·column, blue = 0."""
   rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
   return np.stack([10 * rows, 10 * cols, np.zeros_like(rows)], -1).astype(np.uint8)
+
+
+# --- methods ---------------------------------------------------------------------------
+
+def numpy_mae_loss(pred, images, mask, p, norm_pix):
+  """Independent reference: patchify with explicit loops, unbiased variance."""
+  b, h, w, c = images.shape
+  target = np.zeros((b, (h // p) * (w // p), p * p * c))
+  for n in range(b):
+    k = 0
+    for i in range(h // p):
+      for j in range(w // p):
+        target[n, k] = images[n, i * p:(i + 1) * p, j * p:(j + 1) * p, :].reshape(-1)
+        k += 1
+  if norm_pix:
+    mu = target.mean(-1, keepdims=True)
+    var = ((target - mu) ** 2).sum(-1, keepdims=True) / (target.shape[-1] - 1)
+    target = (target - mu) / np.sqrt(var + 1e-6)
+  per_patch = ((pred - target) ** 2).mean(-1)
+  return (per_patch * mask).sum() / mask.sum()
