@@ -1,10 +1,23 @@
-"""Tests run on the CPU with 8 fake devices (set before jax is imported)."""
+"""Tests run on the CPU with 8 fake devices (set before jax is imported), sharing one XLA
+compilation cache, and the helpers the test files share (a test file imports no other)."""
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run: the pytest-xdist workers and the
+# `python -m mim_jax.main` processes the tests start inherit it through the environment, so
+# a program that several tests compile (the tiny MAE step, the checkpoint's array copies)
+# is compiled once and read back after (jax's own cache: keyed by the program, the devices
+# and the compile options). Made fresh for each run and removed after it; a cache directory
+# the caller sets in JAX_COMPILATION_CACHE_DIR is used as it is.
+OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_COMPILATION_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mim_jax_tests_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pathlib  # noqa: E402
 
@@ -32,6 +45,13 @@ def tiny_mae_config(**overrides):
   """configs/mae.py:tiny (MAE on 16 px synthetic images, a 2-block, 32-wide encoder:
   compiles in seconds) with top-level `overrides`."""
   return config_file("mae.py", "tiny", overrides)
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache (pytest's, or xdist's controller) removes it."""
+  del config
+  if OWN_COMPILATION_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
