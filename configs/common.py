@@ -41,3 +41,13 @@ def tiny_run(config, image_size=16):
                 checkpoint_every_steps=2, image_summary_every_steps=2, num_summary_images=2)
   config.sharding.fsdp_min_size = 64
   return config
+
+
+def tiny_cifar_run(config, num_train_steps, batch_size):
+  """The tests' learning check: a tiny variant on the 32 px images of
+  ../shared/data/cifar10_small.npz, `num_train_steps` steps of `batch_size` (warmup 10),
+  the loss logged every 10 steps, no image summary, no checkpoint before the last step."""
+  config.data.update(source="npz", path="../shared/data/cifar10_small.npz", image_size=32)
+  config.update(num_train_steps=num_train_steps, batch_size=batch_size, warmup_steps=10,
+                log_every_steps=10, checkpoint_every_steps=1000, image_summary_every_steps=0)
+  return config

@@ -62,8 +62,17 @@ def tiny():
   return config
 
 
+def tiny_cifar():
+  """MAE, 64 wide, 2 deep, decoder 32×1, on the CIFAR-10 subset: 150 steps of batch 64,
+  lr 1e-3·batch/256 (the tests' learning check)."""
+  config = common.tiny_cifar_run(tiny(), num_train_steps=150, batch_size=64)
+  config.model.update(patch_size=4, width=64, depth=2, num_heads=4, decoder_width=32)
+  config.optimizer.base_lr = 1e-3
+  return config
+
+
 VARIANTS = {"vit_base": vit_base, "vit_large": vit_large, "vit_huge": vit_huge,
-            "cifar": cifar, "tiny": tiny}
+            "cifar": cifar, "tiny": tiny, "tiny_cifar": tiny_cifar}
 
 
 def get_config(arg="vit_base"):

@@ -58,7 +58,17 @@ def tiny():
   return config
 
 
-VARIANTS = {"vit_base": vit_base, "cifar": cifar, "tiny": tiny}
+def tiny_cifar():
+  """Multi-View MAE, 64 wide, 2 deep, decoder 32×1, projector 32 → 16, on the CIFAR-10
+  subset (crops 0.35–1): 150 steps of batch 32, lr 1e-3 (the tests' learning check)."""
+  config = common.tiny_cifar_run(tiny(), num_train_steps=150, batch_size=32)
+  config.data.crop_scale = (0.35, 1.0)
+  config.model.update(width=64, decoder_width=32)
+  config.optimizer.base_lr = 1e-3 * 256 / 32
+  return config
+
+
+VARIANTS = {"vit_base": vit_base, "cifar": cifar, "tiny": tiny, "tiny_cifar": tiny_cifar}
 
 
 def get_config(arg="vit_base"):

@@ -57,7 +57,18 @@ def tiny():
   return config
 
 
-VARIANTS = {"vit_base": vit_base, "cifar": cifar, "tiny": tiny}
+def tiny_cifar():
+  """SimMIM, 64 wide, 2 deep, LayerScale and shared relative bias, 8 px cells, on the
+  CIFAR-10 subset: 200 steps of batch 32, lr 1e-2 ×0.1 at step 180 (the tests' learning
+  check)."""
+  config = common.tiny_cifar_run(tiny(), num_train_steps=200, batch_size=32)
+  config.model.update(width=64, depth=2, num_heads=4)
+  config.optimizer.update(base_lr=1e-2, lr_scaling="absolute", schedule="multistep",
+                          decay_steps=(180,), b2=0.999, grad_clip=5.0)
+  return config
+
+
+VARIANTS = {"vit_base": vit_base, "cifar": cifar, "tiny": tiny, "tiny_cifar": tiny_cifar}
 
 
 def get_config(arg="vit_base"):

@@ -1,18 +1,32 @@
-"""Tests run on the CPU with 8 fake devices (set before jax is imported)."""
+"""Tests run on the CPU with 8 fake devices (set before jax is imported), sharing one XLA
+compilation cache, and the helpers the test files share (a test file imports no other)."""
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run: the pytest-xdist workers and the
+# `python -m mim_jax.main` processes the tests start inherit it through the environment, so
+# a program that several tests compile (the tiny MAE step, the checkpoint's array copies)
+# is compiled once and read back after (jax's own cache: keyed by the program, the devices
+# and the compile options). Made fresh for each run and removed after it; a cache directory
+# the caller sets in JAX_COMPILATION_CACHE_DIR is used as it is.
+OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_COMPILATION_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mim_jax_tests_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pathlib  # noqa: E402
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mim_jax import config_files, methods, optim, sharding, train  # noqa: E402
+from mim_jax import config_files, data, methods, optim, sharding, train  # noqa: E402
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
 
@@ -31,6 +45,13 @@ def tiny_mae_config(**overrides):
   """configs/mae.py:tiny (MAE on 16 px synthetic images, a 2-block, 32-wide encoder:
   compiles in seconds) with top-level `overrides`."""
   return config_file("mae.py", "tiny", overrides)
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache (pytest's, or xdist's controller) removes it."""
+  del config
+  if OWN_COMPILATION_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
@@ -90,3 +111,66 @@ def assert_sharded_equals_one_device(config, batch, metric_keys=("loss",), num_s
   assert_trees_close(states8[-1].params, states1[-1].params)
   assert_trees_close(states8[-1].target_params, states1[-1].target_params)
   return runs
+
+
+# --- the input pipeline's tests (tests/data/, and methods that read pipeline batches) ----
+
+MEAN = np.array(data.default_data_config().mean, np.float32)
+STD = np.array(data.default_data_config().std, np.float32)
+ONE_PROCESS = {"process_index": 0, "process_count": 1}
+
+
+def data_config(**data_fields) -> ml_collections.ConfigDict:
+  """A config holding only seed 0 and config.data (32 px images; a synthetic source of 20
+  train / 12 eval images) with `data_fields`."""
+  config = ml_collections.ConfigDict({"seed": 0, "data": data.default_data_config()})
+  config.data.update({"image_size": 32, "synthetic_train_size": 20,
+                      "synthetic_eval_size": 12, **data_fields})
+  return config
+
+
+def write_npz(path, train_images, test_images=None):
+  """npz whose labels are example ids 0..n-1; the test split defaults to the train one."""
+  test_images = train_images if test_images is None else test_images
+  np.savez(path, x_train=train_images, y_train=np.arange(len(train_images)),
+           x_test=test_images, y_test=np.arange(len(test_images)))
+  return str(path)
+
+
+def uint8_images(n, size=32, seed=0):
+  """[n, size, size, 3] uniformly random uint8 images."""
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def normalised(pixels):
+  return (np.asarray(pixels, np.float32) / 255.0 - MEAN) / STD
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def coordinate_ramp(size=20):
+  """uint8 [size, size, 3]: red = 10·row, green = 10·column, blue = 0."""
+  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  return np.stack([10 * rows, 10 * cols, np.zeros_like(rows)], -1).astype(np.uint8)
+
+
+# --- methods ---------------------------------------------------------------------------
+
+def numpy_mae_loss(pred, images, mask, p, norm_pix):
+  """Independent reference: patchify with explicit loops, unbiased variance."""
+  b, h, w, c = images.shape
+  target = np.zeros((b, (h // p) * (w // p), p * p * c))
+  for n in range(b):
+    k = 0
+    for i in range(h // p):
+      for j in range(w // p):
+        target[n, k] = images[n, i * p:(i + 1) * p, j * p:(j + 1) * p, :].reshape(-1)
+        k += 1
+  if norm_pix:
+    mu = target.mean(-1, keepdims=True)
+    var = ((target - mu) ** 2).sum(-1, keepdims=True) / (target.shape[-1] - 1)
+    target = (target - mu) / np.sqrt(var + 1e-6)
+  per_patch = ((pred - target) ** 2).mean(-1)
+  return (per_patch * mask).sum() / mask.sum()

@@ -54,7 +54,8 @@ def test_the_published_recipes_and_their_sizes():
                    ("simmim", "vit_base"): (768, 12, 16, 2048),
                    ("latent_mim", "vit_large"): (1024, 24, 16, 4096)}
   assert config_file("mae.py").model.width == 768  # the default variant is vit_base
-  with pytest.raises(ValueError, match=r"choose one of \['cifar', 'tiny', 'vit_base'"):
+  with pytest.raises(ValueError,
+                     match=r"choose one of \['cifar', 'tiny', 'tiny_cifar', 'vit_base'"):
     config_file("multiview_mae.py", "vit_small")
 
 
@@ -75,3 +76,9 @@ def test_defaults_hold_no_recipe():
   with pytest.raises(ValueError, match="config.batch_size, config.optimizer.base_lr, "
                      "config.num_epochs"):
     train.check_recipe(config)
+
+
+def test_unknown_model_size_is_named():
+  from mim_jax import defaults
+  with pytest.raises(ValueError, match=r"Unknown ViT size 'gigantic'.*base"):
+    defaults.vit_model_config("gigantic")

@@ -1,11 +1,14 @@
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from conftest import config_file
 from mim_jax import defaults, methods, optim, train
+from mim_jax.evaluation import finetune
+from mim_jax.models import vit
 
 
 def test_lr_scaling_rules():
@@ -193,3 +196,44 @@ def test_warmup_from_a_fraction_of_the_peak_then_cosine_to_the_floor():
   config = config_file("latent_mim.py", "cifar")
   from_config = optim.lr_schedule_from_config(config, peak, total, warmup, steps_per_epoch=1)
   assert float(from_config(0)) == pytest.approx(0.5)
+
+
+def test_layer_decay_multipliers_equal_the_closed_form():
+  encoder = vit.ViTEncoder(image_size=8, patch_size=4, width=8, depth=3, num_heads=2)
+  classifier = finetune.ViTClassifier(encoder, num_classes=5)
+  params = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 8, 8, 3)))["params"])
+  params = {**params, "rel_pos_bias": {"relative_position_bias_table": jnp.zeros((3, 2))}}
+  scales = optim.layer_decay_multipliers(params, 0.65, depth=3)
+  d = 0.65
+  expected = {  # decay^(depth + 1 - layer id): embeddings 0, block i -> i + 1, rest 4
+      ("encoder", "patch_embed", "kernel"): d**4, ("encoder", "cls_token"): d**4,
+      ("encoder", "blocks_0", "attn", "qkv", "kernel"): d**3,
+      ("encoder", "blocks_1", "norm1", "bias"): d**2,
+      ("encoder", "blocks_2", "mlp", "fc2", "kernel"): d**1,
+      ("fc_norm", "scale"): 1.0, ("head", "kernel"): 1.0, ("head", "bias"): 1.0,
+      ("rel_pos_bias", "relative_position_bias_table"): 1.0}
+  for path, value in expected.items():
+    leaf = scales
+    for key in path:
+      leaf = leaf[key]
+    assert leaf == pytest.approx(value), path
+  assert "norm" not in params["encoder"]  # mean pooling replaces the final norm by fc_norm
+  scanned = {"encoder": {"blocks": {"layers": {"mlp": {"fc1": {
+      "kernel": jnp.zeros((3, 8, 32)), "bias": jnp.zeros((3, 32))}}}}}}  # scan_layers
+  scanned = optim.layer_decay_multipliers(scanned, d, depth=3)["encoder"]["blocks"]["layers"]
+  np.testing.assert_allclose(scanned["mlp"]["fc1"]["kernel"][:, 0, 0], [d**3, d**2, d])
+  assert scanned["mlp"]["fc1"]["bias"].shape == (3, 1)
+
+  # the optimizer applies them: AdamW's first update scaled per layer
+  config = ml_collections.ConfigDict({"optimizer": defaults.base_config().optimizer,
+                                      "model": {"depth": 3}})
+  grads = jax.tree.map(lambda x: jnp.ones(x.shape), params)
+  values = jax.tree.map(lambda x: jnp.full(x.shape, 0.5), params)
+  plain = optim.create_optimizer(config, 1e-2)
+  config.optimizer.layer_decay = d
+  decayed = optim.create_optimizer(config, 1e-2)
+  ref, _ = jax.jit(plain.update)(grads, plain.init(values), values)
+  out, _ = jax.jit(decayed.update)(grads, decayed.init(values), values)
+  jax.tree.map(lambda o, r, s: np.testing.assert_allclose(o, r * s, rtol=1e-6), out, ref,
+               scales)

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import (REPO, assert_sharded_equals_one_device, config_file, scalar_series,
-                      tiny_mae_config)
+from conftest import (REPO, assert_sharded_equals_one_device, config_file, coordinate_ramp,
+                      data_config, numpy_mae_loss, scalar_series, tiny_mae_config, write_npz)
 from mim_jax import data, methods, pretrain, sharding, train
 from mim_jax.methods import multiview_mae as mv
 from mim_jax.models import vit
-from test_data import coordinate_ramp, make_config, write_npz
-from test_mae import numpy_mae_loss
 
 
 def tiny_multiview_config(**method_fields):
@@ -127,7 +125,7 @@ def test_cross_targets_from_pipeline_views_show_the_same_source_points(tmp_path)
   """Two pipeline views of the coordinate ramp: on overlapping patches, view B read at
   A's mapped pixels equals A's own pixels (linear content; bilinear reads are exact away
   from the crop borders, where the resize clamps)."""
-  config = make_config(source="npz", path=write_npz(tmp_path / "r.npz", coordinate_ramp()[None]),
+  config = data_config(source="npz", path=write_npz(tmp_path / "r.npz", coordinate_ramp()[None]),
                        interpolation="bilinear", crop_scale=(0.2, 1.0), image_size=32)
   batch = next(data.create_train_iterator(config, global_batch_size=32, num_views=2,
                                           process_index=0, process_count=1))
@@ -271,12 +269,7 @@ def test_multiview_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """150 steps on CIFAR-10 through the trainer and the two-view pipeline: the contrastive
   loss ends far below chance, log(2B − 1), and both reconstruction losses below the
   loss of predicting each standardised patch's mean, (p²·3 − 1)/(p²·3) = 0.979."""
-  config = tiny_multiview_config()
-  config.update(num_train_steps=150, warmup_steps=10, log_every_steps=10, batch_size=32,
-                checkpoint_every_steps=1000, image_summary_every_steps=0)
-  config.data.update(source="npz", path=str(cifar_npz), image_size=32, crop_scale=(0.35, 1.0))
-  config.model.update(width=64, decoder_width=32)
-  config.optimizer.base_lr = 1e-3 * 256 / 32
+  config = config_file("multiview_mae.py", "tiny_cifar", {"data.path": str(cifar_npz)})
   pretrain.run(config, str(tmp_path))
   series = {k: scalar_series(str(tmp_path), k)
             for k in ("loss", "mae_loss", "cross_loss", "contrastive_loss", "overlap_fraction")}

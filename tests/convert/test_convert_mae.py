@@ -1,8 +1,8 @@
-"""PyTorch MAE checkpoint -> Flax conversion, checked against an independent NumPy forward
-pass of mae/models_mae.py `MaskedAutoencoderViT` (timm 0.3.2 `Block`, `PatchEmbed`)."""
+"""mim_jax/convert/mae.py: PyTorch MAE checkpoint -> Flax conversion, checked against an
+independent NumPy forward pass of mae/models_mae.py `MaskedAutoencoderViT` (timm 0.3.2
+`Block`, `PatchEmbed`)."""
 import argparse
 import logging
-import math
 import sys
 
 import jax
@@ -14,6 +14,8 @@ from mim_jax.convert import (load_torch_state_dict, mae_encoder_from_torch, mae_
 from mim_jax.masking import mask_to_indices
 from mim_jax.models.decoders import MAEDecoder
 from mim_jax.models.vit import ViTEncoder
+from official_models import (_add_linear, _add_norm, max_diff, np_block, np_layer_norm,
+                             np_linear, np_patch_embed)
 
 IMAGE, PATCH, CHANS, WIDTH, DEPTH, HEADS = 32, 8, 3, 32, 2, 4
 DEC_WIDTH, DEC_DEPTH, DEC_HEADS, MLP_RATIO = 16, 1, 2, 4
@@ -35,16 +37,6 @@ def official_sincos(dim, grid):
   col, row = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
   emb = np.concatenate([one_d(dim // 2, col), one_d(dim // 2, row)], axis=1)
   return np.concatenate([np.zeros((1, dim)), emb], axis=0)[None].astype(np.float32)
-
-
-def _add_linear(sd, rng, name, d_out, d_in):
-  sd[f"{name}.weight"] = rng.normal(0, 1 / math.sqrt(d_in), (d_out, d_in))
-  sd[f"{name}.bias"] = rng.normal(0, 0.1, (d_out,))
-
-
-def _add_norm(sd, rng, name, d):
-  sd[f"{name}.weight"] = 1 + rng.normal(0, 0.2, (d,))
-  sd[f"{name}.bias"] = rng.normal(0, 0.2, (d,))
 
 
 def _add_blocks(sd, rng, prefix, depth, d):
@@ -78,56 +70,6 @@ def official_state_dict(seed=0, decoder=True):
 
 
 # ---------------------------------------------------------------- independent NumPy forward
-
-_erf = np.vectorize(math.erf)
-
-
-def np_layer_norm(x, sd, name):
-  mu = x.mean(-1, keepdims=True)
-  var = ((x - mu) ** 2).mean(-1, keepdims=True)
-  return (x - mu) / np.sqrt(var + 1e-6) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
-
-
-def np_linear(x, sd, name):
-  return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
-
-
-def np_attention(x, sd, name, heads, rel_bias=None):
-  """timm Attention; BEiT's (q_bias, zero, v_bias) when the qkv has no bias; `rel_bias`
-  [H, N, N] added to the logits."""
-  b, n, c = x.shape
-  qkv_bias = sd.get(f"{name}.qkv.bias")
-  if qkv_bias is None:
-    zero = np.zeros(c)
-    qkv_bias = (np.concatenate([sd[f"{name}.q_bias"], zero, sd[f"{name}.v_bias"]])
-                if f"{name}.q_bias" in sd else np.zeros(3 * c))
-  qkv = (x @ sd[f"{name}.qkv.weight"].T + qkv_bias).reshape(b, n, 3, heads, c // heads)
-  q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, H, N, Dh]
-  logits = q @ k.swapaxes(-1, -2) * (c // heads) ** -0.5
-  if rel_bias is not None:
-    logits = logits + rel_bias
-  attn = np.exp(logits - logits.max(-1, keepdims=True))
-  attn /= attn.sum(-1, keepdims=True)
-  return np_linear((attn @ v).transpose(0, 2, 1, 3).reshape(b, n, c), sd, f"{name}.proj")
-
-
-def np_block(x, sd, name, heads, rel_bias=None):
-  """Pre-LN block with LayerScale as BEiT's gamma_1/gamma_2 or timm's ls1/ls2 when present."""
-  g1 = sd.get(f"{name}.gamma_1", sd.get(f"{name}.ls1.gamma", 1.0))
-  g2 = sd.get(f"{name}.gamma_2", sd.get(f"{name}.ls2.gamma", 1.0))
-  x = x + g1 * np_attention(np_layer_norm(x, sd, f"{name}.norm1"), sd, f"{name}.attn", heads,
-                            rel_bias)
-  y = np_linear(np_layer_norm(x, sd, f"{name}.norm2"), sd, f"{name}.mlp.fc1")
-  y = 0.5 * y * (1 + _erf(y / math.sqrt(2)))
-  return x + g2 * np_linear(y, sd, f"{name}.mlp.fc2")
-
-
-def np_patch_embed(sd, imgs_nchw, patch):
-  b, c, h, w = imgs_nchw.shape
-  x = imgs_nchw.reshape(b, c, h // patch, patch, w // patch, patch)
-  x = np.einsum("bchpwq,dcpq->bhwd", x, sd["patch_embed.proj.weight"])
-  return x.reshape(b, (h // patch) * (w // patch), -1) + sd["patch_embed.proj.bias"]
-
 
 def np_mae_forward(sd, imgs_nchw, ids_shuffle, keep):
   """`forward_encoder` + `forward_decoder` of mae/models_mae.py with a given shuffle."""
@@ -179,10 +121,6 @@ def run_ours(sd, images, visible_idx, restore_idx):
   latent = jax.jit(encoder.apply)({"params": params["encoder"]}, images, visible_idx)
   pred = jax.jit(decoder.apply)({"params": params["decoder"]}, latent, restore_idx)
   return np.asarray(latent), np.asarray(pred)
-
-
-def max_diff(a, b):
-  return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 # ---------------------------------------------------------------- tests

@@ -1,3 +1,8 @@
+"""mim_jax/models/vit.py: patches, sin-cos and relative position embeddings, the encoder's
+visible-token and mask-token paths, and its speed options (scan, remat, the fused
+attention): the same functions as the default path."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,3 +167,85 @@ def test_shared_relative_position_bias_is_the_only_position_signal():
     np.testing.assert_array_equal(sub[b], full[0][:, seq][:, :, seq])
   with pytest.raises(ValueError, match="pos_embedding"):
     _encoder(pos_embedding="rope").init(jax.random.PRNGKey(1), x)
+
+
+# --- speed options: scan, remat, the fused attention --------------------------------------
+
+KW = dict(image_size=16, patch_size=4, width=32, depth=2, num_heads=4)
+
+
+IMAGES = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+
+
+VISIBLE = jnp.array([[0, 3, 5, 9, 12, 15], [1, 2, 4, 8, 10, 14]])
+
+
+def _encoder_outputs(encoder, params):
+  """(output, block-1 output, sown intermediates) of `encoder` on IMAGES at VISIBLE."""
+  apply = lambda **kw: encoder.apply({"params": params}, IMAGES, VISIBLE, **kw)
+  return apply(), apply(block=1), apply(mutable=["intermediates"])[1]["intermediates"]
+
+
+def test_scanned_encoder_equals_unrolled_with_restacked_params():
+  unrolled = vit.ViTEncoder(**KW, pos_embedding="shared_rel_bias", layer_scale_init=0.1)
+  scanned = unrolled.clone(scan_layers=True)
+  params = unrolled.init(jax.random.PRNGKey(1), IMAGES, VISIBLE)["params"]
+  # a non-zero relative position bias table, so that the bias matters
+  params["rel_pos_bias"]["relative_position_bias_table"] = jax.random.normal(
+      jax.random.PRNGKey(2), params["rel_pos_bias"]["relative_position_bias_table"].shape)
+  stacked = vit.stack_block_params(params, 2)
+  assert stacked["blocks"]["layers"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
+  assert jax.tree.structure(stacked) == jax.tree.structure(
+      scanned.init(jax.random.PRNGKey(1), IMAGES, VISIBLE)["params"])
+  jax.tree.map(np.testing.assert_array_equal, vit.unstack_block_params(stacked, 2), params)
+  out, out_1, sown = jax.jit(functools.partial(_encoder_outputs, unrolled))(params)
+  scan_out, scan_out_1, scan_sown = jax.jit(functools.partial(_encoder_outputs, scanned))(
+      stacked)
+  np.testing.assert_allclose(scan_out, out, atol=2e-5)
+  np.testing.assert_allclose(scan_out_1, out_1, atol=2e-5)
+  assert not np.allclose(out_1, out, atol=1e-2)
+  weights = scan_sown["blocks"]["layers"]["attn"]["attention_weights"][0]
+  assert weights.shape == (2, 2, 4, 7, 7)  # [depth, B, H, 1 + K, 1 + K]
+  for i in range(2):
+    np.testing.assert_allclose(weights[i], sown[f"blocks_{i}"]["attn"]["attention_weights"][0],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dot_product_attention_equals_explicit_softmax_weights(with_bias):
+  attention = vit.Attention(num_heads=4)
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 7, 32))
+  bias = jax.random.normal(jax.random.PRNGKey(6), (2, 4, 7, 7)) if with_bias else None
+  params = attention.init(jax.random.PRNGKey(7), x, bias=bias)
+  fused = attention.apply(params, x, bias=bias)  # jax.nn.dot_product_attention
+  explicit, sown = attention.apply(params, x, bias=bias, mutable=["intermediates"])
+  np.testing.assert_allclose(fused, explicit, atol=1e-5)
+  qkv = params["params"]["qkv"]
+  q, k, _ = np.moveaxis((np.asarray(x) @ qkv["kernel"] + qkv["bias"]).reshape(2, 7, 3, 4, 8), 2, 0)
+  logits = np.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(8) + (0 if bias is None else bias)
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  np.testing.assert_allclose(sown["intermediates"]["attention_weights"][0], expected, atol=1e-5)
+
+
+def test_remat_policies_and_scan_give_identical_gradients():
+  params = vit.ViTEncoder(**KW).init(jax.random.PRNGKey(10), IMAGES, VISIBLE)["params"]
+
+  def grads(p, drop_path_rate=0.1, **options):
+    encoder = vit.ViTEncoder(**KW, drop_path_rate=drop_path_rate, **options)
+    loss = lambda p: jnp.sum(encoder.apply({"params": p}, IMAGES, VISIBLE, deterministic=False,
+                                           rngs={"dropout": jax.random.PRNGKey(11)})**2)
+    return jax.grad(loss)(p)
+
+  @jax.jit
+  def all_grads(p):
+    unrolled = {policy: grads(p, remat=policy) for policy in vit.REMAT_POLICIES}
+    # the scanned stack draws other drop-path masks: compared without stochastic depth
+    scanned = grads(vit.stack_block_params(p, 2), 0.0, remat="dots_saveable", scan_layers=True)
+    return unrolled, vit.unstack_block_params(scanned, 2), grads(p, 0.0)
+
+  unrolled, scanned, reference = all_grads(params)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for policy in set(vit.REMAT_POLICIES) - {"none"}:
+    jax.tree.map(close, unrolled[policy], unrolled["none"])
+  jax.tree.map(close, scanned, reference)

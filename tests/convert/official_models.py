@@ -1,19 +1,17 @@
-"""CAE and SimMIM checkpoints -> our encoder, checked against an independent NumPy forward
-of the official models (Atten4Vis/CAE models/modeling_cae_helper.py
-`VisionTransformerEncoder`, microsoft/SimMIM models/simmim.py `VisionTransformerForSimMIM`)
-and, when torch is installed, a torch model with the official module names."""
+"""The converter tests' references (not a test file; tests/convert/ is on sys.path when
+pytest imports its test files): random state dicts in the official key layouts, an
+independent NumPy forward of their ViT blocks (timm 0.3.2 `Block` as MAE uses it, BEiT's as
+CAE and SimMIM do), and a torch ViT with the official module names. The CAE and SimMIM
+references use the sizes below; MAE's test file has its own (a decoder too)."""
 import math
 
 import jax
 import numpy as np
 import pytest
 
-from mim_jax.convert import (cae_channel_permutation, cae_dims_from_torch,
-                             cae_encoder_from_torch, encoder_kwargs, simmim_dims_from_torch,
-                             simmim_encoder_from_torch, simmim_from_torch)
-from mim_jax.models.vit import ViTEncoder, sincos_2d, unpatchify
-from test_convert import (_add_linear, _add_norm, max_diff, np_block, np_layer_norm,
-                          np_patch_embed)
+from mim_jax.convert import cae_channel_permutation, cae_dims_from_torch, cae_encoder_from_torch
+from mim_jax.convert import encoder_kwargs
+from mim_jax.models.vit import ViTEncoder
 
 IMAGE, PATCH, CHANS, WIDTH, DEPTH, HEADS, MLP = 32, 8, 3, 32, 2, 4, 4
 GRID = IMAGE // PATCH
@@ -21,6 +19,81 @@ N = GRID * GRID
 BATCH = 2
 TOL = 1e-4
 
+
+# ---------------------------------------------------------------- official-layout pieces
+
+def _add_linear(sd, rng, name, d_out, d_in):
+  sd[f"{name}.weight"] = rng.normal(0, 1 / math.sqrt(d_in), (d_out, d_in))
+  sd[f"{name}.bias"] = rng.normal(0, 0.1, (d_out,))
+
+
+def _add_norm(sd, rng, name, d):
+  sd[f"{name}.weight"] = 1 + rng.normal(0, 0.2, (d,))
+  sd[f"{name}.bias"] = rng.normal(0, 0.2, (d,))
+
+
+# ---------------------------------------------------------------- independent NumPy forward
+
+_erf = np.vectorize(math.erf)
+
+
+def np_layer_norm(x, sd, name):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-6) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
+
+
+def np_linear(x, sd, name):
+  return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
+
+
+def np_attention(x, sd, name, heads, rel_bias=None):
+  """timm Attention; BEiT's (q_bias, zero, v_bias) when the qkv has no bias; `rel_bias`
+  [H, N, N] added to the logits."""
+  b, n, c = x.shape
+  qkv_bias = sd.get(f"{name}.qkv.bias")
+  if qkv_bias is None:
+    zero = np.zeros(c)
+    qkv_bias = (np.concatenate([sd[f"{name}.q_bias"], zero, sd[f"{name}.v_bias"]])
+                if f"{name}.q_bias" in sd else np.zeros(3 * c))
+  qkv = (x @ sd[f"{name}.qkv.weight"].T + qkv_bias).reshape(b, n, 3, heads, c // heads)
+  q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, H, N, Dh]
+  logits = q @ k.swapaxes(-1, -2) * (c // heads) ** -0.5
+  if rel_bias is not None:
+    logits = logits + rel_bias
+  attn = np.exp(logits - logits.max(-1, keepdims=True))
+  attn /= attn.sum(-1, keepdims=True)
+  return np_linear((attn @ v).transpose(0, 2, 1, 3).reshape(b, n, c), sd, f"{name}.proj")
+
+
+def np_block(x, sd, name, heads, rel_bias=None):
+  """Pre-LN block with LayerScale as BEiT's gamma_1/gamma_2 or timm's ls1/ls2 when present."""
+  g1 = sd.get(f"{name}.gamma_1", sd.get(f"{name}.ls1.gamma", 1.0))
+  g2 = sd.get(f"{name}.gamma_2", sd.get(f"{name}.ls2.gamma", 1.0))
+  x = x + g1 * np_attention(np_layer_norm(x, sd, f"{name}.norm1"), sd, f"{name}.attn", heads,
+                            rel_bias)
+  y = np_linear(np_layer_norm(x, sd, f"{name}.norm2"), sd, f"{name}.mlp.fc1")
+  y = 0.5 * y * (1 + _erf(y / math.sqrt(2)))
+  return x + g2 * np_linear(y, sd, f"{name}.mlp.fc2")
+
+
+def np_patch_embed(sd, imgs_nchw, patch):
+  b, c, h, w = imgs_nchw.shape
+  x = imgs_nchw.reshape(b, c, h // patch, patch, w // patch, patch)
+  x = np.einsum("bchpwq,dcpq->bhwd", x, sd["patch_embed.proj.weight"])
+  return x.reshape(b, (h // patch) * (w // patch), -1) + sd["patch_embed.proj.bias"]
+
+
+def max_diff(a, b):
+  return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def tree_equal(a, b):
+  return (jax.tree.structure(a) == jax.tree.structure(b) and
+          all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b))))
+
+
+# ---------------------------------------------------------------- CAE and SimMIM
 
 def cae_sincos(dim, grid):
   """modeling_cae_helper.py `build_2d_sincos_position_embedding`: torch.meshgrid(grid_w,
@@ -146,8 +219,6 @@ def inputs(seed=1, hidden=9):
   return images, mask
 
 
-# ---------------------------------------------------------------- CAE
-
 def run_cae(sd, images, mask):
   dims = cae_dims_from_torch(sd, num_heads=HEADS)
   encoder = ViTEncoder(**encoder_kwargs(dims))
@@ -155,99 +226,6 @@ def run_cae(sd, images, mask):
   out = jax.jit(encoder.apply)({"params": cae_encoder_from_torch(sd, HEADS)}, images,
                                visible_idx)
   return np.asarray(out)[..., cae_channel_permutation(WIDTH)]
-
-
-@pytest.mark.parametrize("layer_scale", [True, False])
-def test_cae_matches_numpy_reference(layer_scale):
-  sd = cae_state_dict(layer_scale=layer_scale)
-  dims = cae_dims_from_torch(sd, num_heads=HEADS)
-  assert dims["channels_permuted"] and dims["qkv_bias"] == "qv"
-  assert dims["layer_scale_init"] == (0.1 if layer_scale else None)
-  assert (dims["image_size"], dims["depth"], dims["mlp_ratio"]) == (IMAGE, DEPTH, MLP)
-  images, mask = inputs()
-  ref = np_cae_encoder(sd, images.transpose(0, 3, 1, 2), mask)
-  ours = run_cae(sd, images, mask)
-  assert ours.shape == (BATCH, 1 + N - 9, WIDTH)
-  assert max_diff(ours, ref) < TOL
-
-
-def test_cae_channel_permutation_and_stripped_keys():
-  perm = cae_channel_permutation(8)
-  np.testing.assert_array_equal(perm, [4, 5, 6, 7, 0, 1, 2, 3])
-  np.testing.assert_array_equal(perm[perm], np.arange(8))  # its own inverse
-  sd = cae_state_dict()
-  stripped = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-  a, b = cae_encoder_from_torch(sd, HEADS), cae_encoder_from_torch(stripped, HEADS)
-  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
-  # The half swap is exactly the difference between CAE's and MAE's sin-cos layouts.
-  np.testing.assert_allclose(cae_sincos(WIDTH, GRID)[0, 1:][:, cae_channel_permutation(WIDTH)],
-                             sincos_2d(WIDTH, (GRID, GRID)), atol=1e-6)
-
-
-def test_cae_errors_name_the_key():
-  sd = cae_state_dict()
-  learned = {**sd, "encoder.pos_embed": sd["encoder.pos_embed"] + np.float32(0.01)}
-  with pytest.raises(ValueError, match="pos_embed is not CAE's fixed"):
-    cae_encoder_from_torch(learned, HEADS)
-  bad = {**sd, "encoder.blocks.1.attn.q_bias": np.zeros(7, np.float32)}
-  with pytest.raises(ValueError, match=r"wrong shapes: blocks\.1\.attn\.q_bias \(7,\) "
-                                       r"\(expected \(32,\)\)"):
-    cae_encoder_from_torch(bad, HEADS)
-  with pytest.raises(ValueError, match=r"unexpected keys: blocks\.0\.attn\.k_bias"):
-    cae_encoder_from_torch({**sd, "encoder.blocks.0.attn.k_bias": np.zeros(WIDTH)}, HEADS)
-  with pytest.raises(ValueError, match="pass num_heads"):
-    cae_encoder_from_torch(sd)
-
-
-# ---------------------------------------------------------------- SimMIM
-
-def test_simmim_matches_numpy_reference():
-  sd = simmim_state_dict()
-  dims = simmim_dims_from_torch(sd)
-  assert dims["num_heads"] == HEADS and dims["pos_embedding"] == "shared_rel_bias"
-  assert dims["use_mask_token"] and dims["layer_scale_init"] == 0.1
-  images, mask = inputs(seed=2, hidden=10)
-  ref_z, ref_rec = np_simmim(sd, images.transpose(0, 3, 1, 2), mask)
-  params = simmim_from_torch(sd)
-  encoder = ViTEncoder(**encoder_kwargs(dims))
-  z = jax.jit(encoder.apply)({"params": params["encoder"]}, images,
-                             token_mask=mask.astype(np.float32))
-  patches = np.asarray(z)[:, 1:] @ params["decoder"]["kernel"] + params["decoder"]["bias"]
-  rec = np.asarray(unpatchify(patches, PATCH, (GRID, GRID)))
-  assert max_diff(z, ref_z) < TOL
-  assert max_diff(rec, ref_rec.transpose(0, 2, 3, 1)) < TOL
-
-
-def test_simmim_without_qkv_bias_and_errors():
-  sd = simmim_state_dict(qkv_bias=False)
-  assert simmim_dims_from_torch(sd)["qkv_bias"] == "none"
-  params = simmim_encoder_from_torch(sd)
-  np.testing.assert_array_equal(params["blocks_0"]["attn"]["qkv"]["bias"], 0.0)
-  sd = simmim_state_dict()
-  index = sd["encoder.rel_pos_bias.relative_position_index"].copy()
-  index[1, 2], index[2, 1] = index[2, 1], index[1, 2]
-  with pytest.raises(ValueError, match="relative_position_index differs"):
-    simmim_encoder_from_torch({**sd, "encoder.rel_pos_bias.relative_position_index": index})
-  with pytest.raises(ValueError, match="pos_embed: this SimMIM encoder has a learned"):
-    simmim_encoder_from_torch({**sd, "encoder.pos_embed": np.zeros((1, N + 1, WIDTH))})
-  with pytest.raises(ValueError, match=r"missing keys: blocks\.1\.gamma_2"):
-    simmim_encoder_from_torch({k: v for k, v in sd.items()
-                               if k != "encoder.blocks.1.gamma_2"})
-
-
-def test_simmim_at_another_image_size_resizes_the_bias_table():
-  sd = simmim_state_dict()
-  params = simmim_encoder_from_torch(sd, image_size=IMAGE + 2 * PATCH)  # 4x4 -> 6x6 grid
-  table = params["rel_pos_bias"]["relative_position_bias_table"]
-  assert table.shape == (11 * 11 + 3, HEADS)
-  old = sd["encoder.rel_pos_bias.relative_position_bias_table"]
-  np.testing.assert_array_equal(table[-3:], old[-3:])  # cls entries kept
-  # Offset (0, 0) sits at the centre of both grids: the spline passes through it.
-  np.testing.assert_allclose(table[5 * 11 + 5], old[3 * 7 + 3], atol=1e-5)
-  dims = simmim_dims_from_torch(sd, image_size=IMAGE + 2 * PATCH)
-  encoder = ViTEncoder(**encoder_kwargs(dims))
-  images = np.zeros((1, IMAGE + 2 * PATCH, IMAGE + 2 * PATCH, CHANS), np.float32)
-  assert jax.eval_shape(encoder.apply, {"params": params}, images).shape == (1, 37, WIDTH)
 
 
 # ---------------------------------------------------------------- torch
@@ -354,29 +332,3 @@ def torch_vit_class():
       return self.norm(x)
 
   return torch, ViT
-
-
-def test_cae_and_simmim_match_torch_reference():
-  torch, ViT = torch_vit_class()
-  images, mask = inputs(seed=3, hidden=0)
-  nchw = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-
-  cae_sd = cae_state_dict(seed=4)
-  model = ViT(beit=True, pos_embed=True, mask_token=False, rel_pos_bias=False)
-  model.load_state_dict({k[len("encoder."):]: torch.from_numpy(v) for k, v in cae_sd.items()
-                         if k.startswith("encoder.")}, strict=True)
-  with torch.no_grad():
-    ref = model(nchw).numpy()
-  assert max_diff(run_cae(cae_sd, images, mask), ref) < TOL
-
-  sim_sd = simmim_state_dict(seed=5)
-  model = ViT(beit=True, pos_embed=False, mask_token=True, rel_pos_bias=True)
-  model.load_state_dict({k[len("encoder."):]: torch.from_numpy(v) for k, v in sim_sd.items()
-                         if k.startswith("encoder.")}, strict=True)
-  _, mask = inputs(seed=6, hidden=7)
-  with torch.no_grad():
-    ref = model(nchw, torch.from_numpy(mask)).numpy()
-  encoder = ViTEncoder(**encoder_kwargs(simmim_dims_from_torch(sim_sd)))
-  ours = jax.jit(encoder.apply)({"params": simmim_encoder_from_torch(sim_sd)}, images,
-                                token_mask=mask.astype(np.float32))
-  assert max_diff(ours, ref) < TOL

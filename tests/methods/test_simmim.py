@@ -112,13 +112,7 @@ def test_simmim_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """200 steps on CIFAR-10 with the published encoder options: the hidden-pixel L1 falls
   from ≈0.8 (what predicting the mean colour scores on standardised pixels) to under
   0.65, and by over 20%."""
-  config = tiny_simmim_config(num_train_steps=200, warmup_steps=10, log_every_steps=10,
-                              checkpoint_every_steps=1000, image_summary_every_steps=0)
-  config.data.update(source="npz", path=str(cifar_npz), image_size=32, eval_split="test")
-  config.model.update(width=64, depth=2, num_heads=4)
-  config.batch_size = 32
-  config.optimizer.update(base_lr=1e-2, lr_scaling="absolute", schedule="multistep",
-                          decay_steps=(180,), b2=0.999, grad_clip=5.0)
+  config = config_file("simmim.py", "tiny_cifar", {"data.path": str(cifar_npz)})
   pretrain.run(config, str(tmp_path))
   losses = scalar_series(str(tmp_path), "loss")
   assert len(losses) == 20

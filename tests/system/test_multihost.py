@@ -1,5 +1,6 @@
 """Multi-process runs: 2 processes × 4 CPU devices (gloo) train like 1 process × 8 devices;
-their checkpoints restore in one process; how mim_jax.distributed reads the layout."""
+their checkpoints restore in one process; SIGTERM to one process stops all. How
+mim_jax.distributed reads the layout: tests/test_distributed.py."""
 import json
 import os
 import re
@@ -15,15 +16,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_steps, config_file, scalar_series
-from mim_jax import data, distributed, pretrain
+from mim_jax import pretrain
 from mim_jax.evaluation import pretrained
 
 STEPS = 4
-TINY = {"model.width": 32, "model.depth": 1, "model.num_heads": 4, "model.decoder_width": 16,
-        "model.decoder_depth": 1, "model.decoder_num_heads": 2, "data.image_size": 16,
-        "data.synthetic_train_size": 64, "batch_size": 16, "log_every_steps": 1,
-        "image_summary_every_steps": 0, "warmup_steps": 2, "num_train_steps": STEPS,
-        "checkpoint_every_steps": 2, "keep_checkpoints": 2, "optimizer.eps": 1e-6}
+# configs/mae.py:tiny (batch 16, logs every step) for STEPS steps with checkpoints every 2,
+# no image summaries, and Adam's eps raised (below)
+TINY = {"num_train_steps": STEPS, "checkpoint_every_steps": 2, "image_summary_every_steps": 0,
+        "optimizer.eps": 1e-6}
 # One process sums the 8 devices' gradients in its own all-reduce, two processes over
 # gloo: the same sums in another order, and Adam magnifies the difference where a
 # gradient is near its epsilon. The attention key bias has an exactly-zero gradient
@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 def tiny_config():
-  return config_file("quickstart.py", overrides=TINY)
+  return config_file("mae.py", "tiny", TINY)
 
 
 def start_processes(workdir, overrides=TINY, count=2):
@@ -54,7 +54,7 @@ def start_processes(workdir, overrides=TINY, count=2):
              JAX_PLATFORMS="cpu")
   started = []
   for index in range(count):
-    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/quickstart.py",
+    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:tiny",
            f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
            f"--num_processes={count}", f"--process_id={index}"]
     cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
@@ -152,86 +152,8 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp
   for text in texts:
     assert f"Reached preemption sync point, step={stopped[0]}" in text
     assert f"Stopped at step {stopped[0]};" in text
-  config = config_file("quickstart.py", overrides=dict(overrides,
-                                                       num_train_steps=stopped[0] + 2))
+  config = config_file("mae.py", "tiny", dict(overrides, num_train_steps=stopped[0] + 2))
   state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == stopped[0] + 2
   logged = [s for s, _ in scalar_series(str(tmp_path), "loss", with_steps=True)]
   assert logged == list(range(1, stopped[0] + 3))  # no step twice, none left out
-
-
-# --- the input pipeline under different process counts -----------------------------------
-
-def test_the_global_batch_does_not_depend_on_the_process_count(tmp_path):
-  """Batches of 12 from a 20-example split (step 1 straddles two epochs): the local
-  batches of 4 processes, resumed at step 1 from their element positions, concatenate to
-  the global batches of 1 process, crops and flips included."""
-  images = np.random.default_rng(0).integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
-  np.savez(tmp_path / "d.npz", x_train=images, y_train=np.arange(20), x_test=images,
-           y_test=np.arange(20))
-  config = tiny_config()
-  config.data.update(source="npz", path=str(tmp_path / "d.npz"))
-
-  def local_batches(count, start_step=0):
-    """Steps start_step..3: per step, the list of each process's local batch."""
-    iterators = [data.create_train_iterator(
-        config, global_batch_size=12, process_index=p, process_count=count,
-        start_element=start_step * 12 // count) for p in range(count)]
-    return [[next(it) for it in iterators] for _ in range(4 - start_step)]
-
-  want = [b[0] for b in local_batches(1)]
-  epoch = np.concatenate([b["label"] for b in want])[:20]
-  np.testing.assert_array_equal(np.sort(epoch), np.arange(20))  # a permutation per epoch
-  for got, one in zip(local_batches(4, start_step=1), want[1:]):
-    for key in ("image", "label", "crop_box", "flip"):
-      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), one[key])
-
-
-# --- how the process layout is read -----------------------------------------------------
-
-SLURM_2_TASKS = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]",
-                 "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
-
-
-def plan(mode="auto", environ=None, cloud_tpu=False, **layout):
-  return distributed.plan(mode, environ={} if environ is None else environ,
-                          cloud_tpu=cloud_tpu, **layout)
-
-
-def test_a_laptop_run_is_one_process():
-  assert plan() is None
-  assert plan("off", environ=SLURM_2_TASKS, cloud_tpu=True) is None
-  assert plan(environ=dict(SLURM_2_TASKS, SLURM_NTASKS="1")) is None
-
-
-def test_explicit_flags_are_passed_to_jax():
-  assert plan(coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3,
-              local_device_ids=["0", "1"]) == {
-                  "coordinator_address": "10.0.0.2:1234", "num_processes": 4,
-                  "process_id": 3, "local_device_ids": [0, 1]}
-
-
-def test_cluster_environments_leave_the_layout_to_jax():
-  assert plan(environ=SLURM_2_TASKS) == {}
-  assert plan(cloud_tpu=True) == {}
-  assert plan("on") == {}
-  assert plan(environ=SLURM_2_TASKS, process_id=1) == {"process_id": 1}
-  assert plan(environ={"JAX_COORDINATOR_ADDRESS": "h:1"}, num_processes=2,
-              process_id=0) == {"num_processes": 2, "process_id": 0}
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"coordinator_address": "h:1", "num_processes": 2}, "also set --process_id"),
-    ({"num_processes": 2, "process_id": 0}, "also set --coordinator_address"),
-    ({"environ": {"JAX_COORDINATOR_ADDRESS": "h:1"}}, "--num_processes, --process_id"),
-    ({"coordinator_address": "h", "num_processes": 2, "process_id": 0}, "must be host:port"),
-    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2},
-     r"--process_id=2 must be in \[0, --num_processes=2\)"),
-    ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0},
-     "--num_processes=0 must be at least 1"),
-    ({"mode": "off", "num_processes": 2}, "--distributed=off contradicts --num_processes"),
-    ({"mode": "sometimes"}, "--distributed='sometimes'"),
-])
-def test_layout_errors_name_the_flag(kwargs, message):
-  with pytest.raises(ValueError, match=message):
-    plan(**kwargs)

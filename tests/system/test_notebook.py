@@ -1,4 +1,4 @@
-"""notebooks/inspect_checkpoint.ipynb runs top to bottom, headless, on a quickstart run."""
+"""notebooks/inspect_checkpoint.ipynb runs top to bottom, headless, on a tiny MAE run."""
 import json
 import os
 import sys
@@ -10,14 +10,9 @@ from conftest import REPO, config_file
 from mim_jax import pretrain
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
-# The quickstart config made tiny: 16 patches of 4 px, one block, 4 steps.
-TINY_QUICKSTART = {"model.width": 32, "model.depth": 1, "model.num_heads": 4,
-                   "model.decoder_width": 16, "model.decoder_depth": 1,
-                   "model.decoder_num_heads": 2, "data.image_size": 16,
-                   "data.synthetic_train_size": 64, "data.synthetic_eval_size": 32,
-                   "batch_size": 16, "num_train_steps": 4, "warmup_steps": 1,
-                   "log_every_steps": 1, "checkpoint_every_steps": 4,
-                   "image_summary_every_steps": 0}
+# configs/mae.py:tiny (16 patches of 4 px, 64 eval images) for 4 steps, checkpointed at
+# the last, without image summaries (the notebook draws its own)
+TINY = {"num_train_steps": 4, "checkpoint_every_steps": 4, "image_summary_every_steps": 0}
 
 
 def this_python_kernel(root):
@@ -36,9 +31,9 @@ def outputs_of(cell):
   return text, images
 
 
-def test_the_inspection_notebook_runs_on_a_quickstart_checkpoint(tmp_path, monkeypatch):
+def test_the_inspection_notebook_runs_on_a_tiny_mae_checkpoint(tmp_path, monkeypatch):
   workdir = tmp_path / "run"
-  pretrain.run(config_file("quickstart.py", overrides=TINY_QUICKSTART), str(workdir))
+  pretrain.run(config_file("mae.py", "tiny", TINY), str(workdir))
   monkeypatch.setenv("MIM_WORKDIR", str(workdir))
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(  # this checkout's mim_jax
@@ -58,6 +53,6 @@ def test_the_inspection_notebook_runs_on_a_quickstart_checkpoint(tmp_path, monke
   assert "mae at step 4" in text[2]
   assert "75% of 16 patches hidden" in text[3]  # MAE masks 12 of 16
   assert images[3] == images[4] == images[5] == images[6] == images[7] == 1
-  assert "of the 5 nearest neighbours of 32 eval images" in text[6]
+  assert "of the 5 nearest neighbours of 64 eval images" in text[6]
   assert "Logged scalars:" in text[7] and "mae_loss" in text[7]
   assert text[8].strip() == sys.executable  # the kernel is the Python running pytest

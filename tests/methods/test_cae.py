@@ -259,12 +259,7 @@ def test_cae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """200 steps on CIFAR-10 (32 of 64 patches hidden in blocks of >= 16): the loss falls
   by over 40%, and its reconstruction part (MSE on standardised patches, ≈1 for a
   constant prediction) by over 20%."""
-  config = tiny_cae_config(num_train_steps=200, warmup_steps=10, log_every_steps=10,
-                           checkpoint_every_steps=1000, image_summary_every_steps=0)
-  config.data.update(source="npz", path=str(cifar_npz), image_size=32, eval_split="test")
-  config.method.min_block_patches = 16
-  config.batch_size = 32
-  config.optimizer.update(base_lr=2e-3, lr_scaling="absolute", b2=0.999, grad_clip=3.0)
+  config = config_file("cae.py", "tiny_cifar", {"data.path": str(cifar_npz)})
   pretrain.run(config, str(tmp_path))
   losses, recon = (scalar_series(str(tmp_path), tag) for tag in ("loss", "loss_main"))
   assert len(losses) == len(recon) == 20
