@@ -35,5 +35,6 @@ setup(
         "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "nbclient==0.11.0",
                  "nbformat==5.11.1", "ipykernel==7.4.0", "matplotlib==3.11.2"],
         "notebook": ["matplotlib==3.11.2"],  # notebooks/inspect_checkpoint.ipynb
+        "tpu": ["jax[tpu]==0.10.2"],
     },
 )

@@ -435,7 +435,7 @@ class _Estimator:
       return self.memo[name]
     est = StepEstimate()
     now, link_free = 0.0, 0.0  # compute clock; when the interconnect is next free
-    pending: Dict[Optional[str], float] = {}  # async collective key -> end of its transfer
+    pending: Dict[Optional[str], Tuple[float, str]] = {}  # async key -> (end, label)
     for instr in self.computations.get(name, []):
       nested = self.nested(instr)
       if nested is not None:
@@ -446,27 +446,28 @@ class _Estimator:
       if coll is not None:
         role, seconds, key = coll
         if role == "done":
-          end = pending.pop(key, now)
+          end, label = pending.pop(key, (now, ""))
           if end > now:
-            est.add("collective (exposed)", instr.op_name, end - now)
+            est.add("collective (exposed)", label, end - now)
             now = end
           continue
         begin = max(now, link_free)
         link_free = begin + seconds
         est.collective_seconds += seconds
+        label = instr.op_name or instr.op.replace("-start", "")
         if role == "start":
-          pending[key] = link_free
+          pending[key] = (link_free, label)
         else:
-          est.add("collective (exposed)", instr.op_name, link_free - now)
+          est.add("collective (exposed)", label, link_free - now)
           now = link_free
         continue
       if instr.op.endswith("-start") or instr.op.endswith("-done"):
         continue  # DMA between HBM and on-chip memory (copy, slice): hidden behind compute
       seconds = self.compute_seconds(instr, est)
       now += seconds
-    for end in pending.values():  # started here, never waited for here
+    for end, label in pending.values():  # started here, never waited for here
       if end > now:
-        est.add("collective (exposed)", "", end - now)
+        est.add("collective (exposed)", label, end - now)
         now = end
     self.memo[name] = est
     return est
