@@ -4,7 +4,10 @@ scripts/cae_base_800e.sh over tools/run_pretraining.py defaults), pixel targets.
 python -m mim_jax.main --config=configs/cae_vit_base.py --workdir=DIR \
     --config.data.data_dir=/path/to/tensorflow_datasets
 The argument picks the schedule: `:300`, `:800` (default) or `:1600` epochs with 10, 20,
-40 warmup epochs. Tokenizer targets (the paper's DALL-E dVAE ids):
+40 warmup epochs; `:large` is ViT-L/16 as scripts/cae_large_1600e.sh trains it (1600
+epochs, warmup 40, LayerScale 1e-5 in the encoder, regressor and decoder, which are 1024
+wide with 16 heads; batch 2048, lr 1.5e-3, FSDP). Tokenizer targets (the paper's DALL-E
+dVAE ids):
     --config.method.target=tokenizer --config.method.tokenizer=my_pkg.dalle:tokenize
 """
 from mim_jax import defaults
@@ -14,12 +17,16 @@ WARMUP_EPOCHS = {300: 10.0, 800: 20.0, 1600: 40.0}
 
 
 def get_config(arg="800"):
-  epochs = int(arg)
-  if epochs not in WARMUP_EPOCHS:
-    raise ValueError(f"configs/cae_vit_base.py:{arg}: choose one of {sorted(WARMUP_EPOCHS)}.")
+  if arg != "large" and (not arg.isdigit() or int(arg) not in WARMUP_EPOCHS):
+    raise ValueError(f"configs/cae_vit_base.py:{arg}: choose one of "
+                     f"{sorted(WARMUP_EPOCHS)} (epochs) or 'large'.")
+  epochs = 1600 if arg == "large" else int(arg)
   config = defaults.base_config()
   config.method = cae.method_config()
-  config.model = cae.model_config("base", patch_size=16)
+  config.model = cae.model_config("large" if arg == "large" else "base", patch_size=16)
+  if arg == "large":
+    config.model.update(layer_scale_init=1e-5, decoder_layer_scale_init=1e-5)
+    config.sharding.mode = "fsdp"
   config.data.source = "tfds"
   config.data.tfds_name = "imagenet2012"
   config.data.train_split = "train"

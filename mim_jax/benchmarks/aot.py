@@ -38,6 +38,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 from typing import List, Optional, Sequence  # noqa: E402
@@ -55,13 +56,15 @@ from mim_jax.models import vit  # noqa: E402
 
 flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per axis "
                     f"(generations {sorted(tpu_model.CHIPS)}).")
-flags.DEFINE_bool("proxy", True, "Compile on the smallest slice with the same per-chip "
+flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
                   "program (see the module docstring).")
 flags.DEFINE_bool("search", False, "Try sharding modes, remat policies and scan_layers.")
 flags.DEFINE_list("fsdp_sizes", ["4", "16", "all"], "FSDP group sizes --search tries.")
 flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable", "full"],
                   "Remat policies --search tries, in order of memory saved.")
 flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
+flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
+                    "as a JSON line.")
 flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
                   "optimal_seconds on reference programs, then exit.")
 
@@ -119,11 +122,12 @@ def abstract_train_step(config, mesh):
 
 
 def model_flops_per_chip(config, per_chip_batch: int) -> float:
-  """XLA's FLOP count of the step without remat for one chip's batch, lowered (not
-  compiled) for one CPU device."""
+  """XLA's FLOP count of the step for one chip's batch without remat, scan or gradient
+  accumulation (the same arithmetic), lowered (not compiled) for one CPU device."""
   plain = config.copy_and_resolve_references()
-  plain.model.remat = "none"
-  plain.batch_size = per_chip_batch
+  # XLA's cost analysis counts a loop body once: no scan over layers or micro-batches
+  plain.update(batch_size=per_chip_batch, grad_accum_steps=1)
+  plain.model.update(remat="none", scan_layers=False)
   plain.sharding.mode = "data_parallel"
   mesh = sharding.create_mesh(plain, jax.devices("cpu")[:1])
   step, state, batch = abstract_train_step(plain, mesh)
@@ -192,6 +196,24 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = True) -> Pl
   return plan
 
 
+def plan_record(plan: Plan) -> dict:
+  """The figures of a plan as plain values (one JSON line of --output)."""
+  config = plan.config
+  record = dict(method=config.method.name, width=config.model.width,
+                depth=config.model.depth, patch=config.model.patch_size,
+                image=config.data.image_size, batch=config.batch_size,
+                dtype=config.model.dtype, setting=setting(config),
+                topology=plan.topology.name, compiled_on=plan.compiled_on.name,
+                compile_s=round(plan.compile_s, 1), error=plan.error)
+  if plan.error is None:
+    record.update(memory=dataclasses.asdict(plan.memory), total_gib=plan.memory.total / 2**30,
+                  fits=plan.fits, step_flops=plan.step_flops, model_flops=plan.model_flops,
+                  step_s=plan.step_s, images_per_s=plan.images_per_s, mfu=plan.mfu,
+                  by_class=plan.estimate.by_class, top_ops=plan.estimate.top_ops(10),
+                  collective_s=plan.estimate.collective_seconds)
+  return record
+
+
 def setting(config) -> str:
   mode = config.sharding.mode
   if mode == "fsdp":
@@ -226,10 +248,11 @@ def report(plan: Plan) -> str:
                f"({gib(m.aliased)} aliased to donated arguments), temporaries "
                f"{gib(m.temporaries)}, code {gib(m.code)}; total {gib(m.total)} of "
                f"{gib(chip.hbm_bytes)} HBM ({m.headroom(chip):.0%} free): {verdict}")
-  lines.append(f"  FLOPs per chip per step (XLA): {plan.step_flops:.3e}; model (no remat) "
-               f"{plan.model_flops:.3e} = {plan.model_flops / per_chip / 1e9:.1f} GFLOP per "
-               f"image")
   est = plan.estimate
+  lines.append(f"  FLOPs per chip per step (XLA): {plan.step_flops:.3e}"
+               + (" (XLA counts each of the program's loop bodies once)" if est.loops else "")
+               + f"; model (no remat) {plan.model_flops:.3e} = "
+               f"{plan.model_flops / per_chip / 1e9:.1f} GFLOP per image")
   parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in
                     sorted(est.by_class.items(), key=lambda kv: -kv[1]) if v > 5e-5)
   lines.append(f"  step time (compiler estimate): {est.seconds * 1e3:.1f} ms = {parts} ms; "
@@ -271,15 +294,15 @@ def candidate_configs(config, num_chips: int, fsdp_sizes: Sequence[str],
 
 def search(config, topology: tpu_model.Topology, proxy: bool, fsdp_sizes: Sequence[str],
            remat_policies: Sequence[str], scan_options: Sequence[bool],
-           log=print) -> List[Plan]:
-  """Every compiled setting (see `candidate_configs`); logs each as it finishes."""
+           log=lambda plan: print(summary_row(plan))) -> List[Plan]:
+  """Every compiled setting (see `candidate_configs`); `log(plan)` as each finishes."""
   plans = []
   for chain in candidate_configs(config, topology.num_chips, fsdp_sizes, remat_policies,
                                  scan_options):
     for candidate in chain:
       plan = compile_plan(candidate, topology, proxy)
       plans.append(plan)
-      log(summary_row(plan))
+      log(plan)
       if plan.fits:
         break
   return plans
@@ -361,14 +384,22 @@ def main(argv):
     raise app.UsageError("--config is required (or --check_model).")
   config = FLAGS.config
   apply_overrides(config)
+
+  def save(plan: Plan) -> None:
+    if FLAGS.output:
+      with open(FLAGS.output, "a") as f:
+        f.write(json.dumps(plan_record(plan)) + "\n")
+
   if not FLAGS.search:
-    print(report(compile_plan(config, topology, FLAGS.proxy)), flush=True)
+    plan = compile_plan(config, topology, FLAGS.proxy)
+    save(plan)
+    print(report(plan), flush=True)
     return
   scans = [s.lower() in ("true", "1") for s in FLAGS.scan_options]
   print(f"search on {topology.name}: batch {config.batch_size}, dtype={config.model.dtype} "
         f"(step time, images/s, MFU: compiler estimates)", flush=True)
   plans = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
-                 scans, log=lambda row: print(row, flush=True))
+                 scans, log=lambda plan: (save(plan), print(summary_row(plan), flush=True)))
   chosen = best(plans)
   if chosen is None:
     totals = [p.memory.total for p in plans if p.memory is not None]

@@ -262,6 +262,7 @@ class StepEstimate:
   by_op: Dict[str, float] = dataclasses.field(default_factory=dict)
   collective_seconds: float = 0.0  # all collectives, before overlap
   cycles: int = 0  # compiler cycle estimates, loop bodies times their trip counts
+  loops: int = 0  # while loops (XLA's cost analysis counts each body once)
   unknown_trip_counts: int = 0
 
   def add(self, cls: str, op_name: str, seconds: float, weight: float = 1.0) -> None:
@@ -276,6 +277,7 @@ class StepEstimate:
     self.collective_seconds += other.collective_seconds * times
     self.cycles += int(other.cycles * times)
     self.unknown_trip_counts += other.unknown_trip_counts
+    self.loops += other.loops
     for mine, theirs in ((self.by_class, other.by_class), (self.by_op, other.by_op)):
       for k, v in theirs.items():
         mine[k] = mine.get(k, 0.0) + v * times
@@ -477,7 +479,7 @@ class _Estimator:
     costliest branch; None for other ops."""
     if instr.op == "while":
       trips = self.trip_count(instr)
-      loop = StepEstimate()
+      loop = StepEstimate(loops=1)
       if trips is None:
         loop.unknown_trip_counts += 1
         trips = 1
