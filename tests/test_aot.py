@@ -227,3 +227,37 @@ def test_compiled_scan_costs_its_body_times_the_trip_count():
   outside = sum(i.cycles or 0 for i in computations[entry])
   assert body > 0
   assert tpu_model.estimate_step_time(text, V5E).cycles == 7 * body + outside
+
+
+# The recipes of docs/RESULTS.md's pod table: (config file, variant, width, depth, patch,
+# published global batch).
+PUBLISHED = [("mae_vit_base.py", None, 768, 12, 16, 4096),
+             ("mae_vit_base.py", "large", 1024, 24, 16, 4096),
+             ("mae_vit_base.py", "huge", 1280, 32, 14, 4096),
+             ("simmim_vit_base.py", None, 768, 12, 16, 2048),
+             ("cae_vit_base.py", None, 768, 12, 16, 2048),
+             ("cae_vit_base.py", "large", 1024, 24, 16, 2048),
+             ("latent_mim_vit_base.py", None, 768, 12, 16, 4096),
+             ("latent_mim_vit_base.py", "large", 1024, 24, 16, 4096),
+             ("pcae_vit_base.py", None, 768, 12, 16, 4096),
+             ("pcae_vit_base.py", "large", 1024, 24, 16, 4096),
+             ("pcae_vit_base.py", "huge", 1280, 32, 14, 4096),
+             ("multiview_mae_vit_base.py", None, 768, 12, 16, 4096)]
+
+
+@pytest.mark.parametrize("name,arg,width,depth,patch,batch", PUBLISHED)
+def test_published_recipes_exist_at_their_published_size_and_batch(name, arg, width, depth,
+                                                                   patch, batch):
+  from conftest import config_file  # pylint: disable=import-outside-toplevel
+  config = config_file(name, arg)
+  m = config.model
+  assert (m.width, m.depth, m.patch_size, config.batch_size) == (width, depth, patch, batch)
+
+
+def test_cae_large_is_the_published_vit_l_recipe():
+  from conftest import config_file  # pylint: disable=import-outside-toplevel
+  config = config_file("cae_vit_base.py", "large")  # scripts/cae_large_1600e.sh
+  assert (config.num_epochs, config.warmup_epochs) == (1600, 40)
+  assert (config.model.layer_scale_init, config.model.decoder_layer_scale_init) == (1e-5, 1e-5)
+  assert (config.model.decoder_width, config.model.decoder_num_heads) == (1024, 16)
+  assert (config.model.regressor_depth, config.model.decoder_depth) == (4, 4)

@@ -1,7 +1,7 @@
 """Plan a pod run on this machine: compile the real train step for a TPU slice, no TPU needed.
 
 python -m mim_jax.benchmarks.aot --config=configs/mae_vit_base.py:large --topology=v5e:16x16 \
-    [--config.model.dtype=bfloat16] [--config.field=value ...] [--proxy=false] [--search]
+    [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE]
 python -m mim_jax.benchmarks.aot --check_model [--topology=v5e:2x2]
 
 With the `tpu` extra (pip install -e '.[tpu]': libtpu), `jax.experimental.topologies` describes
@@ -16,14 +16,16 @@ breakdown and heaviest operations (mim_jax/benchmarks/tpu_model.py states the mo
 images/s and MFU against the chip's bf16 peak, and the compile time. Step time, images/s
 and MFU are compiler estimates, not measurements.
 
-Compile time grows with the chip count (docs/RESULTS.md). With `--proxy` (default) a slice
-is stood in for by the smallest one of its generation with the same per-chip batch, the
-same FSDP groups and a data axis of at least 2 (4 chips for data parallelism; FSDP over
-all chips has no proxy): every chip there runs the same program, so per-chip memory and
-compute are the same; the collectives over the data axis are costed at the full slice's
-group size. `--search` compiles the sharding modes (data parallel, FSDP over `--fsdp_sizes`
-chips), remat policies and scan_layers, and reports the fastest estimated setting that
-leaves at least 10% of HBM free.
+Compile time barely grows with the chip count (the partitioned program is the same on
+every chip; docs/RESULTS.md measures 4 to 256 chips), so the slice itself is compiled.
+`--proxy` compiles instead on the smallest slice of the generation with the same per-chip
+batch, the same FSDP groups and a data axis of at least 2 (4 chips for data parallelism;
+FSDP over all chips has no proxy), costing the data-axis collectives at the full slice's
+group size; its per-chip figures are within a few percent of the full slice's (the
+compiler picks slightly different fusions for large slices; docs/RESULTS.md). `--search`
+compiles the sharding modes (data parallel, FSDP over `--fsdp_sizes` chips), remat
+policies and scan_layers, and reports the fastest estimated setting that leaves at least
+10% of HBM free.
 
 Also takes the flags of mim_jax.benchmarks.train_step (`--dtype`, `--remat`,
 `--scan_layers`). MFU's model FLOPs are XLA's count of the same step without remat
@@ -331,13 +333,17 @@ def first_line(error: str) -> str:
 
 
 def check_model(topology: tpu_model.Topology) -> List[str]:
-  """Rows comparing `estimate_step_time` with the compiler's cost analysis on one chip of
-  `topology`: a bf16 matmul (compute-bound: optimal_seconds = FLOPs / peak), elementwise and
-  reduction programs (HBM-bound), and a 12-step scan against 12 unrolled steps."""
-  device = topology_devices(topology)[:1]
-  mesh = jax.sharding.Mesh(np.asarray(device), ("x",))
-  spec = lambda shape, dtype: jax.ShapeDtypeStruct(
-      shape, dtype, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  """Rows comparing `estimate_step_time` with the compiler's cost analysis: on one chip of
+  `topology`, a bf16 matmul (compute-bound: optimal_seconds = FLOPs / peak), elementwise
+  and reduction programs (HBM-bound), a 12-step scan against 12 unrolled steps; on all its
+  chips, an all-gather, an all-reduce and 4 matmuls with FSDP-sharded weights (whose
+  weight all-gathers can overlap the matmuls)."""
+  devices = topology_devices(topology)
+  named = lambda mesh, *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  one = jax.sharding.Mesh(np.asarray(devices[:1]), ("x",))
+  every = jax.sharding.Mesh(np.asarray(devices), ("x",))
+  spec = lambda shape, dtype, mesh=one, *s: jax.ShapeDtypeStruct(shape, dtype,
+                                                                 sharding=named(mesh, *s))
   body = lambda x, w: jnp.tanh(x @ w)
 
   def scanned(x, w):
@@ -348,29 +354,44 @@ def check_model(topology: tpu_model.Topology) -> List[str]:
       x = body(x, w)
     return x
 
-  n = 8192
+  def fsdp_layers(x, *ws):
+    for w in ws:
+      x = body(x, w)
+    return x
+
+  n, d = 8192, len(devices)
   programs = [
-      ("matmul bf16 8192^3", lambda a, b: a @ b, [spec((n, n), jnp.bfloat16)] * 2),
-      ("add bf16 8192x32768", lambda a, b: a + b, [spec((n, 4 * n), jnp.bfloat16)] * 2),
-      ("scale f32 8192x32768", lambda a: a * 2, [spec((n, 4 * n), jnp.float32)]),
-      ("exp f32 8192x16384", jnp.exp, [spec((n, 2 * n), jnp.float32)]),
-      ("row sum f32 32768x8192", lambda a: a.sum(1), [spec((4 * n, n), jnp.float32)]),
+      ("matmul bf16 8192^3", lambda a, b: a @ b, [spec((n, n), jnp.bfloat16)] * 2, None),
+      ("add bf16 8192x32768", lambda a, b: a + b, [spec((n, 4 * n), jnp.bfloat16)] * 2, None),
+      ("scale f32 8192x32768", lambda a: a * 2, [spec((n, 4 * n), jnp.float32)], None),
+      ("exp f32 8192x16384", jnp.exp, [spec((n, 2 * n), jnp.float32)], None),
+      ("row sum f32 32768x8192", lambda a: a.sum(1), [spec((4 * n, n), jnp.float32)], None),
       ("tanh(x@w) unrolled x12", unrolled, [spec((4096, 1024), jnp.bfloat16),
-                                            spec((1024, 1024), jnp.bfloat16)]),
+                                            spec((1024, 1024), jnp.bfloat16)], None),
       ("tanh(x@w) scan x12", scanned, [spec((4096, 1024), jnp.bfloat16),
-                                       spec((1024, 1024), jnp.bfloat16)]),
+                                       spec((1024, 1024), jnp.bfloat16)], None),
+      (f"all-gather bf16 8192^2 over {d} chips", lambda a: a,
+       [spec((n, n), jnp.bfloat16, every, "x")], named(every)),
+      (f"all-reduce f32 8192^2 over {d} chips", lambda a: a.sum(0),
+       [spec((d, n, n), jnp.float32, every, "x")], named(every)),
+      (f"4 x tanh(x@w), w sharded over {d} chips", fsdp_layers,
+       [spec((d * 4096, 4096), jnp.bfloat16, every, "x")]
+       + [spec((4096, 4096), jnp.bfloat16, every, None, "x")] * 4, named(every, "x")),
   ]
   chip = topology.chip
   rows = [f"{chip.name}: clock {chip.clock_hz / 1e9:.3f} GHz; program: XLA FLOPs, bytes; "
-          f"compiler optimal_seconds; our estimate (cycles); estimate / optimal"]
-  for name, fn, args in programs:
-    compiled = jax.jit(fn).lower(*args).compile()
+          f"compiler optimal_seconds; our estimate (cycles; collectives); estimate / optimal"]
+  for name, fn, args, out in programs:
+    compiled = jax.jit(fn, out_shardings=out).lower(*args).compile()
     cost = compiled.cost_analysis()
     est = tpu_model.estimate_step_time(compiled.as_text(), chip)
     optimal = cost.get("optimal_seconds", float("nan"))
     rows.append(f"  {name}: {cost.get('flops', 0.0):.3e} FLOP, {cost['bytes accessed']:.3e} B; "
-                f"{optimal * 1e3:.3f} ms; {est.seconds * 1e3:.3f} ms ({est.cycles} cycles); "
-                f"{est.seconds / optimal:.2f}")
+                f"{optimal * 1e3:.3f} ms; {est.seconds * 1e3:.3f} ms ({est.cycles} cycles"
+                + (f"; collectives {est.collective_seconds * 1e3:.3f} ms, exposed "
+                   f"{est.by_class.get('collective (exposed)', 0.0) * 1e3:.3f} ms"
+                   if est.collective_seconds else "")
+                + f"); {est.seconds / optimal:.2f}")
   return rows
 
 
