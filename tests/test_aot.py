@@ -95,7 +95,7 @@ HLO = """HloModule test, is_scheduled=true, num_partitions=4
   %x = bf16[128,128]{1,0} get-tuple-element(%arg), index=1
   %one = s32[] constant(1)
   %next = s32[] add(%i, %one)
-  %mm = bf16[128,128]{1,0} fusion(%x, %x), kind=kOutput, calls=%fused_matmul, metadata={op_name="jit(f)/while/body/blocks_3/dot_general"}, backend_config={"estimated_cycles":"1500"}
+  %mm = bf16[128,128]{1,0} fusion(%x, %x), kind=kOutput, calls=%fused_matmul, @MM@
   ROOT %t = (s32[], bf16[128,128]{1,0}) tuple(%next, %mm)
 }
 
@@ -112,15 +112,18 @@ ENTRY %main (x0: bf16[128,128], g: f32[1048576]) -> f32[128] {
   %zero = s32[] constant(0)
   %c = s32[] copy(%zero)
   %init = (s32[], bf16[128,128]{1,0}) tuple(%c, %x0)
-  %ags = (f32[1048576]{0}, f32[4194304]{0}) all-gather-start(%g), replica_groups={{0,1,2,3}}, dimensions={0}
+  %ags = (f32[1048576]{0}, f32[4194304]{0}) all-gather-start(%g), @AG@
   %loop = (s32[], bf16[128,128]{1,0}) while(%init), condition=%cond, body=%body
   %agd = f32[4194304]{0} all-gather-done(%ags)
   %small = f32[1024]{0} slice(%g), slice={[0:1024]}
   %ar = f32[1024]{0} all-reduce(%small), replica_groups=[1,4]<=[4], to_apply=%fused_add
   %h = f32[128]{0} slice(%ar), slice={[0:128]}
-  ROOT %out = f32[128]{0} fusion(%h), kind=kLoop, calls=%fused_add, backend_config={"estimated_cycles":"300"}
+  ROOT %out = f32[128]{0} fusion(%h), kind=kLoop, calls=%fused_add, @OUT@
 }
-"""
+""".replace("@MM@", 'metadata={op_name="jit(f)/while/body/blocks_3/dot_general"}, '
+            'backend_config={"estimated_cycles":"1500"}').replace(
+                "@AG@", "replica_groups={{0,1,2,3}}, dimensions={0}").replace(
+                    "@OUT@", 'backend_config={"estimated_cycles":"300"}')
 
 
 def test_step_time_model_on_hand_written_hlo():
