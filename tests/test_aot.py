@@ -159,7 +159,7 @@ def test_unknown_trip_count_is_counted_once_and_reported():
 
 def test_search_candidates_chain_remat_per_sharding_and_scan():
   from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
-  groups = aot.candidate_configs(tiny_mae_config(), 256, ["4", "16", "all"],
+  groups = aot.candidate_configs(tiny_mae_config(), 256, ["1", "4", "16", "all", "3"],
                                  ["none", "full"], [False, True])
   labels = [[aot.setting(c) for c in chain] for chain in groups]
   assert len(groups) == 2 * 4  # scan x (data parallel, fsdp 4, 16, 256)

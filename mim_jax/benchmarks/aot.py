@@ -23,9 +23,11 @@ batch, the same FSDP groups and a data axis of at least 2 (4 chips for data para
 FSDP over all chips has no proxy), costing the data-axis collectives at the full slice's
 group size; its per-chip figures are within a few percent of the full slice's (the
 compiler picks slightly different fusions for large slices; docs/RESULTS.md). `--search`
-compiles the sharding modes (data parallel, FSDP over `--fsdp_sizes` chips), remat
-policies and scan_layers, and reports the fastest estimated setting that leaves at least
-10% of HBM free.
+compiles the sharding modes (FSDP over each of `--fsdp_sizes` chips, 1 being data
+parallelism), remat policies and scan_layers, and reports the fastest estimated setting
+that leaves at least 10% of HBM free. The collective model has bandwidth but no per-hop
+latency, so it cannot charge FSDP over many chips its many ring steps: the default sizes
+stop at 16 (a 4x4 sub-torus).
 
 Also takes the flags of mim_jax.benchmarks.train_step (`--dtype`, `--remat`,
 `--scan_layers`). MFU's model FLOPs are XLA's count of the same step without remat
@@ -61,7 +63,8 @@ flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per ax
 flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
                   "program (see the module docstring).")
 flags.DEFINE_bool("search", False, "Try sharding modes, remat policies and scan_layers.")
-flags.DEFINE_list("fsdp_sizes", ["4", "16", "all"], "FSDP group sizes --search tries.")
+flags.DEFINE_list("fsdp_sizes", ["1", "4", "16"], "FSDP group sizes --search tries (1: data "
+                  "parallel; 'all': every chip).")
 flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable", "full"],
                   "Remat policies --search tries, in order of memory saved.")
 flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
@@ -277,11 +280,12 @@ def candidate_configs(config, num_chips: int, fsdp_sizes: Sequence[str],
   """[(label, [configs in order of memory saved])]: per sharding mode and scan value, the
   remat policies; the search stops a list at its first setting that fits (more remat only
   adds recomputation)."""
-  shardings = [("data_parallel", 1)]
+  shardings = []
   for size in fsdp_sizes:
     n = num_chips if size == "all" else int(size)
-    if 1 < n <= num_chips and num_chips % n == 0 and ("fsdp", n) not in shardings:
-      shardings.append(("fsdp", n))
+    mode = "data_parallel" if n == 1 else "fsdp"
+    if 1 <= n <= num_chips and num_chips % n == 0 and (mode, n) not in shardings:
+      shardings.append((mode, n))
   groups = []
   for scan in scan_options:
     for mode, size in shardings:
