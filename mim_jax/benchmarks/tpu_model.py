@@ -164,7 +164,7 @@ def images_per_second(global_batch: int, step_seconds: float) -> float:
 # Scheduled HLO text -> instructions.
 
 _COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*\) -> .* \{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9-]*)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9-]*)\((.*)$")
 _ARRAY = re.compile(r"\b(pred|s4|u4|s8|u8|f8e\w+|bf16|f16|s16|u16|f32|s32|u32|f64|s64|u64|"
                     r"c64|c128)\[([\d,]*)\]")
 _BITS = {"pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "bf16": 16, "f16": 16, "s16": 16,
@@ -184,6 +184,7 @@ class Instruction:
   operands: List[str]
   attributes: str
   args: str = ""  # the text between the parentheses (a constant's value)
+  is_root: bool = False
 
   @property
   def cycles(self) -> Optional[int]:
@@ -238,10 +239,11 @@ def parse_hlo(text: str) -> Tuple[Dict[str, List[Instruction]], str]:
       continue
     match = _INSTRUCTION.match(line)
     if match:
-      name, shape, op, rest = match.groups()
+      root, name, shape, op, rest = match.groups()
       operands, attributes = _split_operands(rest)
       computations[current].append(Instruction(
-          name, op, shape, re.findall(r"%([\w.\-]+)", operands), attributes, operands))
+          name, op, shape, re.findall(r"%([\w.\-]+)", operands), attributes, operands,
+          bool(root)))
   if entry is None:
     raise ValueError("No ENTRY computation in the HLO text.")
   return computations, entry
@@ -249,10 +251,6 @@ def parse_hlo(text: str) -> Tuple[Dict[str, List[Instruction]], str]:
 
 # ---------------------------------------------------------------------------------------
 # The estimate.
-
-CLASSES = ("matmul", "elementwise", "reduction", "copy/layout", "gather/scatter/slice",
-           "no compiler estimate (bytes/HBM)", "collective (exposed)")
-
 
 @dataclasses.dataclass
 class StepEstimate:
@@ -265,8 +263,7 @@ class StepEstimate:
   loops: int = 0  # while loops (XLA's cost analysis counts each body once)
   unknown_trip_counts: int = 0
 
-  def add(self, cls: str, op_name: str, seconds: float, weight: float = 1.0) -> None:
-    seconds *= weight
+  def add(self, cls: str, op_name: str, seconds: float) -> None:
     self.seconds += seconds
     self.by_class[cls] = self.by_class.get(cls, 0.0) + seconds
     key = re.sub(r"_\d+(?=/|$)", "_*", op_name.split(")/", 1)[-1]) or "(unnamed)"
@@ -405,7 +402,7 @@ class _Estimator:
     if known:
       return int(known.group(1))
     cond = self.computations.get(instr.attribute("condition") or "", [])
-    root = cond[-1] if cond else None
+    root = next((i for i in cond if i.is_root), None)
     direction = re.search(r"direction=(\w+)", root.attributes) if root else None
     if root is None or root.op != "compare" or not direction:
       return None
