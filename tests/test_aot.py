@@ -172,14 +172,10 @@ def test_search_candidates_chain_remat_per_sharding_and_scan():
 def test_proxy_keeps_per_chip_batch_and_fsdp_groups():
   from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
   pod = tpu_model.parse_topology("v5e:16x16")
-  config = tiny_mae_config()
-  assert aot.proxy_topology(pod, config).name == "v5e:2x2"  # data parallel: one host
-  config.sharding.update(mode="fsdp", fsdp_size=16)
-  assert aot.proxy_topology(pod, config).name == "v5e:4x8"  # two groups of 16
-  config.sharding.fsdp_size = -1  # over all chips: no smaller slice runs that program
-  assert aot.proxy_topology(pod, config) == pod
-  assert aot.proxy_topology(tpu_model.parse_topology("v4:4x4x4"), tiny_mae_config()).name == (
-      "v4:2x2x1")
+  assert aot.proxy_topology(pod, 1).name == "v5e:2x2"  # data parallel: one host
+  assert aot.proxy_topology(pod, 16).name == "v5e:4x8"  # two groups of 16
+  assert aot.proxy_topology(pod, 256) == pod  # FSDP over all chips: no smaller slice
+  assert aot.proxy_topology(tpu_model.parse_topology("v4:4x4x4"), 1).name == "v4:2x2x1"
 
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,

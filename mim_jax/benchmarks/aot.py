@@ -91,16 +91,9 @@ def topology_devices(topology: tpu_model.Topology) -> list:
     raise
 
 
-def fsdp_size(config, num_chips: int) -> int:
-  if config.sharding.mode != "fsdp":
-    return 1
-  return num_chips if config.sharding.fsdp_size < 0 else config.sharding.fsdp_size
-
-
-def proxy_topology(topology: tpu_model.Topology, config) -> tpu_model.Topology:
-  """The smallest slice of the generation with ≥ 2 data groups of the config's FSDP size
-  (≥ 4 chips); the topology itself when there is none smaller."""
-  fsdp = fsdp_size(config, topology.num_chips)
+def proxy_topology(topology: tpu_model.Topology, fsdp: int) -> tpu_model.Topology:
+  """The smallest slice of the generation with ≥ 2 data groups of `fsdp` chips (≥ 4
+  chips); the topology itself when there is none smaller."""
   for dims in SLICE_SHAPES[topology.chip.torus_dims]:
     chips = int(np.prod(dims))
     if chips >= max(4, 2 * fsdp) and chips % fsdp == 0 and chips < topology.num_chips:
@@ -175,14 +168,15 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = True) -> Pl
   """Compile `config`'s train step for `topology` (or its proxy) and estimate it."""
   hosts = max(topology.num_chips // 4, 1)
   train.validate_config(config, topology.num_chips, hosts)
-  target = proxy_topology(topology, config) if proxy else topology
+  mesh = sharding.create_mesh(config, topology_devices(topology))
+  data, fsdp = mesh.shape["data"], mesh.shape["fsdp"]
+  target = proxy_topology(topology, fsdp) if proxy else topology
   compiled_config = config.copy_and_resolve_references()
-  compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
-  fsdp = fsdp_size(config, topology.num_chips)
-  if config.sharding.mode == "fsdp":
+  if target != topology:
+    compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
     compiled_config.sharding.fsdp_size = fsdp
+    mesh = sharding.create_mesh(compiled_config, topology_devices(target))
   plan = Plan(config, topology, target)
-  mesh = sharding.create_mesh(compiled_config, topology_devices(target))
   start, start_cpu = time.perf_counter(), time.process_time()
   try:
     step, state, batch = abstract_train_step(compiled_config, mesh)
@@ -197,9 +191,8 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = True) -> Pl
   cost = compiled.cost_analysis()
   plan.step_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
   plan.model_flops = model_flops_per_chip(config, config.batch_size // topology.num_chips)
-  data_axis = topology.num_chips // fsdp
   plan.estimate = tpu_model.estimate_step_time(
-      compiled.as_text(), topology.chip, axis_sizes={"axis_0": data_axis, "axis_1": fsdp})
+      compiled.as_text(), topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
   return plan
 
 
