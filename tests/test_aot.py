@@ -178,6 +178,14 @@ def test_proxy_keeps_per_chip_batch_and_fsdp_groups():
   assert aot.proxy_topology(tpu_model.parse_topology("v4:4x4x4"), 1).name == "v4:2x2x1"
 
 
+def test_out_of_memory_errors_say_what_was_needed():
+  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  error = ("JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+           "required for HLO temporaries (18.26G) exceeds available HBM (15.75G).")
+  assert aot.first_line(error) == "out of HBM: needs 18.26G of 15.75G"
+  assert aot.first_line("ValueError: bad\nmore") == "ValueError: bad"
+
+
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                    reason="libtpu not installed (pip install -e '.[tpu]')")
 

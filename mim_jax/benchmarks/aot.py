@@ -326,7 +326,8 @@ def summary_row(plan: Plan) -> str:
 
 
 def first_line(error: str) -> str:
-  hbm = re.search(r"Used ([\d.]+\w) of ([\d.]+\w) hbm", error)
+  """A compiler error in one line: for out-of-memory, what it needed of the HBM it had."""
+  hbm = re.search(r"\(([\d.]+\w)\) exceeds available HBM \(([\d.]+\w)\)", error)
   if hbm:
     return f"out of HBM: needs {hbm.group(1)} of {hbm.group(2)}"
   return error.splitlines()[0][:200]
