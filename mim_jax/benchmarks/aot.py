@@ -70,6 +70,8 @@ flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable",
 flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
 flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
                     "as a JSON line.")
+flags.DEFINE_string("dump_hlo", None, "Write the compiled TPU program's HLO text (with the "
+                    "compiler's per-fusion estimates) to this file.")
 flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
                   "optimal_seconds on reference programs, then exit.")
 
@@ -164,8 +166,10 @@ class Plan:
     return tpu_model.images_per_second(self.config.batch_size, self.step_s)
 
 
-def compile_plan(config, topology: tpu_model.Topology, proxy: bool = True) -> Plan:
-  """Compile `config`'s train step for `topology` (or its proxy) and estimate it."""
+def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
+                 dump_hlo: Optional[str] = None) -> Plan:
+  """Compile `config`'s train step for `topology` (or its proxy) and estimate it; with
+  `dump_hlo`, write the compiled program's text there."""
   hosts = max(topology.num_chips // 4, 1)
   train.validate_config(config, topology.num_chips, hosts)
   mesh = sharding.create_mesh(config, topology_devices(topology))
@@ -187,12 +191,16 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = True) -> Pl
   plan.compile_cpu_s = time.process_time() - start_cpu
   if plan.error is not None:
     return plan
+  text = compiled.as_text()
+  if dump_hlo:
+    with open(dump_hlo, "w") as f:
+      f.write(text)
   plan.memory = tpu_model.memory_from_analysis(compiled.memory_analysis())
   cost = compiled.cost_analysis()
   plan.step_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
   plan.model_flops = model_flops_per_chip(config, config.batch_size // topology.num_chips)
   plan.estimate = tpu_model.estimate_step_time(
-      compiled.as_text(), topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
+      text, topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
   return plan
 
 
@@ -413,7 +421,7 @@ def main(argv):
         f.write(json.dumps(plan_record(plan)) + "\n")
 
   if not FLAGS.search:
-    plan = compile_plan(config, topology, FLAGS.proxy)
+    plan = compile_plan(config, topology, FLAGS.proxy, FLAGS.dump_hlo)
     save(plan)
     print(report(plan), flush=True)
     return
