@@ -26,5 +26,7 @@ def get_config(arg="base"):
   # no weight decay on biases, norms and embeddings ('bias'/'norm'/'embed' in main_lmim.py)
   config.optimizer.no_decay_patterns = defaults.NO_DECAY_PATTERNS + (r"embed",)
   config.optimizer.min_lr_ratio = 0.25  # cosine to 0.25·lr (min_lr_frac)
-  config.sharding.mode = "fsdp" if arg == "large" else "data_parallel"
+  # pod setting: FSDP in groups of 16 devices, the fastest setting the TPU compiler
+  # estimates on v5e-256 at this batch (docs/RESULTS.md; all devices when fewer)
+  config.sharding.update(mode="fsdp", fsdp_size=16)
   return config

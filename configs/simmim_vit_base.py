@@ -33,4 +33,7 @@ def get_config():
       base_lr=1e-4, lr_scaling="linear_512", schedule="multistep", decay_epochs=(700,),
       decay_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip=5.0,
       no_decay_patterns=NO_DECAY_PATTERNS)
+  # pod setting: FSDP in groups of 16 devices, the fastest setting the TPU compiler
+  # estimates on v5e-256 at this batch (docs/RESULTS.md; all devices when fewer)
+  config.sharding.update(mode="fsdp", fsdp_size=16)
   return config
