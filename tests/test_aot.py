@@ -169,6 +169,34 @@ def test_search_candidates_chain_remat_per_sharding_and_scan():
   assert labels[-1][-1] == "fsdp(256), remat=full, scan_layers=True"
 
 
+def test_search_stops_each_remat_chain_at_its_first_fit_and_picks_the_fastest(monkeypatch):
+  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  pod = tpu_model.parse_topology("v5e:16x16")
+  # (sharding, remat) -> (GiB per chip, estimated ms): data parallel fits only with full
+  # remat, FSDP(4) without; FSDP(16) without remat is fastest but over the 90% line
+  fake = {("data_parallel", "none"): (15.0, 30), ("data_parallel", "full"): (9.0, 40),
+          ("fsdp(4)", "none"): (8.0, 35), ("fsdp(4)", "full"): (4.0, 45),
+          ("fsdp(16)", "none"): (14.5, 20), ("fsdp(16)", "full"): (7.0, 38)}
+
+  def compile_plan(config, topology, proxy):
+    mode, remat = aot.setting(config).split(", ")[:2]
+    total, ms = fake[(mode, remat[len("remat="):])]
+    plan = aot.Plan(config, topology, topology)
+    plan.memory = tpu_model.Memory(0, 0, 0, int(total * GIB), 0)
+    plan.estimate = tpu_model.StepEstimate(seconds=ms / 1e3)
+    return plan
+
+  monkeypatch.setattr(aot, "compile_plan", compile_plan)
+  plans = aot.search(tiny_mae_config(batch_size=256), pod, False, ["1", "4", "16"],
+                     ["none", "full"], [False], log=lambda plan: None)
+  tried = [aot.setting(p.config).rsplit(",", 1)[0] for p in plans]
+  assert tried == ["data_parallel, remat=none", "data_parallel, remat=full",
+                   "fsdp(4), remat=none", "fsdp(16), remat=none", "fsdp(16), remat=full"]
+  chosen = aot.best(plans)
+  assert aot.setting(chosen.config).startswith("fsdp(4), remat=none")  # 35 < 38 < 40 ms
+  assert aot.best(plans[:1]) is None  # 15 GiB of 16: over the 10% headroom
+
+
 def test_proxy_keeps_per_chip_batch_and_fsdp_groups():
   from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
   pod = tpu_model.parse_topology("v5e:16x16")

@@ -278,8 +278,8 @@ def report(plan: Plan) -> str:
 
 def candidate_configs(config, num_chips: int, fsdp_sizes: Sequence[str],
                       remat_policies: Sequence[str], scan_options: Sequence[bool]):
-  """[(label, [configs in order of memory saved])]: per sharding mode and scan value, the
-  remat policies; the search stops a list at its first setting that fits (more remat only
+  """Lists of configs, one per (scan_layers value, sharding): the remat policies in order
+  of memory saved; the search stops a list at its first setting that fits (more remat only
   adds recomputation)."""
   shardings = []
   for size in fsdp_sizes:
@@ -319,6 +319,7 @@ def search(config, topology: tpu_model.Topology, proxy: bool, fsdp_sizes: Sequen
 
 
 def best(plans: Sequence[Plan]) -> Optional[Plan]:
+  """The fastest (estimated) plan that fits with the headroom, or None."""
   fitting = [p for p in plans if p.fits]
   return min(fitting, key=lambda p: p.step_s) if fitting else None
 
