@@ -36,8 +36,9 @@ Also takes the flags of mim_jax.benchmarks.train_step (`--dtype`, `--remat`,
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never runs a TPU
-# libtpu locks the chips for one process; a compile-only client needs no lock (and must
-# not wait for a training job on the same TPU VM, or for another planner)
+# libtpu lets one process per machine load it (/tmp/libtpu_lockfile) unless this is set;
+# the planner only compiles, so it may run beside another planner, or beside any JAX
+# process without JAX_PLATFORMS=cpu, which loads libtpu while looking for TPUs
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
