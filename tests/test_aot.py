@@ -296,3 +296,18 @@ def test_cae_large_is_the_published_vit_l_recipe():
   assert (config.model.layer_scale_init, config.model.decoder_layer_scale_init) == (1e-5, 1e-5)
   assert (config.model.decoder_width, config.model.decoder_num_heads) == (1024, 16)
   assert (config.model.regressor_depth, config.model.decoder_depth) == (4, 4)
+
+
+@needs_libtpu
+def test_a_recipe_that_counts_its_dataset_compiles_without_the_dataset():
+  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.methods import latent_mim  # pylint: disable=import-outside-toplevel
+  config = tiny_mae_config()  # Latent MIM's regulariser goal needs the run's step count
+  config.model.update(depth=1, decoder_width=16, decoder_depth=1, decoder_num_heads=2)
+  config.method = latent_mim.method_config(patch_gap=1, mask_ratio=0.75, projector_depth=2,
+                                           projector_hidden=32)
+  config.data.update(image_size=20, source="tfds", tfds_name="imagenet2012",
+                     data_dir="/nonexistent")
+  plan = aot.compile_plan(config, tpu_model.parse_topology("v5e:2x2"))
+  assert plan.error is None, plan.error
+  assert plan.estimate.seconds > 0 and plan.model_flops > 0

@@ -177,6 +177,9 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
   data, fsdp = mesh.shape["data"], mesh.shape["fsdp"]
   target = proxy_topology(topology, fsdp) if proxy else topology
   compiled_config = config.copy_and_resolve_references()
+  # the input pipeline is not part of the step; schedules that count the dataset's steps
+  # (Latent MIM's regulariser goal) then need no ImageNet files, and change only constants
+  compiled_config.data.source = "synthetic"
   if target != topology:
     compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
     compiled_config.sharding.fsdp_size = fsdp
@@ -199,7 +202,8 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
   plan.memory = tpu_model.memory_from_analysis(compiled.memory_analysis())
   cost = compiled.cost_analysis()
   plan.step_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-  plan.model_flops = model_flops_per_chip(config, config.batch_size // topology.num_chips)
+  plan.model_flops = model_flops_per_chip(compiled_config,
+                                          config.batch_size // topology.num_chips)
   plan.estimate = tpu_model.estimate_step_time(
       text, topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
   return plan
