@@ -60,7 +60,6 @@ def vit_large():
   in the encoder, regressor and decoder (1024 wide, 16 heads), FSDP."""
   config = published("large", 1600, 40.0)
   config.model.update(layer_scale_init=1e-5, decoder_layer_scale_init=1e-5)
-  config.sharding.mode = "fsdp"
   return config
 
 

@@ -5,9 +5,13 @@ of its own."""
 
 
 def imagenet(config, image_size=224):
-  """ImageNet-1k from TFDS (`imagenet2012`, train / validation)."""
+  """ImageNet-1k from TFDS (`imagenet2012`, train / validation), with the pod setting:
+  FSDP in groups of 16 devices, the fastest setting the TPU compiler estimates for MAE
+  ViT-B/L and PCAE ViT-L at their published batch on v5e-256 (docs/RESULTS.md, `python -m
+  mim_jax.benchmarks.aot --search`); on 16 devices or fewer FSDP spans them all."""
   config.data.update(source="tfds", tfds_name="imagenet2012", train_split="train",
                      eval_split="validation", image_size=image_size)
+  config.sharding.update(mode="fsdp", fsdp_size=16)
   return config
 
 

@@ -18,15 +18,16 @@ MODES = ("data_parallel", "fsdp")
 
 
 def create_mesh(config, devices=None) -> Mesh:
-  """('data', 'fsdp') mesh: fsdp size = `config.sharding.fsdp_size` (-1: all devices) in
-  FSDP mode, 1 in data-parallel mode; the data axis takes the remaining devices."""
+  """('data', 'fsdp') mesh: fsdp size = `config.sharding.fsdp_size` in FSDP mode (all
+  devices when it is -1 or more than there are: a pod recipe's group size also runs on one
+  host), 1 in data-parallel mode; the data axis takes the remaining devices."""
   devices = jax.devices() if devices is None else devices
   mode = config.sharding.mode
   if mode not in MODES:
     raise ValueError(f"Unknown config.sharding.mode={mode!r}; choose one of {MODES}.")
   n = len(devices)
-  fsdp = 1 if mode == "data_parallel" else (n if config.sharding.fsdp_size < 0
-                                            else config.sharding.fsdp_size)
+  size = config.sharding.fsdp_size
+  fsdp = 1 if mode == "data_parallel" else (n if size < 0 or size > n else size)
   if n % fsdp:
     raise ValueError(f"config.sharding.fsdp_size={fsdp} does not divide the {n} devices.")
   grid = np.asarray(devices).reshape(n // fsdp, fsdp)

@@ -43,16 +43,28 @@ def test_every_variant_is_a_complete_config(path, name):
   assert shapes is None or "encoder" in shapes
 
 
+# Every published ImageNet recipe (docs/RESULTS.md's pod table): width, depth, patch and
+# the published global batch.
+PUBLISHED = {("mae", "vit_base"): (768, 12, 16, 4096), ("mae", "vit_large"): (1024, 24, 16, 4096),
+             ("mae", "vit_huge"): (1280, 32, 14, 4096), ("simmim", "vit_base"): (768, 12, 16, 2048),
+             ("cae", "vit_base"): (768, 12, 16, 2048), ("cae", "vit_large"): (1024, 24, 16, 2048),
+             ("latent_mim", "vit_base"): (768, 12, 16, 4096),
+             ("latent_mim", "vit_large"): (1024, 24, 16, 4096),
+             ("pcae", "vit_base"): (768, 12, 16, 4096), ("pcae", "vit_large"): (1024, 24, 16, 4096),
+             ("pcae", "vit_huge"): (1280, 32, 14, 4096),
+             ("multiview_mae", "vit_base"): (768, 12, 16, 4096)}
+
+
 def test_the_published_recipes_and_their_sizes():
   sizes = {(f, v): (c.model.width, c.model.depth, c.model.patch_size, c.batch_size)
-           for f, v in [("mae", "vit_base"), ("mae", "vit_huge"), ("cae", "vit_large"),
-                        ("simmim", "vit_base"), ("latent_mim", "vit_large")]
-           for c in [config_file(f"{f}.py", v)]}
-  assert sizes == {("mae", "vit_base"): (768, 12, 16, 4096),
-                   ("mae", "vit_huge"): (1280, 32, 14, 4096),
-                   ("cae", "vit_large"): (1024, 24, 16, 2048),
-                   ("simmim", "vit_base"): (768, 12, 16, 2048),
-                   ("latent_mim", "vit_large"): (1024, 24, 16, 4096)}
+           for f, v in PUBLISHED for c in [config_file(f"{f}.py", v)]}
+  assert sizes == PUBLISHED
+  cae_large = config_file("cae.py", "vit_large")  # scripts/cae_large_1600e.sh
+  assert (cae_large.num_epochs, cae_large.warmup_epochs) == (1600, 40)
+  assert (cae_large.model.layer_scale_init, cae_large.model.decoder_layer_scale_init) == (
+      1e-5, 1e-5)
+  assert (cae_large.model.decoder_width, cae_large.model.decoder_num_heads) == (1024, 16)
+  assert (cae_large.model.regressor_depth, cae_large.model.decoder_depth) == (4, 4)
   assert config_file("mae.py").model.width == 768  # the default variant is vit_base
   with pytest.raises(ValueError,
                      match=r"choose one of \['cifar', 'tiny', 'tiny_cifar', 'vit_base'"):

@@ -59,6 +59,8 @@ def test_mesh_shapes_and_bad_modes():
   assert dict(sharding.create_mesh(config).shape) == {"data": 1, "fsdp": 8}
   config.sharding.fsdp_size = 4
   assert dict(sharding.create_mesh(config).shape) == {"data": 2, "fsdp": 4}
+  config.sharding.fsdp_size = 16  # a pod recipe's group on one 8-device host: all of them
+  assert dict(sharding.create_mesh(config).shape) == {"data": 1, "fsdp": 8}
   config.sharding.fsdp_size = 3
   with pytest.raises(ValueError, match="fsdp_size"):
     sharding.create_mesh(config)

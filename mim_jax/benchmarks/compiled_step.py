@@ -36,6 +36,19 @@ def xla_flops(compiled) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+# The step's lr schedule: 1000 steps, 10 of warmup. Its length and shape change a few scalar
+# operations, no array shape and no FLOP count of the step.
+TOTAL_STEPS = 1000
+
+
+def step_parts(config):
+  """(method, optimizer, lr schedule) of `config`'s train step as the benchmarks build it:
+  the config's method and optimizer, on the nominal TOTAL_STEPS schedule."""
+  lr_fn = optim.lr_schedule(1e-4, TOTAL_STEPS, 10)
+  return (methods.create(config, TOTAL_STEPS), optim.create_optimizer(config, lr_fn),
+          lr_fn)
+
+
 def random_batch(config, method, batch_size: int) -> Dict[str, np.ndarray]:
   """Random images with `method.batch_keys`; views (if several) cover the whole image,
   unflipped ('crop_box' [B, V, 4] as (y0, x0, h, w) fractions, 'flip' [B, V])."""
@@ -59,14 +72,11 @@ class CompiledStep:
     train.validate_config(config, jax.device_count(), jax.process_count())
     self.config = config
     mesh = sharding.create_mesh(config)
-    total_steps = 1000
-    method = methods.create(config, total_steps)
-    lr_fn = optim.lr_schedule(1e-4, total_steps, 10)
-    tx = optim.create_optimizer(config, lr_fn)
+    method, tx, lr_fn = step_parts(config)
     batch = random_batch(config, method, config.batch_size)
     self.state, shardings = train.create_train_state(
-        method, tx, config, mesh, {k: v[:1] for k, v in batch.items()})
-    step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
+        method, tx, config, mesh, train.sample_batch(config, method))
+    step_fn = train.jit_train_step(method, tx, lr_fn, config, TOTAL_STEPS, mesh, shardings)
     self.batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
     self.compiled = step_fn.lower(self.state, self.batch).compile()
@@ -79,8 +89,8 @@ class CompiledStep:
         plain = config.copy_and_resolve_references()
         plain.model.remat = "none"
         self.model_flops = xla_flops(
-            train.jit_train_step(methods.create(plain, total_steps), tx, lr_fn, plain,
-                                 total_steps, mesh,
+            train.jit_train_step(methods.create(plain, TOTAL_STEPS), tx, lr_fn, plain,
+                                 TOTAL_STEPS, mesh,
                                  shardings).lower(self.state, self.batch).compile())
     self.times: List[float] = []
     self.loss = float("nan")
@@ -118,8 +128,6 @@ def measure_train_step(config, steps: int) -> Dict[str, Any]:
   step.run(steps)
   return dict(compile_s=step.compile_s, step_s=float(np.median(step.times)), times=step.times,
               flops=step.step_flops, final_loss=step.loss)
-
-
 
 
 def results_table(measured, steps: int) -> str:

@@ -1,0 +1,451 @@
+"""Plan a pod run on this machine: compile the real train step for a TPU slice, no TPU needed.
+
+python -m mim_jax.benchmarks.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 \
+    [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE]
+python -m mim_jax.benchmarks.aot --check_model [--topology=v5e:2x2]
+
+With the `tpu` extra (pip install -e '.[tpu]': libtpu), `jax.experimental.topologies` describes
+the chips of a slice (`--topology`, generation:chips per axis: v5e:16x16 is v5e-256, v4:4x4x4
+is v4-128 with 64 chips, v5p:4x4x4 is v5p-128 with 64 chips) and the TPU compiler builds the
+trainer's own train step for them (train.init_state under jax.eval_shape,
+sharding.state_shardings, train.jit_train_step with the config's donation, dtype, remat and
+scan; `jax.ShapeDtypeStruct` state and batch: nothing is allocated). It prints whether it
+compiled (or the compiler's error), per-chip memory against the chip's HBM, XLA's FLOP
+count, the step time estimated from the compiler's per-fusion cycle estimates with its
+breakdown and heaviest operations (mim_jax/benchmarks/tpu_model.py states the model),
+images/s and MFU against the chip's bf16 peak, and the compile time. Step time, images/s
+and MFU are compiler estimates, not measurements.
+
+Compile time barely grows with the chip count (the partitioned program is the same on
+every chip; docs/RESULTS.md measures 4 to 256 chips), so the slice itself is compiled.
+`--proxy` compiles instead on the smallest slice of the generation with the same per-chip
+batch, the same FSDP groups and a data axis of at least 2 (4 chips for data parallelism;
+FSDP over all chips has no proxy), costing the data-axis collectives at the full slice's
+group size; its per-chip figures are within a few percent of the full slice's (the
+compiler picks slightly different fusions for large slices; docs/RESULTS.md). `--search`
+compiles the sharding modes (FSDP over each of `--fsdp_sizes` chips, 1 being data
+parallelism), remat policies and scan_layers, and reports the fastest estimated setting
+that leaves at least 10% of HBM free. The collective model has bandwidth but no per-hop
+latency, so it cannot charge FSDP over many chips its many ring steps: the default sizes
+stop at 16 (a 4x4 sub-torus).
+
+Also takes the flags of mim_jax.benchmarks.train_step (`--dtype`, `--remat`,
+`--scan_layers`). MFU's model FLOPs are XLA's count of the same step without remat
+(forward, backward where gradients flow, AdamW), lowered for one chip's batch on the CPU.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never runs a TPU
+# libtpu lets one process per machine load it (/tmp/libtpu_lockfile) unless this is set;
+# the planner only compiles, so it may run beside another planner, or beside any JAX
+# process without JAX_PLATFORMS=cpu, which loads libtpu while looking for TPUs
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from typing import List, Optional, Sequence  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mim_jax import sharding, train  # noqa: E402
+from mim_jax.benchmarks import tpu_model  # noqa: E402
+from mim_jax.benchmarks.compiled_step import (  # noqa: E402
+    TOTAL_STEPS, random_batch, step_parts, xla_flops)
+from mim_jax.benchmarks.train_step import FLAGS, apply_overrides  # noqa: E402
+from mim_jax.models import vit  # noqa: E402
+
+flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per axis "
+                    f"(generations {sorted(tpu_model.CHIPS)}).")
+flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
+                  "program (see the module docstring).")
+flags.DEFINE_bool("search", False, "Try sharding modes, remat policies and scan_layers.")
+flags.DEFINE_list("fsdp_sizes", ["1", "4", "16"], "FSDP group sizes --search tries (1: data "
+                  "parallel; 'all': every chip).")
+flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable", "full"],
+                  "Remat policies --search tries, in order of memory saved.")
+flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
+flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
+                    "as a JSON line.")
+flags.DEFINE_string("dump_hlo", None, "Write the compiled TPU program's HLO text (with the "
+                    "compiler's per-fusion estimates) to this file.")
+flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
+                  "optimal_seconds on reference programs, then exit.")
+
+# v5e/v6e slice shapes by chip count, and v4/v5p (3-D), smallest first.
+SLICE_SHAPES = {2: [(2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (8, 16), (16, 16)],
+                3: [(2, 2, 1), (2, 2, 2), (2, 2, 4), (2, 4, 4), (4, 4, 4), (4, 4, 8),
+                    (4, 8, 8), (8, 8, 8), (8, 8, 16), (8, 16, 16), (16, 16, 16)]}
+
+
+def topology_devices(topology: tpu_model.Topology) -> list:
+  """Compile-only TPU devices of the slice (needs libtpu: the `tpu` extra)."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    return list(topologies.get_topology_desc(**topology.libtpu_kwargs()).devices)
+  except RuntimeError as e:
+    if "TPU support not installed" in str(e):
+      raise RuntimeError("libtpu is not installed: pip install -e '.[tpu]' (the tpu extra "
+                         "pins jax[tpu], whose libtpu compiles for TPUs on any machine).") from e
+    raise
+
+
+def proxy_topology(topology: tpu_model.Topology, fsdp: int) -> tpu_model.Topology:
+  """The smallest slice of the generation with ≥ 2 data groups of `fsdp` chips (≥ 4
+  chips); the topology itself when there is none smaller."""
+  for dims in SLICE_SHAPES[topology.chip.torus_dims]:
+    chips = int(np.prod(dims))
+    if chips >= max(4, 2 * fsdp) and chips % fsdp == 0 and chips < topology.num_chips:
+      return tpu_model.Topology(topology.chip, dims)
+  return topology
+
+
+def abstract_train_step(config, mesh):
+  """(jitted train step, state, batch) of `config` on `mesh`, as train.train_and_evaluate
+  builds them, with `jax.ShapeDtypeStruct` state and batch (nothing is allocated)."""
+  method, tx, lr_fn = step_parts(config)
+  init = functools.partial(train.init_state, method, tx)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed),
+                            train.sample_batch(config, method))
+  shardings = sharding.state_shardings(mesh, abstract, config)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       abstract, shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
+                                   sharding=batch_sharding)
+           for k, v in random_batch(config, method, 1).items()}
+  step = train.jit_train_step(method, tx, lr_fn, config, TOTAL_STEPS, mesh, shardings)
+  return step, state, batch
+
+
+def model_flops_per_chip(config, per_chip_batch: int) -> float:
+  """XLA's FLOP count of the step for one chip's batch without remat, scan or gradient
+  accumulation (the same arithmetic), lowered (not compiled) for one CPU device."""
+  plain = config.copy_and_resolve_references()
+  # XLA's cost analysis counts a loop body once: no scan over layers or micro-batches
+  plain.update(batch_size=per_chip_batch, grad_accum_steps=1)
+  plain.model.update(remat="none", scan_layers=False)
+  plain.sharding.mode = "data_parallel"
+  mesh = sharding.create_mesh(plain, jax.devices("cpu")[:1])
+  step, state, batch = abstract_train_step(plain, mesh)
+  cost = step.lower(state, batch).cost_analysis()
+  return float(cost["flops"])
+
+
+@dataclasses.dataclass
+class Plan:
+  """One compiled setting of a config for a slice."""
+  config: object
+  topology: tpu_model.Topology
+  compiled_on: tpu_model.Topology
+  compile_s: float = 0.0
+  compile_cpu_s: float = 0.0  # CPU time of this process's threads: less load-dependent
+  error: Optional[str] = None
+  memory: Optional[tpu_model.Memory] = None
+  step_flops: float = 0.0  # XLA, per chip
+  model_flops: float = 0.0  # per chip, without remat
+  estimate: Optional[tpu_model.StepEstimate] = None
+
+  @property
+  def fits(self) -> bool:
+    return self.error is None and self.memory.fits(self.topology.chip)
+
+  @property
+  def step_s(self) -> float:
+    return self.estimate.seconds
+
+  @property
+  def mfu(self) -> float:
+    return tpu_model.mfu(self.model_flops, self.step_s, self.topology.chip)
+
+  @property
+  def images_per_s(self) -> float:
+    return tpu_model.images_per_second(self.config.batch_size, self.step_s)
+
+
+def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
+                 dump_hlo: Optional[str] = None) -> Plan:
+  """Compile `config`'s train step for `topology` (or its proxy) and estimate it; with
+  `dump_hlo`, write the compiled program's text there."""
+  hosts = max(topology.num_chips // 4, 1)
+  train.validate_config(config, topology.num_chips, hosts)
+  mesh = sharding.create_mesh(config, topology_devices(topology))
+  data, fsdp = mesh.shape["data"], mesh.shape["fsdp"]
+  target = proxy_topology(topology, fsdp) if proxy else topology
+  compiled_config = config.copy_and_resolve_references()
+  # the input pipeline is not part of the step; schedules that count the dataset's steps
+  # (Latent MIM's regulariser goal) then need no ImageNet files, and change only constants
+  compiled_config.data.source = "synthetic"
+  if target != topology:
+    compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
+    compiled_config.sharding.fsdp_size = fsdp
+    mesh = sharding.create_mesh(compiled_config, topology_devices(target))
+  plan = Plan(config, topology, target)
+  start, start_cpu = time.perf_counter(), time.process_time()
+  try:
+    step, state, batch = abstract_train_step(compiled_config, mesh)
+    compiled = step.lower(state, batch).compile()
+  except Exception as e:  # pylint: disable=broad-except  # the compiler's verdict
+    plan.error = f"{type(e).__name__}: {e}".strip()
+  plan.compile_s = time.perf_counter() - start
+  plan.compile_cpu_s = time.process_time() - start_cpu
+  if plan.error is not None:
+    return plan
+  text = compiled.as_text()
+  if dump_hlo:
+    with open(dump_hlo, "w") as f:
+      f.write(text)
+  plan.memory = tpu_model.memory_from_analysis(compiled.memory_analysis())
+  plan.step_flops = xla_flops(compiled)
+  plan.model_flops = model_flops_per_chip(compiled_config,
+                                          config.batch_size // topology.num_chips)
+  plan.estimate = tpu_model.estimate_step_time(
+      text, topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
+  return plan
+
+
+def plan_record(plan: Plan) -> dict:
+  """The figures of a plan as plain values (one JSON line of --output)."""
+  config = plan.config
+  record = dict(method=config.method.name, width=config.model.width,
+                depth=config.model.depth, patch=config.model.patch_size,
+                image=config.data.image_size, batch=config.batch_size,
+                dtype=config.model.dtype, setting=setting(config),
+                topology=plan.topology.name, compiled_on=plan.compiled_on.name,
+                compile_s=round(plan.compile_s, 1), compile_cpu_s=round(plan.compile_cpu_s, 1),
+                error=plan.error)
+  if plan.error is None:
+    record.update(memory=dataclasses.asdict(plan.memory), total_gib=plan.memory.total / 2**30,
+                  fits=plan.fits, step_flops=plan.step_flops, model_flops=plan.model_flops,
+                  step_s=plan.step_s, images_per_s=plan.images_per_s, mfu=plan.mfu,
+                  by_class=plan.estimate.by_class, top_ops=plan.estimate.top_ops(10),
+                  collective_s=plan.estimate.collective_seconds)
+  return record
+
+
+def setting(config) -> str:
+  mode = config.sharding.mode
+  if mode == "fsdp":
+    mode += f"({config.sharding.fsdp_size if config.sharding.fsdp_size > 0 else 'all'})"
+  return (f"{mode}, remat={vit.remat_policy_name(config.model.remat)}, "
+          f"scan_layers={config.model.scan_layers}")
+
+
+def gib(n: float) -> str:
+  return f"{n / tpu_model.GIB:.2f} GiB"
+
+
+def report(plan: Plan) -> str:
+  """The figures of one compiled setting, as printed."""
+  topo, chip, config = plan.topology, plan.topology.chip, plan.config
+  per_chip = config.batch_size // topo.num_chips
+  lines = [f"{config.method.name} width={config.model.width} depth={config.model.depth} "
+           f"patch={config.model.patch_size} image={config.data.image_size} on {topo.name} "
+           f"({topo.num_chips} chips): batch {config.batch_size} ({per_chip} per chip), "
+           f"dtype={config.model.dtype}, {setting(config)}"]
+  where = ("" if plan.compiled_on == topo else
+           f" on the proxy {plan.compiled_on.name} ({plan.compiled_on.num_chips} chips, "
+           f"batch {per_chip * plan.compiled_on.num_chips}: the same per-chip program)")
+  if plan.error is not None:
+    lines.append(f"  compile: FAILED after {plan.compile_s:.1f} s{where}: {plan.error}")
+    return "\n".join(lines)
+  m = plan.memory
+  lines.append(f"  compile: ok in {plan.compile_s:.1f} s ({plan.compile_cpu_s:.0f} CPU-s){where}")
+  verdict = (f"fits with >= {tpu_model.HEADROOM:.0%} headroom" if m.fits(chip) else
+             f"does NOT fit with {tpu_model.HEADROOM:.0%} headroom")
+  lines.append(f"  memory per chip: arguments {gib(m.arguments)}, outputs {gib(m.outputs)} "
+               f"({gib(m.aliased)} aliased to donated arguments), temporaries "
+               f"{gib(m.temporaries)}, code {gib(m.code)}; total {gib(m.total)} of "
+               f"{gib(chip.hbm_bytes)} HBM ({m.headroom(chip):.0%} free): {verdict}")
+  est = plan.estimate
+  lines.append(f"  FLOPs per chip per step (XLA): {plan.step_flops:.3e}"
+               + (" (XLA counts each of the program's loop bodies once)" if est.loops else "")
+               + f"; model (no remat) {plan.model_flops:.3e} = "
+               f"{plan.model_flops / per_chip / 1e9:.1f} GFLOP per image")
+  parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in
+                    sorted(est.by_class.items(), key=lambda kv: -kv[1]) if v > 5e-5)
+  lines.append(f"  step time (compiler estimate): {est.seconds * 1e3:.1f} ms = {parts} ms; "
+               f"collectives {est.collective_seconds * 1e3:.1f} ms before overlap"
+               + (f"; {est.unknown_trip_counts} loops of unknown trip count counted once"
+                  if est.unknown_trip_counts else ""))
+  lines.append("  heaviest operations (estimate, ms): " + "; ".join(
+      f"{name} {seconds * 1e3:.1f}" for name, seconds in est.top_ops(6)))
+  lines.append(f"  throughput (compiler estimate): {plan.images_per_s:,.0f} images/s "
+               f"({plan.images_per_s / topo.num_chips:.1f} per chip); MFU (estimate) "
+               f"{plan.mfu:.1%} of {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip")
+  return "\n".join(lines)
+
+
+def candidate_configs(config, num_chips: int, fsdp_sizes: Sequence[str],
+                      remat_policies: Sequence[str], scan_options: Sequence[bool]):
+  """Lists of configs, one per (scan_layers value, sharding): the remat policies in order
+  of memory saved; the search stops a list at its first setting that fits (more remat only
+  adds recomputation)."""
+  shardings = []
+  for size in fsdp_sizes:
+    n = num_chips if size == "all" else int(size)
+    mode = "data_parallel" if n == 1 else "fsdp"
+    if 1 <= n <= num_chips and num_chips % n == 0 and (mode, n) not in shardings:
+      shardings.append((mode, n))
+  groups = []
+  for scan in scan_options:
+    for mode, size in shardings:
+      chain = []
+      for remat in remat_policies:
+        c = config.copy_and_resolve_references()
+        c.sharding.mode = mode
+        c.sharding.fsdp_size = size if mode == "fsdp" else -1
+        c.model.remat = remat
+        c.model.scan_layers = scan
+        chain.append(c)
+      groups.append(chain)
+  return groups
+
+
+def search(config, topology: tpu_model.Topology, proxy: bool, fsdp_sizes: Sequence[str],
+           remat_policies: Sequence[str], scan_options: Sequence[bool],
+           log=lambda plan: print(summary_row(plan))) -> List[Plan]:
+  """Every compiled setting (see `candidate_configs`); `log(plan)` as each finishes."""
+  plans = []
+  for chain in candidate_configs(config, topology.num_chips, fsdp_sizes, remat_policies,
+                                 scan_options):
+    for candidate in chain:
+      plan = compile_plan(candidate, topology, proxy)
+      plans.append(plan)
+      log(plan)
+      if plan.fits:
+        break
+  return plans
+
+
+def best(plans: Sequence[Plan]) -> Optional[Plan]:
+  """The fastest (estimated) plan that fits with the headroom, or None."""
+  fitting = [p for p in plans if p.fits]
+  return min(fitting, key=lambda p: p.step_s) if fitting else None
+
+
+def summary_row(plan: Plan) -> str:
+  if plan.error is not None:
+    return f"  {setting(plan.config)}: compile failed ({first_line(plan.error)})"
+  chip = plan.topology.chip
+  return (f"  {setting(plan.config)}: {gib(plan.memory.total)} per chip "
+          f"({plan.memory.headroom(chip):.0%} free{'' if plan.fits else ', too full'}), "
+          f"step {plan.step_s * 1e3:.1f} ms, {plan.images_per_s:,.0f} images/s, "
+          f"MFU {plan.mfu:.1%} (estimates), compile {plan.compile_s:.0f} s")
+
+
+def first_line(error: str) -> str:
+  """A compiler error in one line: for out-of-memory, what it needed of the HBM it had."""
+  hbm = re.search(r"\(([\d.]+\w)\) exceeds available HBM \(([\d.]+\w)\)", error)
+  if hbm:
+    return f"out of HBM: needs {hbm.group(1)} of {hbm.group(2)}"
+  return error.splitlines()[0][:200]
+
+
+def check_model(topology: tpu_model.Topology) -> List[str]:
+  """Rows comparing `estimate_step_time` with the compiler's cost analysis: on one chip of
+  `topology`, a bf16 matmul (compute-bound: optimal_seconds = FLOPs / peak), elementwise
+  and reduction programs (HBM-bound), a 12-step scan against 12 unrolled steps; on all its
+  chips, an all-gather, an all-reduce and 4 matmuls with FSDP-sharded weights (whose
+  weight all-gathers can overlap the matmuls)."""
+  devices = topology_devices(topology)
+  named = lambda mesh, *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  one = jax.sharding.Mesh(np.asarray(devices[:1]), ("x",))
+  every = jax.sharding.Mesh(np.asarray(devices), ("x",))
+  spec = lambda shape, dtype, mesh=one, *s: jax.ShapeDtypeStruct(shape, dtype,
+                                                                 sharding=named(mesh, *s))
+  body = lambda x, w: jnp.tanh(x @ w)
+
+  def scanned(x, w):
+    return jax.lax.scan(lambda c, _: (body(c, w), None), x, None, length=12)[0]
+
+  def unrolled(x, w):
+    for _ in range(12):
+      x = body(x, w)
+    return x
+
+  def fsdp_layers(x, *ws):
+    for w in ws:
+      x = body(x, w)
+    return x
+
+  n, d = 8192, len(devices)
+  programs = [
+      ("matmul bf16 8192^3", lambda a, b: a @ b, [spec((n, n), jnp.bfloat16)] * 2, None),
+      ("add bf16 8192x32768", lambda a, b: a + b, [spec((n, 4 * n), jnp.bfloat16)] * 2, None),
+      ("scale f32 8192x32768", lambda a: a * 2, [spec((n, 4 * n), jnp.float32)], None),
+      ("exp f32 8192x16384", jnp.exp, [spec((n, 2 * n), jnp.float32)], None),
+      ("row sum f32 32768x8192", lambda a: a.sum(1), [spec((4 * n, n), jnp.float32)], None),
+      ("tanh(x@w) unrolled x12", unrolled, [spec((4096, 1024), jnp.bfloat16),
+                                            spec((1024, 1024), jnp.bfloat16)], None),
+      ("tanh(x@w) scan x12", scanned, [spec((4096, 1024), jnp.bfloat16),
+                                       spec((1024, 1024), jnp.bfloat16)], None),
+      (f"all-gather bf16 8192^2 over {d} chips", lambda a: a,
+       [spec((n, n), jnp.bfloat16, every, "x")], named(every)),
+      (f"all-reduce f32 8192^2 over {d} chips", lambda a: a.sum(0),
+       [spec((d, n, n), jnp.float32, every, "x")], named(every)),
+      (f"4 x tanh(x@w), w sharded over {d} chips", fsdp_layers,
+       [spec((d * 4096, 4096), jnp.bfloat16, every, "x")]
+       + [spec((4096, 4096), jnp.bfloat16, every, None, "x")] * 4, named(every, "x")),
+  ]
+  chip = topology.chip
+  rows = [f"{chip.name}: clock {chip.clock_hz / 1e9:.3f} GHz; program: XLA FLOPs, bytes; "
+          f"compiler optimal_seconds; our estimate (cycles; collectives); estimate / optimal"]
+  for name, fn, args, out in programs:
+    compiled = jax.jit(fn, out_shardings=out).lower(*args).compile()
+    cost = compiled.cost_analysis()
+    est = tpu_model.estimate_step_time(compiled.as_text(), chip)
+    optimal = cost.get("optimal_seconds", float("nan"))
+    rows.append(f"  {name}: {cost.get('flops', 0.0):.3e} FLOP, {cost['bytes accessed']:.3e} B; "
+                f"{optimal * 1e3:.3f} ms; {est.seconds * 1e3:.3f} ms ({est.cycles} cycles"
+                + (f"; collectives {est.collective_seconds * 1e3:.3f} ms, exposed "
+                   f"{est.by_class.get('collective (exposed)', 0.0) * 1e3:.3f} ms"
+                   if est.collective_seconds else "")
+                + f"); {est.seconds / optimal:.2f}")
+  return rows
+
+
+def main(argv):
+  del argv
+  topology = tpu_model.parse_topology(FLAGS.topology)
+  if FLAGS.check_model:
+    print("\n".join(check_model(topology)))
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required (or --check_model).")
+  config = FLAGS.config
+  apply_overrides(config)
+
+  def save(plan: Plan) -> None:
+    if FLAGS.output:
+      with open(FLAGS.output, "a") as f:
+        f.write(json.dumps(plan_record(plan)) + "\n")
+
+  if not FLAGS.search:
+    plan = compile_plan(config, topology, FLAGS.proxy, FLAGS.dump_hlo)
+    save(plan)
+    print(report(plan), flush=True)
+    return
+  scans = [s.lower() in ("true", "1") for s in FLAGS.scan_options]
+  print(f"search on {topology.name}: batch {config.batch_size}, dtype={config.model.dtype} "
+        f"(step time, images/s, MFU: compiler estimates)", flush=True)
+  plans = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
+                 scans, log=lambda plan: (save(plan), print(summary_row(plan), flush=True)))
+  chosen = best(plans)
+  if chosen is None:
+    totals = [p.memory.total for p in plans if p.memory is not None]
+    print(f"nothing fits on {topology.name} with {tpu_model.HEADROOM:.0%} HBM headroom"
+          + (f"; the smallest compiled setting needs {gib(min(totals))} per chip of "
+             f"{gib(topology.chip.hbm_bytes)}" if totals else ""))
+    return
+  print("fastest setting that fits (estimate):")
+  print(report(chosen))
+
+
+if __name__ == "__main__":
+  app.run(main)
