@@ -112,19 +112,36 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return workdir_path(workdir) / "checkpoints"
 
 
+# Opening a manager with these options creates nothing and waits at no cross-process
+# barrier (Orbax's create-directory and root-metadata barriers are collectives that every
+# process must reach in the same order), so one process may open it on a decision of its
+# own, e.g. because workdir/checkpoints exists: another process may just have created it.
+READ_ONLY = dict(create=False, read_only=True, save_root_metadata=False)
+
+
+def _item_handlers():
+  return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+
+
 def create_manager(workdir: str, config, clean_up_temporary: bool = False
                    ) -> ocp.CheckpointManager:
-  """The manager of workdir/checkpoints. `clean_up_temporary` (the trainer, which owns
-  the directory) removes the temporary directories of saves that never finished."""
+  """The manager of workdir/checkpoints that saves. Every process opens it at the same
+  point (opening it is a cross-process barrier). `clean_up_temporary` (the trainer, which
+  owns the directory) removes the temporary directories of saves that never finished."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints,
       enable_async_checkpointing=True,
       create=True,
       cleanup_tmp_directories=clean_up_temporary)
-  return ocp.CheckpointManager(
-      checkpoint_dir(workdir), options=options,
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "data": ocp.JsonCheckpointHandler()})
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_handlers=_item_handlers())
+
+
+def open_for_reading(workdir: str) -> ocp.CheckpointManager:
+  """A manager that only reads workdir/checkpoints (see READ_ONLY: no barrier)."""
+  return ocp.CheckpointManager(checkpoint_dir(workdir),
+                               options=ocp.CheckpointManagerOptions(**READ_ONLY),
+                               item_handlers=_item_handlers())
 
 
 def _array_layout(tree: PyTree) -> Dict[str, Tuple[tuple, str]]:
@@ -239,7 +256,7 @@ def restore_subtree(workdir: str, step: int, abstract: PyTree) -> PyTree:
   e.g. {'params': {'encoder': ...}}, as ShapeDtypeStructs with shardings) from checkpoint
   `step` of `workdir`; nothing else (optimizer state, other parameters) is read."""
   manager = ocp.CheckpointManager(checkpoint_dir(workdir),
-                                  options=ocp.CheckpointManagerOptions(create=False))
+                                  options=ocp.CheckpointManagerOptions(**READ_ONLY))
   restore_args = jax.tree.map(
       lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
                                      dtype=x.dtype), abstract)

@@ -353,8 +353,8 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
   them to config.json's history. Such a resume is no longer the uninterrupted run.
   """
   if not checkpoint.checkpoint_dir(workdir).is_dir():
-    return None
-  manager = checkpoint.create_manager(workdir, config)
+    return None  # (process 0 may create it while another process is here: no barrier below)
+  manager = checkpoint.open_for_reading(workdir)
   try:
     if not manager.all_steps():
       return None

@@ -137,3 +137,26 @@ def test_a_gs_workdir_is_read_and_written_through_epath(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="gs://bucket/none"):
       pretrained.read_pretrain_config("gs://bucket/none")
   assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16
+
+
+def test_only_the_saving_manager_is_a_cross_process_barrier(tmp_path, monkeypatch):
+  """Opening Orbax's manager runs barriers (collectives every process must reach in the
+  same order). The trainer's resume check opens one only when workdir/checkpoints exists,
+  which process 0 may have just created: with 2 processes that extra barrier hung 3 of 6
+  runs of the multi-process tests. Readers therefore open it without any."""
+  from orbax.checkpoint._src.multihost import multihost  # pylint: disable=import-outside-toplevel
+  barriers = []
+  monkeypatch.setattr(multihost, "sync_global_processes",
+                      lambda name, *args, **kwargs: barriers.append(name))
+  config = tiny_mae_config()
+  saving = checkpoint.create_manager(str(tmp_path), config)
+  assert barriers  # the check can fail: the saving manager's opening has barriers
+  checkpoint.save(saving, 2, {"w": np.ones(3)}, {"next_element": [0]})
+  saving.wait_until_finished()
+  saving.close()
+  barriers.clear()
+  reader = checkpoint.open_for_reading(str(tmp_path))
+  assert reader.all_steps() == [2]
+  reader.close()
+  checkpoint.open_for_reading(str(tmp_path / "elsewhere")).close()
+  assert barriers == [] and not (tmp_path / "elsewhere").exists()

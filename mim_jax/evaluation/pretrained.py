@@ -132,7 +132,7 @@ def restore_state(workdir: str, step: Optional[int] = None
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device,
                                                                       abstract))
-  manager = checkpoint.create_manager(workdir, config)
+  manager = checkpoint.open_for_reading(workdir)
   if step is None:
     restored = checkpoint.restore_latest(manager, abstract)
   elif step in manager.all_steps():
