@@ -29,6 +29,35 @@ def imports_of(path, modules) -> set:
   return {name for name in found if name in modules}
 
 
+def module_level_imports(path, modules) -> set:
+  """The mim_jax modules the file at `path` imports when it is imported (statements of the
+  module body, not those inside functions or `if __name__ == "__main__":`)."""
+  body = ast.Module(body=[n for n in ast.parse(path.read_text()).body
+                          if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+  found = set()
+  for node in body.body:
+    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+             [f"{node.module}.{a.name}" for a in node.names] + [node.module])
+    found.update(n for n in names if n in modules)
+  return found
+
+
+def flags_defined_on_import(path) -> set:
+  """The absl flags that statements of the module body define: the names given to
+  flags.DEFINE_* / config_flags.DEFINE_*, and `<f>()` for a call of a function `f` named
+  define_flags (which defines several)."""
+  names = set()
+  for node in ast.parse(path.read_text()).body:
+    call = node.value if isinstance(node, ast.Expr) else None
+    func = call.func if isinstance(call, ast.Call) else None
+    name = getattr(func, "attr", None) or getattr(func, "id", None) or ""
+    if name.startswith("DEFINE") and call.args and isinstance(call.args[0], ast.Constant):
+      names.add(call.args[0].value)
+    elif name == "define_flags":
+      names.add(f"{ast.unparse(func)}()")
+  return names
+
+
 def import_graph() -> dict:
   files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
   return {name: imports_of(path, files) - {name} for name, path in files.items()}
@@ -90,3 +119,28 @@ def test_outside_methods_no_code_guesses_a_method_or_its_parameter_tree():
     for guess in guesses:
       assert guess not in text, (path, guess)
     assert not by_name.search(text), (path, by_name.search(text))
+
+
+def test_no_flag_is_defined_twice_in_a_test_process():
+  """absl flags live in one process-wide registry, so two modules that define the same
+  flag when imported cannot both be loaded ('The flag 'config' is defined twice', as when
+  the pod planner imported benchmarks/train_step.py and a test imported both it and
+  mim_jax.main). Every module a pytest worker may load (the tests' imports anywhere in
+  their files, followed through module-level imports) defines each flag at most once;
+  programs that tests import define theirs under `__main__` (mim_jax.compare,
+  benchmarks/aot.py)."""
+  files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+  loaded = set().union(*(imports_of(p, files) for p in (REPO / "tests").rglob("*.py")))
+  todo = list(loaded)
+  while todo:
+    for name in module_level_imports(files[todo.pop()], files) - loaded:
+      loaded.add(name)
+      todo.append(name)
+  assert {"mim_jax.main", "mim_jax.compare", "mim_jax.benchmarks.aot"} <= loaded
+  assert "config" in flags_defined_on_import(files["mim_jax.benchmarks.train_step"])
+  definers = {}
+  for name in sorted(loaded):
+    for flag in flags_defined_on_import(files[name]):
+      definers.setdefault(flag, []).append(name)
+  assert {f: m for f, m in definers.items() if len(m) > 1} == {}
+  assert definers["config"] == ["mim_jax.main"]

@@ -57,25 +57,33 @@ from mim_jax import sharding, train  # noqa: E402
 from mim_jax.benchmarks import tpu_model  # noqa: E402
 from mim_jax.benchmarks.compiled_step import (  # noqa: E402
     TOTAL_STEPS, random_batch, step_parts, xla_flops)
-from mim_jax.benchmarks.train_step import FLAGS, apply_overrides  # noqa: E402
 from mim_jax.models import vit  # noqa: E402
 
-flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per axis "
-                    f"(generations {sorted(tpu_model.CHIPS)}).")
-flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
-                  "program (see the module docstring).")
-flags.DEFINE_bool("search", False, "Try sharding modes, remat policies and scan_layers.")
-flags.DEFINE_list("fsdp_sizes", ["1", "4", "16"], "FSDP group sizes --search tries (1: data "
-                  "parallel; 'all': every chip).")
-flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable", "full"],
-                  "Remat policies --search tries, in order of memory saved.")
-flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
-flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
-                    "as a JSON line.")
-flags.DEFINE_string("dump_hlo", None, "Write the compiled TPU program's HLO text (with the "
-                    "compiler's per-fusion estimates) to this file.")
-flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
-                  "optimal_seconds on reference programs, then exit.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, defined when the module runs as a program (importing it
+  defines none: their names would clash with mim_jax.main's). --config and the speed
+  options (--dtype, --remat, --scan_layers) are mim_jax.benchmarks.train_step's."""
+  from mim_jax.benchmarks import train_step  # noqa: F401  pylint: disable=all (defines them)
+  flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per axis "
+                      f"(generations {sorted(tpu_model.CHIPS)}).")
+  flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
+                    "program (see the module docstring).")
+  flags.DEFINE_bool("search", False, "Try sharding modes, remat policies and scan_layers.")
+  flags.DEFINE_list("fsdp_sizes", ["1", "4", "16"], "FSDP group sizes --search tries (1: data "
+                    "parallel; 'all': every chip).")
+  flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable", "full"],
+                    "Remat policies --search tries, in order of memory saved.")
+  flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
+  flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
+                      "as a JSON line.")
+  flags.DEFINE_string("dump_hlo", None, "Write the compiled TPU program's HLO text (with the "
+                      "compiler's per-fusion estimates) to this file.")
+  flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
+                    "optimal_seconds on reference programs, then exit.")
+
 
 # v5e/v6e slice shapes by chip count, and v4/v5p (3-D), smallest first.
 SLICE_SHAPES = {2: [(2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (8, 16), (16, 16)],
@@ -419,7 +427,8 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError("--config is required (or --check_model).")
   config = FLAGS.config
-  apply_overrides(config)
+  from mim_jax.benchmarks import train_step  # pylint: disable=import-outside-toplevel
+  train_step.apply_overrides(config)
 
   def save(plan: Plan) -> None:
     if FLAGS.output:
@@ -448,4 +457,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
