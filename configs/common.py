@@ -15,6 +15,15 @@ def imagenet(config, image_size=224):
   return config
 
 
+def mae_imagenet_run(config, image_size=224):
+  """MAE's ImageNet-1k run (PRETRAIN.md), kept by PCAE, Latent MIM and Multi-View MAE:
+  batch 4096, 800 epochs with 40 warmup, RandomResizedCrop(0.2–1) + flip."""
+  imagenet(config, image_size)
+  config.data.crop_scale = (0.2, 1.0)
+  config.update(batch_size=4096, num_epochs=800.0, warmup_epochs=40.0)
+  return config
+
+
 def cifar_run(config, image_size=32):
   """The method comparison's run (mim_jax/compare.py) on ../shared/data/cifar10_small.npz
   (10k train / 2k test 32 px images): batch 128, 8 epochs with 10% warmup, crops 0.35–1

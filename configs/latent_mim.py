@@ -44,11 +44,7 @@ def published(size):
   """ImageNet-1k at 14·(16 + 4) = 280 px, batch 4096, 800 epochs (40 warmup),
   RandomResizedCrop(280, 0.2–1) + flip; FSDP in groups of 16 devices
   (common.imagenet)."""
-  config = common.imagenet(latent_mim(size))
-  grid_with_gap(config, 14)
-  config.data.crop_scale = (0.2, 1.0)
-  config.update(batch_size=4096, num_epochs=800.0, warmup_epochs=40.0)
-  return config
+  return grid_with_gap(common.mae_imagenet_run(latent_mim(size)), 14)
 
 
 def vit_base():

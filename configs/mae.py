@@ -26,10 +26,7 @@ def published(size, patch_size=16):
   """The ImageNet-1k recipe: batch 4096, 800 epochs with 40 warmup,
   RandomResizedCrop(224, 0.2–1, bicubic) + flip; FSDP in groups of 16 devices
   (common.imagenet)."""
-  config = common.imagenet(mae(size, patch_size))
-  config.data.crop_scale = (0.2, 1.0)
-  config.update(batch_size=4096, num_epochs=800.0, warmup_epochs=40.0)
-  return config
+  return common.mae_imagenet_run(mae(size, patch_size))
 
 
 def vit_base():

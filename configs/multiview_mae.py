@@ -34,10 +34,7 @@ def multiview_mae(size="base", patch_size=16):
 def vit_base():
   """Multi-View MAE ViT-B/16 on ImageNet-1k: MAE's recipe (batch 4096, 800 epochs), two
   RandomResizedCrop(224, 0.2–1) + flip views per image."""
-  config = common.imagenet(multiview_mae())
-  config.data.crop_scale = (0.2, 1.0)
-  config.update(batch_size=4096, num_epochs=800.0, warmup_epochs=40.0)
-  return config
+  return common.mae_imagenet_run(multiview_mae())
 
 
 def cifar():

@@ -31,10 +31,7 @@ def pcae(size="base", patch_size=16):
 def published(size, patch_size=16):
   """MAE's ImageNet-1k recipe: batch 4096, 800 epochs (40 warmup), crops 0.2–1; FSDP
   in groups of 16 devices (common.imagenet)."""
-  config = common.imagenet(pcae(size, patch_size))
-  config.data.crop_scale = (0.2, 1.0)
-  config.update(batch_size=4096, num_epochs=800.0, warmup_epochs=40.0)
-  return config
+  return common.mae_imagenet_run(pcae(size, patch_size))
 
 
 def vit_base():

@@ -74,7 +74,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from clu import metric_writers
 
 from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain, train
 from mim_jax.benchmarks import compiled_step, results
@@ -490,10 +489,7 @@ def evaluate_pixels(protocol: Protocol, group: dict, directory: str) -> dict:
   setting = ml_collections.ConfigDict({"eval": config.to_dict(), "data": data_config.to_dict(),
                                        "patch_size": patch_size})
   checkpoint.write_text(directory, checkpoint.CONFIG_FILE, setting.to_json(indent=2))
-  writer = metric_writers.create_default_writer(directory,
-                                                just_logging=jax.process_index() != 0)
-  log_fn = lambda epoch, scalars: writer.write_scalars(
-      epoch, {f"probe/{name}": value for name, value in scalars.items()})
+  writer, log_fn = run.probe_writer(directory)
   start = time.perf_counter()
   try:
     heads = math.gcd(group["num_heads"], train_set[0].shape[-1])

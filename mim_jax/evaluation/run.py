@@ -112,6 +112,16 @@ def validate(config, encoder: EvalEncoder) -> int:
   return step
 
 
+def probe_writer(workdir: str):
+  """(TensorBoard writer of an evaluation in `workdir`, written by process 0; the
+  per-epoch `log_fn` of `run_protocol`, which writes its scalars as probe/<name>)."""
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() != 0)
+  log_fn = lambda epoch, scalars: writer.write_scalars(  # noqa: E731
+      epoch, {f"probe/{name}": value for name, value in scalars.items()})
+  return writer, log_fn
+
+
 def count_classes(config, data_config, train_labels, test_labels) -> int:
   """config.num_classes, or when None: the synthetic source's data.num_classes, else 1 +
   the largest label in either split."""
@@ -189,10 +199,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   feature_seconds = time.perf_counter() - start
   num_classes = count_classes(config, data_config, train[1], test[1])
 
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() != 0)
-  log_fn = lambda epoch, scalars: writer.write_scalars(
-      epoch, {f"probe/{name}": value for name, value in scalars.items()})
+  writer, log_fn = probe_writer(workdir)
   start = time.perf_counter()
   try:
     results = run_protocol(config, train, test, num_classes, log_fn, encoder.module.num_heads)
