@@ -585,9 +585,11 @@ def plot(report: dict, axis: str, path: str) -> None:
   handles, names = axes[0][0].get_legend_handles_labels()
   handles.append(Line2D([], [], color="grey", linestyle=":", linewidth=1))
   names.append("random init (step 0)")
-  axes[0][0].legend(handles, names, fontsize="small")
+  # below the panels, where it hides no point
+  legend = fig.legend(handles, names, fontsize="small", loc="upper center",
+                      bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=100, bbox_extra_artists=[legend], bbox_inches="tight")
   plt.close(fig)
 
 
