@@ -4,6 +4,7 @@
 import logging as py_logging
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,18 +25,25 @@ class QuietOrbax(py_logging.Filter):
   """Orbax logs dozens of INFO lines per checkpoint; keep its warnings and errors, but
   drop the tracebacks of failed writes on its background threads: Orbax re-raises the
   failure when the save is waited for, and the trainer reports it then as one SaveError
-  that carries the cause (mim_jax/checkpoint.py, Saver). Once that is reported
-  (`save_failed`), asyncio's 'exception was never retrieved' for the save's other
-  writes (one per array, the same cause) are dropped too."""
+  that carries the cause (mim_jax/checkpoint.py, Saver). asyncio's 'exception was never
+  retrieved' for the save's other writes (one per array, the same cause) are dropped
+  too: those raised in Orbax's code at any time (they can come just before the report),
+  any once it is made (`save_failed`)."""
 
   save_failed = False
 
   def filter(self, record):
     if record.exc_info and "/orbax/" in record.pathname:
       return False
-    if self.save_failed and record.name == "asyncio" and "never retrieved" in record.msg:
+    if record.name == "asyncio" and "never retrieved" in record.msg and (
+        self.save_failed or _raised_in_orbax(record.exc_info)):
       return False
     return "/orbax/" not in record.pathname or record.levelno >= py_logging.WARNING
+
+
+def _raised_in_orbax(exc_info) -> bool:
+  tb = exc_info[2] if exc_info else None
+  return any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
 
 
 def ignore_closed_event_loops(unraisable, default=sys.unraisablehook):
