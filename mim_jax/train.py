@@ -174,15 +174,18 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
       summed, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
       (loss, aux), grads = jax.tree.map(lambda x: x / accum, summed)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    # A non-finite loss or gradient skips the update: everything but the step stays.
+    # A non-finite loss or gradient skips the update: everything but the step stays. A cond,
+    # not a select over every leaf: the update then runs in place on the donated state
+    # instead of keeping the old one beside it (on the CPU, 7% of an MAE ViT-B step).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params, opt_state, target_params = keep_if_bad(
-        (params, opt_state, target_params),
-        (state.params, state.opt_state, state.target_params))
+
+    def update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state, target_params
+
+    params, opt_state, target_params = jax.lax.cond(
+        finite, update, lambda _: (state.params, state.opt_state, state.target_params), None)
     bad = 1 - finite.astype(jnp.int32)
     new_state = state.replace(step=step + 1, params=params, target_params=target_params,
                               opt_state=opt_state, skipped_steps=state.skipped_steps + bad,

@@ -5,7 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mim_jax.models.vit import xavier_uniform
+from mim_jax.models.vit import gelu, xavier_uniform
 
 Dtype = Any
 
@@ -30,7 +30,7 @@ class MLPProjector(nn.Module):
                    kernel_init=xavier_uniform, name=f"linear{i}")(x)
       x = nn.LayerNorm(epsilon=TORCH_LN_EPS, dtype=self.dtype, name=f"norm{i}")(x)
       if not last:
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
     return x
 
 
