@@ -15,7 +15,7 @@ import glob
 import os
 import platform
 
-from absl import logging
+from absl import flags, logging
 
 # glibc malloc.h mallopt parameters.
 M_TRIM_THRESHOLD = -1
@@ -24,6 +24,11 @@ M_ARENA_MAX = -8
 MODES = ("auto", "keep", "system")
 # Device files of the accelerators JAX drives: TPU VMs (/dev/accel*, /dev/vfio), NVIDIA.
 ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
+
+flags.DEFINE_enum("host_memory", "auto", MODES,
+                  "Host malloc for XLA's per-step block (mim_jax/host.py): keep (glibc heap "
+                  "kept, no page faults per step), system (glibc defaults), auto (keep on a "
+                  "CPU-only host).")
 
 
 def on_cpu_only() -> bool:
@@ -52,3 +57,8 @@ def keep_freed_memory(mode: str = "auto") -> bool:
   logging.info("Host malloc: large blocks from one heap that is never trimmed (%s).",
                "applied" if applied else "refused by glibc")
   return applied
+
+
+def configure_from_flags() -> bool:
+  """`keep_freed_memory` with --host_memory."""
+  return keep_freed_memory(flags.FLAGS.host_memory)

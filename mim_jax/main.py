@@ -1,6 +1,7 @@
 """Entry point: python -m mim_jax.main --config=configs/<name>.py[:arg] --workdir=DIR
 [--config.field=value ...] [--coordinator_address=host:port --num_processes=N
---process_id=I] (multi-process flags: mim_jax/distributed.py)."""
+--process_id=I] (multi-process flags: mim_jax/distributed.py) [--host_memory=auto|keep|system]
+(mim_jax/host.py)."""
 import logging as py_logging
 import re
 import sys
@@ -9,7 +10,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mim_jax import checkpoint, distributed, pretrain, train
+from mim_jax import checkpoint, distributed, host, pretrain, train
 from mim_jax.evaluation import run as evaluation_run
 
 FLAGS = flags.FLAGS
@@ -80,6 +81,7 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host.configure_from_flags()  # before JAX starts its threads
   distributed.initialize_from_flags()  # before anything touches the devices
   quiet = QuietOrbax()
   logging.get_absl_handler().addFilter(quiet)
