@@ -12,9 +12,10 @@ update in data-parallel mode). Random images, no input pipeline.
 """
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mim_jax import config_files, methods, optim, sharding, train
@@ -34,6 +35,30 @@ def xla_flops(compiled) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+# Square matmul sizes whose best fp32 rate is taken as the host's peak (mim_jax/benchmarks/
+# train_step.py --measure_peak): large enough for the GEMM kernels' full speed, small
+# enough to time in seconds.
+MATMUL_SIZES = (1024, 2048, 4096)
+
+
+def matmul_tflops(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 5) -> Dict[int, float]:
+  """XLA's fp32 n×n·n×n matmul rate on the default device, in TFLOP/s, for each n in
+  `sizes`: the fastest of `repeats` timed calls after a warm-up."""
+  rates = {}
+  rng = np.random.default_rng(0)
+  matmul = jax.jit(jnp.matmul)
+  for n in sizes:
+    a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      matmul(a, b).block_until_ready()
+      best = min(best, time.perf_counter() - start)
+    rates[n] = 2 * n**3 / best / 1e12
+  return rates
 
 
 # The step's lr schedule: 1000 steps, 10 of warmup. Its length and shape change a few scalar
@@ -130,10 +155,10 @@ def measure_train_step(config, steps: int) -> Dict[str, Any]:
               flops=step.step_flops, final_loss=step.loss)
 
 
-def results_table(measured, steps: int) -> str:
+def results_table(measured, steps: int, mfu_label: str = "MFU") -> str:
   """Markdown table of (config, `CompiledStep.summary`) pairs timed over `steps` steps."""
   lines = ["| config | image | batch | dtype / remat / scan / attention | devices | compile s | "
-           "s/step | images/s | model GFLOP/image | step GFLOP/image | MFU |",
+           f"s/step | images/s | model GFLOP/image | step GFLOP/image | {mfu_label} |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for config, r in measured:
     m = config.model

@@ -1,7 +1,6 @@
-"""The official facebookresearch/mae PyTorch training step against ours, interleaved.
-
-python -m mim_jax.benchmarks.torch_mae_step --mae_repo=PATH [--timm_path=DIR] \
-    [--batch_size=8] [--steps=3] [--rounds=5] [--nojax]
+"""The official facebookresearch/mae PyTorch training step, for
+`python -m mim_jax.benchmarks.train_step --mae_repo=PATH [--timm_path=DIR] [--rounds=5]`,
+which times it interleaved with ours.
 
 PATH is a checkout of facebookresearch/mae; its `models_mae.py` needs timm's `Block` and
 `PatchEmbed`, from an installed timm or from `--timm_path` (e.g. a
@@ -10,12 +9,6 @@ is a dependency of mim_jax). The official step (main_pretrain.py + engine_pretra
 `train_one_epoch` at fp32, no AMP on CPU): `mae_vit_base_patch16(norm_pix_loss=True)`,
 `loss, _, _ = model(samples, mask_ratio=0.75)`, backward, AdamW(betas (0.9, 0.95),
 weight decay 0.05 except biases and 1-D parameters, timm `add_weight_decay`), zero_grad.
-Ours: configs/mae.py:vit_base at the same batch through mim_jax.train's step (fp32).
-
-Both are built and warmed up once in this process; then each of `--rounds` rounds runs
-`--steps` steps of ours and `--steps` of the official step, alternating which goes first,
-so that both see the same machine load. Prints each round's medians and, over all rounds,
-the median step times, images/s and ours/official throughput ratio.
 """
 import importlib.abc
 import importlib.machinery
@@ -24,19 +17,11 @@ import os
 import sys
 import time
 import types
-from typing import Callable, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
-from absl import app, flags
 
-from mim_jax.benchmarks.compiled_step import CompiledStep, vit_base_config
-from mim_jax.benchmarks.train_step import FLAGS, apply_overrides, describe
-
-flags.DEFINE_string("mae_repo", None, "Path of a facebookresearch/mae checkout.")
-flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")
-flags.DEFINE_integer("rounds", 5, "Alternating rounds of ours and the official step.")
-flags.DEFINE_bool("jax", True, "Also time ours, interleaved (--nojax: official only).")
-flags.mark_flags_as_required(["mae_repo"])
+from mim_jax.benchmarks.compiled_step import MATMUL_SIZES
 
 
 class _PermissiveModule(types.ModuleType):
@@ -118,44 +103,40 @@ def time_steps(step: Callable[[], float], steps: int) -> List[float]:
   return times
 
 
-def main(argv):
-  del argv
+def torch_matmul_tflops(sizes: Sequence[int] = MATMUL_SIZES,
+                        repeats: int = 5) -> Dict[int, float]:
+  """torch's fp32 n×n·n×n matmul rate on the CPU, in TFLOP/s, for each n in `sizes`: the
+  fastest of `repeats` timed calls after a warm-up (as compiled_step.matmul_tflops)."""
   import torch  # pylint: disable=import-outside-toplevel
-  models_mae = import_official_mae(FLAGS.mae_repo, FLAGS.timm_path)
+  rates = {}
+  for n in sizes:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = min(time_steps(lambda: torch.matmul(a, b), repeats))
+    rates[n] = 2 * n**3 / best / 1e12
+  return rates
+
+
+def describe_torch() -> str:
+  import torch  # pylint: disable=import-outside-toplevel
   timm = sys.modules.get("timm")
-  batch = FLAGS.batch_size
-  torch_step = official_step(models_mae, batch)
-  torch_step()  # warm-up
-  print(f"official: facebookresearch/mae models_mae.mae_vit_base_patch16 fp32 batch={batch} "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads) timm "
-        f"{getattr(timm, '__version__', '?')}", flush=True)
-  ours = None
-  if FLAGS.jax:
-    config = vit_base_config("mae")
-    apply_overrides(config, batch)
-    ours = CompiledStep(config, count_model_flops=False)
-    print(f"ours: {describe(config)} compile_s={ours.compile_s:.1f}", flush=True)
+  return (f"torch {torch.__version__} ({torch.get_num_threads()} threads), timm "
+          f"{getattr(timm, '__version__', '?')}")
+
+
+def interleave(ours, official: Callable[[], float], rounds: int, steps: int) -> List[float]:
+  """`rounds` rounds of `steps` steps of ours (a CompiledStep, which records its times) and
+  `steps` of the official step, alternating which goes first so that both see the same
+  machine load; prints each round's medians and returns the official step times."""
   official_times: List[float] = []
-  for r in range(FLAGS.rounds):
+  for r in range(rounds):
     line = f"round {r}:"
-    order = ["ours", "official"] if r % 2 == 0 else ["official", "ours"]
-    for name in order:
-      if name == "ours" and ours is not None:
-        line += f" ours {np.median(ours.run(FLAGS.steps)):.3f} s"
-      elif name == "official":
-        times = time_steps(torch_step, FLAGS.steps)
+    for name in (["ours", "official"] if r % 2 == 0 else ["official", "ours"]):
+      if name == "ours":
+        line += f" ours {np.median(ours.run(steps)):.3f} s"
+      else:
+        times = time_steps(official, steps)
         official_times += times
         line += f" official {np.median(times):.3f} s"
     print(line, flush=True)
-  official_s = float(np.median(official_times))
-  print(f"official: step_s_median={official_s:.3f} images_per_s={batch / official_s:.2f} "
-        f"({len(official_times)} steps)")
-  if ours is not None:
-    ours_s = float(np.median(ours.times))
-    print(f"ours: step_s_median={ours_s:.3f} images_per_s={batch / ours_s:.2f} "
-          f"({len(ours.times)} steps)")
-    print(f"ours/official images_per_s: {official_s / ours_s:.2f}x")
-
-
-if __name__ == "__main__":
-  app.run(main)
+  return official_times

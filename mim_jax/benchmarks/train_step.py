@@ -1,30 +1,44 @@
 """Train-step throughput of the pretraining configs on the local devices.
 
 python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] [--batch_size=8] \
-    [--steps=10] [--peak_tflops=...] [--dtype=float32|bfloat16] [--remat=none|full|...] \
-    [--scan_layers] [--attention_impl=xla|cudnn] [--results=docs/RESULTS.md]
+    [--steps=10] [--peak_tflops=... | --measure_peak] [--dtype=float32|bfloat16] \
+    [--remat=none|full|...] [--scan_layers] [--attention_impl=xla|cudnn] \
+    [--mae_repo=PATH [--timm_path=DIR] [--rounds=5]] [--results=docs/RESULTS.md]
 python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--config.x=...]
 
 For each method's ViT-B/16 config (configs/<method>.py:vit_base, at its own image size:
 224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
 time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
-FLOPs per image and, with --peak_tflops (of all local devices together), the MFU. With
---results, the same figures replace the 'train_step' section (--results_section) of that
-document, with the command, machine and date (mim_jax/benchmarks/results.py).
+FLOPs per image and, against a peak, the MFU. The peak is `--peak_tflops` (of all local
+devices together) or, with --measure_peak, the host's own: the best rate of XLA's fp32
+square matmuls (compiled_step.MATMUL_SIZES), so that on a CPU the MFU says how close the
+step comes to the matmul speed this host can reach.
+
+With --mae_repo (a facebookresearch/mae checkout; mim_jax/benchmarks/torch_mae_step.py),
+MAE's step is timed in `--rounds` rounds interleaved with the official PyTorch step at the
+same batch and fp32, and torch's matmul rate on the same sizes is printed beside XLA's:
+the ratio of images/s, and each step's MFU against its own framework's matmul peak.
+
+With --results, the same figures replace the 'train_step' section (--results_section) of
+that document, with the command, machine and date (mim_jax/benchmarks/results.py).
 
 FLOPs (`step`, `model`: with and without remat) as mim_jax/benchmarks/compiled_step.py
-counts them; MFU = model FLOPs · images/s / peak. (3 × the forward loss would overcount
-methods with a stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no
-input pipeline (see input_pipeline.py).
+counts them; MFU = model FLOPs · images/s / peak (the official MAE step does the same work
+as ours: our MAE count). (3 × the forward loss would overcount methods with a
+stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pipeline
+(see input_pipeline.py). The host's malloc follows --host_memory (mim_jax/host.py).
 """
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mim_jax.benchmarks import results
-from mim_jax.benchmarks.compiled_step import CompiledStep, results_table, vit_base_config
+from mim_jax import host
+from mim_jax.benchmarks import results, torch_mae_step
+from mim_jax.benchmarks.compiled_step import (CompiledStep, matmul_tflops, results_table,
+                                              vit_base_config)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
@@ -39,6 +53,12 @@ flags.DEFINE_string("dtype", None, "Overrides config.model.dtype (float32 | bflo
 flags.DEFINE_string("remat", None, "Overrides config.model.remat (a policy name).")
 flags.DEFINE_bool("scan_layers", None, "Overrides config.model.scan_layers.")
 flags.DEFINE_string("attention_impl", None, "Overrides config.model.attention_impl.")
+flags.DEFINE_bool("measure_peak", False, "MFU against the host's measured fp32 matmul peak "
+                  "(overrides --peak_tflops).")
+flags.DEFINE_string("mae_repo", None, "A facebookresearch/mae checkout: time MAE's step "
+                    "interleaved with the official one.")
+flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")
+flags.DEFINE_integer("rounds", 5, "Alternating rounds of ours and the official step.")
 results.define_flags("train_step")
 
 def apply_overrides(config, batch_size=None) -> None:
@@ -71,9 +91,53 @@ def print_summary(config, result: Dict[str, Any]) -> None:
   print(line + f" final_loss={result['final_loss']:.4f}", flush=True)
 
 
+def rates_line(framework: str, rates: Dict[int, float]) -> str:
+  sizes = ", ".join(f"{n}³ {r:.3f}" for n, r in rates.items())
+  return f"{framework} fp32 matmul: {sizes} TFLOP/s; peak {max(rates.values()):.3f}"
+
+
+def compare_official(ours: CompiledStep, peak_tflops: float) -> List[str]:
+  """Ours (`ours`: MAE's step, already timed once) and the official step, interleaved;
+  lines for the results document."""
+  models_mae = torch_mae_step.import_official_mae(FLAGS.mae_repo, FLAGS.timm_path)
+  official = torch_mae_step.official_step(models_mae, ours.config.batch_size)
+  official()  # warm-up
+  torch_rates = torch_mae_step.torch_matmul_tflops()
+  torch_peak = max(torch_rates.values())
+  torch_line = rates_line("torch", torch_rates)
+  print(f"official: facebookresearch/mae mae_vit_base_patch16 fp32 "
+        f"{torch_mae_step.describe_torch()}\n{torch_line}", flush=True)
+  ours.times = []
+  official_s = float(np.median(torch_mae_step.interleave(ours, official, FLAGS.rounds,
+                                                         FLAGS.steps)))
+  ours_s = float(np.median(ours.times))
+  batch = ours.config.batch_size
+  flops = ours.model_flops  # the same model and step
+  lines = [f"MAE ViT-B/16 fp32 batch {batch}, {FLAGS.rounds} interleaved rounds of "
+           f"{FLAGS.steps} steps each ({torch_mae_step.describe_torch()}; "
+           f"facebookresearch/mae `models_mae.py`):", "",
+           "| step | s/step | images/s | MFU of its framework's matmul peak |",
+           "| --- | --- | --- | --- |",
+           f"| ours (JAX) | {ours_s:.3f} | {batch / ours_s:.2f} | "
+           f"{flops / ours_s / (peak_tflops * 1e12):.1%} of {peak_tflops:.3f} |",
+           f"| official (PyTorch) | {official_s:.3f} | {batch / official_s:.2f} | "
+           f"{flops / official_s / (torch_peak * 1e12):.1%} of {torch_peak:.3f} |", "",
+           f"ours/official images/s: **{official_s / ours_s:.2f}×**. {torch_line}."]
+  print("\n".join(lines[2:]), flush=True)
+  return lines
+
+
 def main(argv):
   del argv
+  host.configure_from_flags()  # before JAX starts its threads
   results.requested_section()  # a bad --results_section fails first
+  peak = FLAGS.peak_tflops
+  notes = []
+  if FLAGS.measure_peak:
+    rates = matmul_tflops()
+    peak = max(rates.values())
+    notes.append(rates_line("XLA", rates) + " (the MFU column's peak).")
+    print(notes[-1], flush=True)
   if FLAGS.config is not None:
     configs = [FLAGS.config]
     apply_overrides(FLAGS.config)
@@ -84,14 +148,21 @@ def main(argv):
       config.data.source = "synthetic"  # the step runs on random images; no ImageNet needed
       apply_overrides(config, FLAGS.batch_size)
       configs.append(config)
+  if FLAGS.mae_repo and not any(c.method.name == "mae" for c in configs):
+    raise app.UsageError("--mae_repo compares MAE's step: add mae to --methods.")
   measured = []
   for config in configs:
     step = CompiledStep(config)
     step.run(FLAGS.steps)
-    measured.append((config, step.summary(FLAGS.peak_tflops)))
+    measured.append((config, step.summary(peak)))
     print_summary(*measured[-1])
+    if FLAGS.mae_repo and config.method.name == "mae":
+      notes += [""] + compare_official(step, peak)
+    del step  # one step's state in memory at a time
+  label = "MFU of the XLA matmul peak" if FLAGS.measure_peak else "MFU"
   results.write_from_flags("mim_jax.benchmarks.train_step", "Train-step throughput",
-                           results_table(measured, FLAGS.steps))
+                           results_table(measured, FLAGS.steps, label) + "\n" +
+                           "\n".join(notes) + "\n")
 
 
 if __name__ == "__main__":
