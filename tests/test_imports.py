@@ -128,7 +128,7 @@ def test_no_flag_is_defined_twice_in_a_test_process():
   mim_jax.main). Every module a pytest worker may load (the tests' imports anywhere in
   their files, followed through module-level imports) defines each flag at most once;
   programs that tests import define theirs under `__main__` (mim_jax.compare,
-  benchmarks/aot.py)."""
+  benchmarks/aot.py, benchmarks/profile_step.py)."""
   files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
   loaded = set().union(*(imports_of(p, files) for p in (REPO / "tests").rglob("*.py")))
   todo = list(loaded)
@@ -136,7 +136,8 @@ def test_no_flag_is_defined_twice_in_a_test_process():
     for name in module_level_imports(files[todo.pop()], files) - loaded:
       loaded.add(name)
       todo.append(name)
-  assert {"mim_jax.main", "mim_jax.compare", "mim_jax.benchmarks.aot"} <= loaded
+  assert {"mim_jax.main", "mim_jax.compare", "mim_jax.benchmarks.aot",
+          "mim_jax.benchmarks.profile_step"} <= loaded
   assert "config" in flags_defined_on_import(files["mim_jax.benchmarks.train_step"])
   definers = {}
   for name in sorted(loaded):

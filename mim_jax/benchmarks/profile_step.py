@@ -2,7 +2,8 @@
 MAE step beside it.
 
 python -m mim_jax.benchmarks.profile_step [--methods=mae] [--batch_size=8] [--steps=3] \
-    [--config=configs/<method>.py:<variant>] [--mae_repo=PATH [--timm_path=DIR]]
+    [--config=configs/<method>.py:<variant>] [--mae_repo=PATH [--timm_path=DIR]] \
+    [--results=docs/RESULTS.md]
 
 Takes the flags of mim_jax.benchmarks.train_step (the first of --methods, or --config).
 Ours: `--steps` steps under jax.profiler (host tracer only, no Python tracer: it adds no
@@ -12,7 +13,9 @@ independent ones concurrently), so that the classes add up to the time instructi
 the rest of the step is the runtime's own (dispatch, waits). An instruction's class comes
 from its ops and the model code that emitted it (HLO metadata op_name): CLASSES.
 The official step (mim_jax/benchmarks/torch_mae_step.py): torch.profiler over the same
-number of steps, each op's self time by its aten name, in the same classes.
+number of steps, each op's self time by its aten name, in the same classes. With
+--results, the table replaces that document's 'cpu_profile' section (or
+--results_section's).
 """
 import collections
 import glob
@@ -24,12 +27,13 @@ from typing import Dict, Iterable, List, Tuple
 
 import jax
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from mim_jax import host
-from mim_jax.benchmarks import torch_mae_step
+from mim_jax.benchmarks import results, torch_mae_step
 from mim_jax.benchmarks.compiled_step import CompiledStep, vit_base_config
-from mim_jax.benchmarks.train_step import FLAGS, apply_overrides, describe
+
+FLAGS = flags.FLAGS
 
 CLASSES = ("matmul", "attention softmax", "GELU", "LayerNorm", "masking gather/scatter",
            "optimizer update", "copies/transposes", "other")
@@ -196,10 +200,11 @@ def profile_official(official, steps: int) -> Dict[str, Dict[str, float]]:
   return table
 
 
-def print_tables(tables: Dict[str, Dict[str, Dict[str, float]]]) -> None:
+def markdown_table(tables: Dict[str, Dict[str, Dict[str, float]]]) -> str:
+  """Classes as rows, each profiled step's ms per step and share as columns."""
   names = list(tables)
-  print("| class | " + " | ".join(f"{n} ms/step | share" for n in names) + " |")
-  print("| --- |" + " --- | --- |" * len(names))
+  lines = ["| class | " + " | ".join(f"{n} ms/step | share" for n in names) + " |",
+           "| --- |" + " --- | --- |" * len(names)]
   for c in CLASSES + ("runtime",):
     cells = []
     for n in names:
@@ -207,11 +212,19 @@ def print_tables(tables: Dict[str, Dict[str, Dict[str, float]]]) -> None:
       row = tables[n][c]
       rate = f" ({row['gflop'] / row['ms']:.3f} TFLOP/s)" if row["gflop"] and row["ms"] else ""
       cells.append(f"{row['ms']:.0f}{rate} | {row['ms'] / total:.0%}")
-    print(f"| {c} | " + " | ".join(cells) + " |")
+    lines.append(f"| {c} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def define_flags() -> None:
+  """mim_jax.benchmarks.train_step's flags, defined when this runs as a program (tests
+  import this module beside mim_jax.main, which defines --config too)."""
+  from mim_jax.benchmarks import train_step  # noqa: F401  pylint: disable=all (defines them)
 
 
 def main(argv):
   del argv
+  from mim_jax.benchmarks.train_step import apply_overrides, describe  # pylint: disable=all
   # CPU only: with libtpu installed (the [tpu] extra) and no TPU, its profiler would add
   # half a step to every profiled one.
   jax.config.update("jax_platforms", "cpu")
@@ -230,8 +243,18 @@ def main(argv):
     models_mae = torch_mae_step.import_official_mae(FLAGS.mae_repo, FLAGS.timm_path)
     tables["official"] = profile_official(
         torch_mae_step.official_step(models_mae, config.batch_size), FLAGS.steps)
-  print_tables(tables)
+  table = markdown_table(tables)
+  print(table, flush=True)
+  if results.requested_section() is not None:
+    # Its own section unless --results_section names one (the flag's default is
+    # train_step's).
+    name = ("cpu_profile" if FLAGS["results_section"].using_default_value
+            else FLAGS.results_section)
+    results.write_section(FLAGS.results, name, "Where the CPU train step's time goes",
+                          f"{describe(config)}, {FLAGS.steps} profiled steps.\n\n{table}",
+                          results.command_line("mim_jax.benchmarks.profile_step"))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
