@@ -200,6 +200,13 @@ def profile_official(official, steps: int) -> Dict[str, Dict[str, float]]:
   return table
 
 
+LEGEND = ("Ours: 'attention softmax' includes the q·kᵀ and p·v batched matmuls that XLA "
+          "fuses with the softmax (their FLOPs give its TFLOP/s); the official step's are in "
+          "its 'matmul' row (aten::bmm). 'runtime': step time during which no instruction "
+          "ran (XLA's CPU runtime dispatching and handing work between threads; the "
+          "official step's: Python and autograd outside any op).")
+
+
 def markdown_table(tables: Dict[str, Dict[str, Dict[str, float]]]) -> str:
   """Classes as rows, each profiled step's ms per step and share as columns."""
   names = list(tables)
@@ -251,7 +258,8 @@ def main(argv):
     name = ("cpu_profile" if FLAGS["results_section"].using_default_value
             else FLAGS.results_section)
     results.write_section(FLAGS.results, name, "Where the CPU train step's time goes",
-                          f"{describe(config)}, {FLAGS.steps} profiled steps.\n\n{table}",
+                          f"{describe(config)}, {FLAGS.steps} profiled steps.\n\n{table}\n"
+                          f"{LEGEND}\n",
                           results.command_line("mim_jax.benchmarks.profile_step"))
 
 
