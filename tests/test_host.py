@@ -1,6 +1,7 @@
-"""mim_jax/host.py: with 'keep', a program whose temporaries take one large block runs
-without page-faulting that block in again at every call; with 'system' (glibc's
-defaults) every call faults it in."""
+"""mim_jax/host.py: with 'system' (glibc's defaults) every call of a program whose
+temporaries take one large block page-faults that block in again; with 'keep' the block
+is reused from the heap, and only the calls that still grow the heap (glibc splits freed
+blocks for small requests, so now and then the next block no longer fits) fault."""
 import platform
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from mim_jax import host
 
 # Minor page faults per call of a jitted x.T @ x on x [1024, 4096] f32: its 64 MB result
-# is a temporary (only its sum is returned). Median of the last 5 of 8 calls.
+# is a temporary (only its sum is returned). 36 calls; the first 6 grow the heap.
 PROGRAM = """
 import resource, sys
 from mim_jax import host
@@ -19,28 +20,33 @@ import jax, jax.numpy as jnp, numpy as np
 f = jax.jit(lambda x: jnp.sum((x.T @ x) * 2.0))
 x = jnp.asarray(np.ones((1024, 4096), np.float32))
 faults = []
-for _ in range(8):
+for _ in range(36):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(int(np.median(faults[3:])))
+print(*faults[6:])
 """
 BLOCK_PAGES = 64 * 2**20 // 4096
 
 
 def faults_per_call(mode):
+  """(whether the settings were applied, faults of each of the last 30 calls)."""
   out = subprocess.run([sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True,
                        check=True, timeout=300).stdout.split()
-  return out[0] == "True", int(out[1])
+  return out[0] == "True", [int(n) for n in out[1:]]
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="glibc's mallopt")
 def test_keep_stops_the_step_block_being_faulted_in_at_every_call():
+  refaulted = lambda faults: sum(n >= 0.9 * BLOCK_PAGES for n in faults)
   applied, system_faults = faults_per_call("system")
-  assert not applied and system_faults >= 0.9 * BLOCK_PAGES
+  assert not applied and refaulted(system_faults) == 30
   applied, kept_faults = faults_per_call("keep")
-  assert applied and kept_faults < 0.05 * BLOCK_PAGES
+  # Seen over 26 runs: 0 to 3 of the 30 calls (1.8 on average) still grew the heap; the
+  # others fault fewer than 5 pages.
+  assert applied and refaulted(kept_faults) <= 9
+  assert sorted(kept_faults)[15] < 0.01 * BLOCK_PAGES
 
 
 def test_auto_keeps_only_on_a_cpu_host(monkeypatch):
