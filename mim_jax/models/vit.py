@@ -133,9 +133,10 @@ class Attention(nn.Module):
   and values from `values` through separate 'q', 'k', 'v' projections (CAE's regressor,
   Atten4Vis/CAE models/modeling_cae_helper.py `CrossAttention`). `bias`, broadcastable
   to [B, H, N, M], is added to the attention logits (relative position bias).
-  `implementation` (ATTENTION_IMPLS): 'xla' computes the weights explicitly and sows them
-  as 'attention_weights' [B, H, N, M] when the 'intermediates' collection is mutable
-  (`apply(..., mutable=['intermediates'])`); 'cudnn' runs the fused kernel and sows nothing.
+  `implementation` (ATTENTION_IMPLS): 'xla' computes the weights explicitly; 'cudnn' runs
+  the fused kernel, except when the 'intermediates' collection is mutable
+  (`apply(..., mutable=['intermediates'])`): then the weights are always computed
+  explicitly and sown as 'attention_weights' [B, H, N, M].
   (timm `Attention`; explicit rather than jax.nn.dot_product_attention's 'xla' path, whose
   grouped-query reshapes cost the CPU 7% of an MAE ViT-B step.)
   """
