@@ -12,7 +12,7 @@ update in data-parallel mode). Random images, no input pipeline.
 """
 import os
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,22 +43,33 @@ def xla_flops(compiled) -> float:
 MATMUL_SIZES = (1024, 2048, 4096)
 
 
-def matmul_tflops(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 5) -> Dict[int, float]:
-  """XLA's fp32 n×n·n×n matmul rate on the default device, in TFLOP/s, for each n in
-  `sizes`: the fastest of `repeats` timed calls after a warm-up."""
+def matmul_rates(matmul_of: Callable[[int], Callable[[], Any]], sizes: Sequence[int],
+                 repeats: int) -> Dict[int, float]:
+  """{n: TFLOP/s} of n×n·n×n matmuls: `matmul_of(n)` returns a call that does one and
+  waits for it; the fastest of `repeats` timed calls after a warm-up."""
   rates = {}
-  rng = np.random.default_rng(0)
-  matmul = jax.jit(jnp.matmul)
   for n in sizes:
-    a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
-    matmul(a, b).block_until_ready()
+    call = matmul_of(n)
+    call()
     best = float("inf")
     for _ in range(repeats):
       start = time.perf_counter()
-      matmul(a, b).block_until_ready()
+      call()
       best = min(best, time.perf_counter() - start)
     rates[n] = 2 * n**3 / best / 1e12
   return rates
+
+
+def matmul_tflops(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 5) -> Dict[int, float]:
+  """XLA's fp32 matmul rates on the default device (`matmul_rates`)."""
+  rng = np.random.default_rng(0)
+  matmul = jax.jit(jnp.matmul)
+
+  def matmul_of(n):
+    a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
+    return lambda: matmul(a, b).block_until_ready()
+
+  return matmul_rates(matmul_of, sizes, repeats)
 
 
 # The step's lr schedule: 1000 steps, 10 of warmup. Its length and shape change a few scalar

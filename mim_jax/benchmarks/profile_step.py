@@ -31,7 +31,7 @@ from absl import app, flags
 
 from mim_jax import host
 from mim_jax.benchmarks import results, torch_mae_step
-from mim_jax.benchmarks.compiled_step import CompiledStep, vit_base_config
+from mim_jax.benchmarks.compiled_step import CompiledStep
 
 FLAGS = flags.FLAGS
 
@@ -44,20 +44,21 @@ MOVES = {"copy", "transpose", "bitcast", "broadcast", "reshape", "slice", "pad",
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$")
 
 
-def hlo_instructions(hlo_text: str) -> Tuple[Dict[str, Tuple[str, str, str]], Dict[str, str]]:
-  """{instruction: (shape, opcode, line)} over all computations, and {computation: body}."""
-  instructions, computations, name, body = {}, {}, None, []
+def hlo_instructions(hlo_text: str) -> Tuple[Dict[str, Tuple[str, str, str]],
+                                            Dict[str, Dict[str, Tuple[str, str, str]]]]:
+  """{instruction: (shape, opcode, line)} over all computations, and the same for each
+  computation: {computation: {instruction: (shape, opcode, line)}}."""
+  instructions, computations, body = {}, {}, None
   for line in hlo_text.splitlines():
     header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
     if header:
-      name, body = header.group(1), []
-    elif line.startswith("}") and name is not None:
-      computations[name], name = "\n".join(body), None
-    elif name is not None:
-      body.append(line)
+      body = computations.setdefault(header.group(1), {})
+    elif line.startswith("}"):
+      body = None
+    elif body is not None:
       m = _INSTRUCTION.match(line)
       if m:
-        instructions[m.group(1)] = (m.group(2), m.group(3), line)
+        body[m.group(1)] = instructions[m.group(1)] = (m.group(2), m.group(3), line)
   return instructions, computations
 
 
@@ -85,14 +86,8 @@ def instruction_ops(name: str, instructions, computations) -> Tuple[set, float, 
   if opcode != "fusion":
     flops = dot_flops(line, instructions) if opcode == "dot" else 0.0
     return {opcode}, flops, meta
-  called = re.search(r"calls=%?([\w.\-]+)", line).group(1)
-  inner = {}
-  for body_line in computations[called].splitlines():
-    m = _INSTRUCTION.match(body_line)
-    if m:
-      inner[m.group(1)] = (m.group(2), m.group(3), body_line)
-  scope = {**instructions, **inner}
-  flops = sum(dot_flops(l, scope) for _, op, l in inner.values() if op == "dot")
+  inner = computations[re.search(r"calls=%?([\w.\-]+)", line).group(1)]
+  flops = sum(dot_flops(l, instructions) for _, op, l in inner.values() if op == "dot")
   return {op for _, op, _ in inner.values()}, flops, meta
 
 
@@ -212,13 +207,13 @@ def markdown_table(tables: Dict[str, Dict[str, Dict[str, float]]]) -> str:
   names = list(tables)
   lines = ["| class | " + " | ".join(f"{n} ms/step | share" for n in names) + " |",
            "| --- |" + " --- | --- |" * len(names)]
+  totals = {n: sum(r["ms"] for r in tables[n].values()) for n in names}
   for c in CLASSES + ("runtime",):
     cells = []
     for n in names:
-      total = sum(r["ms"] for r in tables[n].values())
       row = tables[n][c]
       rate = f" ({row['gflop'] / row['ms']:.3f} TFLOP/s)" if row["gflop"] and row["ms"] else ""
-      cells.append(f"{row['ms']:.0f}{rate} | {row['ms'] / total:.0%}")
+      cells.append(f"{row['ms']:.0f}{rate} | {row['ms'] / totals[n]:.0%}")
     lines.append(f"| {c} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -231,7 +226,8 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from mim_jax.benchmarks.train_step import apply_overrides, describe  # pylint: disable=all
+  from mim_jax.benchmarks.train_step import (  # pylint: disable=all
+      apply_overrides, describe, method_config)
   # CPU only: with libtpu installed (the [tpu] extra) and no TPU, its profiler would add
   # half a step to every profiled one.
   jax.config.update("jax_platforms", "cpu")
@@ -240,9 +236,7 @@ def main(argv):
     config = FLAGS.config
     apply_overrides(config)
   else:
-    config = vit_base_config(FLAGS.methods[0])
-    config.data.source = "synthetic"
-    apply_overrides(config, FLAGS.batch_size)
+    config = method_config(FLAGS.methods[0])
   print(describe(config), flush=True)
   step = CompiledStep(config, count_model_flops=False)
   tables = {"ours": profile_ours(step, FLAGS.steps)}

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from mim_jax.benchmarks.compiled_step import MATMUL_SIZES
+from mim_jax.benchmarks.compiled_step import MATMUL_SIZES, matmul_rates
 
 
 class _PermissiveModule(types.ModuleType):
@@ -105,16 +105,14 @@ def time_steps(step: Callable[[], float], steps: int) -> List[float]:
 
 def torch_matmul_tflops(sizes: Sequence[int] = MATMUL_SIZES,
                         repeats: int = 5) -> Dict[int, float]:
-  """torch's fp32 n×n·n×n matmul rate on the CPU, in TFLOP/s, for each n in `sizes`: the
-  fastest of `repeats` timed calls after a warm-up (as compiled_step.matmul_tflops)."""
+  """torch's fp32 matmul rates on the CPU (compiled_step.matmul_rates, as XLA's)."""
   import torch  # pylint: disable=import-outside-toplevel
-  rates = {}
-  for n in sizes:
+
+  def matmul_of(n):
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = min(time_steps(lambda: torch.matmul(a, b), repeats))
-    rates[n] = 2 * n**3 / best / 1e12
-  return rates
+    return lambda: torch.matmul(a, b)
+
+  return matmul_rates(matmul_of, sizes, repeats)
 
 
 def describe_torch() -> str:

@@ -71,6 +71,15 @@ def apply_overrides(config, batch_size=None) -> None:
       config.model[field] = value
 
 
+def method_config(method: str):
+  """configs/<method>.py:vit_base on random images (no dataset needed), with the
+  command-line batch size and speed options."""
+  config = vit_base_config(method)
+  config.data.source = "synthetic"
+  apply_overrides(config, FLAGS.batch_size)
+  return config
+
+
 def describe(config) -> str:
   m = config.model
   return (f"method={config.method.name} width={m.width} depth={m.depth} patch={m.patch_size} "
@@ -141,12 +150,7 @@ def main(argv):
     configs = [FLAGS.config]
     apply_overrides(FLAGS.config)
   else:
-    configs = []
-    for name in FLAGS.methods:
-      config = vit_base_config(name)
-      config.data.source = "synthetic"  # the step runs on random images; no ImageNet needed
-      apply_overrides(config, FLAGS.batch_size)
-      configs.append(config)
+    configs = [method_config(name) for name in FLAGS.methods]
   measured = []
   for config in configs:
     step = CompiledStep(config)
@@ -155,9 +159,8 @@ def main(argv):
     print_summary(*measured[-1])
     del step  # one step's state in memory at a time
   if FLAGS.mae_repo:
-    config = vit_base_config("mae")  # configs/mae.py:vit_base, as the official model
-    apply_overrides(config, FLAGS.batch_size)
-    notes += [""] + compare_official(CompiledStep(config), peak)
+    # configs/mae.py:vit_base, the official model's size
+    notes += [""] + compare_official(CompiledStep(method_config("mae")), peak)
   label = "MFU of the XLA matmul peak" if FLAGS.measure_peak else "MFU"
   results.write_from_flags("mim_jax.benchmarks.train_step", "Train-step throughput",
                            results_table(measured, FLAGS.steps, label) + "\n" +
