@@ -22,7 +22,9 @@ Inputs:
     config specs (default: knn and the `:cifar` variants of the two probes, sized for
     10k-image sets on a CPU); --eval_override `[PROTOCOL:]field=value` changes their fields (e.g.
     fewer attentive-probe epochs on a CPU), for every protocol with that field or only
-    the one named.
+    the one named. A streamed protocol too large for the data (the published linear
+    probe's batch of 16384 on 10k images: `linear_probe.size_warnings`) is replaced by
+    its small-data variant (SMALL_DATA), logged and noted in the table.
 
 What it does, per variant (everything under --workdir/<variant>/):
   1. plan.json: the budget in steps. FLOPs per step = XLA's cost analysis of the
@@ -77,12 +79,14 @@ from absl import app, flags, logging
 
 from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain, train
 from mim_jax.benchmarks import compiled_step, results
-from mim_jax.evaluation import features, pretrained, run
+from mim_jax.evaluation import downstream, features, pretrained, run
 
 METHOD_NAMES = ("mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae")
 DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in METHOD_NAMES]
 DEFAULT_PROTOCOLS = ["knn", "configs/eval/linear_probe.py:cifar",
                      "configs/eval/attentive_probe.py:cifar"]
+# A streamed protocol's variant for data too small for its published recipe (fit_to_data).
+SMALL_DATA = {"linear_probe": "configs/eval/linear_probe.py:cifar"}
 BUDGET_KINDS = ("steps", "epochs", "flops", "cpu_seconds")
 TOP1 = {"knn": "knn_top1", "linear_probe": "top1", "attentive_probe": "top1"}
 FIGURES = {"flops": ("top1_vs_flops.png", "pretraining FLOPs"),
@@ -210,11 +214,13 @@ class Variant:
 
 @dataclasses.dataclass
 class Protocol:
-  """An evaluation config (configs/eval/) with the overrides applied."""
+  """An evaluation config (configs/eval/) with the overrides applied; `picked` says why
+  it replaced the one asked for (`fit_to_data`)."""
   label: str
   spec: str
   config: ml_collections.ConfigDict
   overrides: List[str] = dataclasses.field(default_factory=list)
+  picked: str = ""
 
   @property
   def key(self) -> str:
@@ -248,7 +254,31 @@ def load_variants(specs: Sequence[str], data_overrides: Sequence[str],
   return variants
 
 
-def load_protocols(names: Sequence[str], overrides: Sequence[str]) -> List[Protocol]:
+def fit_to_data(protocol: Protocol, variants: Sequence[Variant]) -> Protocol:
+  """`protocol`, or its small-data variant (SMALL_DATA) when its streamed run would be too
+  small for a variant's data to say anything (`downstream.planned_size_warnings`), with
+  the reason logged and kept in `picked`."""
+  config = protocol.config
+  if config.features != "streamed":
+    return protocol
+  warnings = [w for v in variants for w in downstream.planned_size_warnings(
+      downstream.resolve_config(config, v.config), run.STREAMED[config.protocol])]
+  if not warnings or config.protocol not in SMALL_DATA:
+    return protocol
+  spec = SMALL_DATA[config.protocol]
+  small = Protocol(spec_name(spec), spec, config_files.load(spec))
+  small.overrides = [o for o in protocol.overrides if set_field(small.config, o, "--eval_override")]
+  dropped = [o for o in protocol.overrides if o not in small.overrides]
+  small.picked = (f"picked instead of {protocol.spec} for this data: {warnings[0]}"
+                  + (f" (overrides it has no field for: {', '.join(dropped)})" if dropped else ""))
+  logging.warning("--protocols: %s %s", spec, small.picked)
+  return small
+
+
+def load_protocols(names: Sequence[str], overrides: Sequence[str],
+                   variants: Sequence[Variant]) -> List[Protocol]:
+  """The eval configs `names` (fitted to the `variants`' data, `fit_to_data`) with the
+  `overrides` applied, or a UsageError."""
   protocols = []
   for name in names:
     spec = f"configs/eval/{name}.py" if name in run.PROTOCOLS else name
@@ -273,11 +303,12 @@ def load_protocols(names: Sequence[str], overrides: Sequence[str]) -> List[Proto
       raise app.UsageError(f"--eval_override={override!r}: no such field in the eval "
                            f"config of {[p.label for p in chosen]}.")
   for p in protocols:  # what run.plan checks that needs no pretrained encoder
-    features.check_pool(p.config.pool, run.PROTOCOL_POOLS[p.config.protocol],
-                        f"{p.label} pool")
+    if p.config.pool is not None:
+      features.check_pool(p.config.pool, run.PROTOCOL_POOLS[p.config.protocol],
+                          f"{p.label} pool")
     data.check_batch_size(p.config.eval_batch_size, jax.device_count(), jax.process_count(),
                           field=f"{p.label} eval_batch_size")
-  return protocols
+  return [fit_to_data(p, variants) for p in protocols]
 
 
 # --------------------------------------------------------------------- pretraining
@@ -450,10 +481,14 @@ def evaluate_variant(variant: Variant, plan: dict, protocols: Sequence[Protocol]
 
 def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
                workdir: str) -> List[dict]:
-  """The protocols on raw pixels, once per distinct evaluation data of the variants."""
+  """The precomputed protocols on raw pixels, once per distinct evaluation data of the
+  variants (a streamed protocol trains an encoder: None)."""
   groups: Dict[str, dict] = {}
+  precomputed = [p for p in protocols if p.config.features == "precomputed"]
+  if not precomputed:
+    return []
   for variant in variants:
-    eval_plan = run.plan(eval_config(protocols[0], variant.pretrain_dir, 0))
+    eval_plan = run.plan(eval_config(precomputed[0], variant.pretrain_dir, 0))
     module = eval_plan.encoder.module
     setting = {"data": eval_plan.data_config.to_dict(), "patch_size": module.patch_size}
     key = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
@@ -468,6 +503,9 @@ def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
       group["name"] += f", as {', '.join(group['variants'])}"
   for group in groups.values():
     for protocol in protocols:
+      if protocol not in precomputed:
+        group["top1"][protocol.label] = None
+        continue
       directory = os.path.join(workdir, "raw_pixels", group["key"], protocol.key)
       metrics = read_metrics(directory) or evaluate_pixels(protocol, group, directory)
       group["top1"][protocol.label] = metrics[protocol.top1]
@@ -523,7 +561,8 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
   first = report["variants"][0]["checkpoints"][0]["eval_dirs"][labels[0]]
   sample = read_metrics(first) or {}
   protocols = "; ".join(f"{p['label']} (`{p['spec']}`"
-                        + "".join(f", {o}" for o in p["overrides"]) + ")"
+                        + "".join(f", {o}" for o in p["overrides"])
+                        + (f", {p['picked']}" if p.get("picked") else "") + ")"
                         for p in report["protocols"])
   lines = [
       f"Budget per variant: `{report['budget']}`. Data: {report['data']}: "
@@ -544,7 +583,8 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
                  + " | ".join(f"{zero['top1'][k]:.1f}" for k in labels) + " |")
   for group in report["raw_pixels"]:
     lines.append(f"| raw pixels ({group['name']}) | — | 0 | 0 | 0 | 0 | "
-                 + " | ".join(f"{group['top1'][k]:.1f}" for k in labels) + " |")
+                 + " | ".join("—" if group["top1"][k] is None else f"{group['top1'][k]:.1f}"
+                              for k in labels) + " |")
   lines += ["", "Along the way:", "",
             "| variant | step | epochs | pretraining FLOPs | wall time (s) " + head,
             "| --- | --- | --- | --- | --- |" + rule]
@@ -575,7 +615,7 @@ def plot(report: dict, axis: str, path: str) -> None:
       ax.plot(*zip(*points), marker="o", color=f"C{i}", label=v["name"])
       ax.axhline(v["checkpoints"][0]["top1"][label], color=f"C{i}", linestyle=":",
                  linewidth=1)
-    for j, group in enumerate(report["raw_pixels"]):
+    for j, group in enumerate(g for g in report["raw_pixels"] if g["top1"][label] is not None):
       ax.axhline(group["top1"][label], color="black", linestyle=("--", "-.")[j % 2],
                  linewidth=1, label=f"raw pixels ({group['name']})")
     ax.set_title(label)
@@ -633,7 +673,7 @@ def compare(specs: Sequence[str], workdir: str, budget: str, *,
   if num_checkpoints < 1 or measure_steps < 1:
     raise app.UsageError("--num_checkpoints and --measure_steps must be at least 1.")
   variants = load_variants(specs, data_overrides, workdir)
-  protocols = load_protocols(protocol_names, eval_overrides)
+  protocols = load_protocols(protocol_names, eval_overrides, variants)
   for variant in variants:
     validate(variant, budget, num_checkpoints)
   rows = []
@@ -654,6 +694,7 @@ def compare(specs: Sequence[str], workdir: str, budget: str, *,
       "data_overrides": list(data_overrides),
       "protocols": [{"label": p.label, "spec": p.spec, "protocol": p.config.protocol,
                      "top1_key": p.top1, "key": p.key, "overrides": p.overrides,
+                     "picked": p.picked,
                      "config": p.config.to_dict()} for p in protocols],
       "variants": rows, "raw_pixels": raw_pixels(variants, protocols, workdir)}
   write_outputs(report, workdir)

@@ -49,11 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # >= 0 overrides num_epochs
   config.warmup_epochs = 0.0
   config.warmup_steps = -1  # >= 0 overrides warmup_epochs
-  # optim.py documents the fields; b1, b2, eps are optax's AdamW defaults
+  # optim.py documents the fields; b1, b2, eps are optax's AdamW defaults, momentum LARS's
   config.optimizer = ml_collections.ConfigDict(dict(
-      base_lr=placeholder(float), lr_scaling="absolute", schedule="cosine", min_lr=0.0,
-      min_lr_ratio=0.0, warmup_start_ratio=0.0, decay_epochs=(), decay_steps=(),
-      decay_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      name="adamw", base_lr=placeholder(float), lr_scaling="absolute", schedule="cosine",
+      min_lr=0.0, min_lr_ratio=0.0, warmup_start_ratio=0.0, decay_epochs=(), decay_steps=(),
+      decay_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, weight_decay=0.0,
       # extra exemptions on top of the official rule (no decay on 1-D params and biases,
       # optim.decay_mask); a method's config lists its official code's skip list here
       no_decay_patterns=(), grad_clip=0.0, layer_decay=1.0))
@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.knn_monitor = ml_collections.ConfigDict(dict(
       every_steps=0, train_split=ml_collections.config_dict.placeholder(str),
       eval_split=ml_collections.config_dict.placeholder(str), num_train=10_000,
-      num_eval=2_000, batch_size=256, pool="cls",
+      num_eval=2_000, batch_size=256, pool=placeholder(str),
       block=ml_collections.config_dict.placeholder(int), k=20, temperature=0.07))
   config.max_nonfinite_steps = 10  # stop after this many skipped steps in a row
   config.log_every_steps = 100

@@ -10,7 +10,10 @@ Config fields (`config.optimizer`):
     (Latent MIM: ratio 0.25).
   warmup_start_ratio: the linear warmup starts at this fraction of the peak lr (0; Latent
     MIM: 0.25, its util/lr_sched.py warms up from min_lr = 0.25·lr).
-  b1, b2, eps, weight_decay: AdamW.
+  name: 'adamw' (pretraining, fine-tuning) or 'lars' (the linear probe, `lars`: trust
+    coefficient 0.001, with `momentum`; neither weight decay nor the trust ratio on the
+    parameters `decay_mask` exempts).
+  b1, b2, eps: AdamW; momentum: LARS; weight_decay: both.
   no_decay_patterns: regexes over '/'-joined parameter paths that get no weight decay on
     top of the official rule, which exempts 1-D parameters and biases only (`decay_mask`).
   grad_clip: global-norm clipping threshold (0 disables).
@@ -162,14 +165,36 @@ def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformati
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+OPTIMIZERS = ("adamw", "lars")
+
+
+def lars(lr: Callable, weight_decay: float, momentum: float, mask: Callable,
+         trust_coefficient: float = 0.001) -> optax.GradientTransformation:
+  """LARS as mae/util/lars.py: where `mask` is True, d = g + wd·p scaled by the trust
+  ratio η‖p‖/‖d‖ (1 where either norm is 0); then μ ← momentum·μ + d and p ← p − lr·μ.
+  The lr multiplies the momentum buffer (optax.lars puts it inside the buffer, which
+  differs whenever the lr changes: warmup, cosine)."""
+  trust_ratio = optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient)
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                     optax.masked(trust_ratio, mask),
+                     optax.trace(decay=momentum),
+                     optax.scale_by_learning_rate(lr))
+
+
 def create_optimizer(config, lr: Callable) -> optax.GradientTransformation:
   opt = config.optimizer
+  name = opt.get("name", "adamw")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"Unknown config.optimizer.name={name!r}; choose one of {OPTIMIZERS}.")
+  mask = lambda p: decay_mask(p, opt.no_decay_patterns)  # noqa: E731
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
-  chain.append(optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay,
-                           mask=lambda p: decay_mask(p, opt.no_decay_patterns)))
+  if name == "lars":
+    chain.append(lars(lr, opt.weight_decay, opt.momentum, mask))
+  else:
+    chain.append(optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay, mask=mask))
   layer_decay = opt.get("layer_decay", 1.0)
   if layer_decay != 1.0:
     if not 0.0 < layer_decay < 1.0:

@@ -7,8 +7,9 @@ A step (`make_train_step`):
   2. Masks from `method.make_masks` with a key folded from (seed, step, micro-batch).
   3. Loss and gradients w.r.t. the online params only (targets under stop-gradient),
      averaged over `config.grad_accum_steps` micro-batches with `lax.scan`.
-  4. AdamW (optionally after global-norm clipping) with the warmup + cosine (or
-     multistep) lr.
+  4. AdamW or LARS (optionally after global-norm clipping) with the warmup + cosine (or
+     multistep) lr; target params that the loss itself updates (`TARGET_UPDATES`, e.g.
+     BatchNorm statistics) are stored with the update.
 """
 import contextlib
 import functools
@@ -26,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mim_jax import checkpoint, data, events, optim, preemption, sharding
-from mim_jax.methods.base import Method
+from mim_jax.methods.base import TARGET_UPDATES, Method
 from mim_jax.models import vit
 from mim_jax.state import TrainState
 
@@ -99,8 +100,7 @@ def init_state(method: Method, tx: optax.GradientTransformation, rng: jax.Array,
                sample_batch: PyTree) -> TrainState:
   param_rng, state_rng = jax.random.split(rng)
   params = method.init(param_rng, sample_batch)
-  source = method.target_source(params)
-  target_params = {} if source is None else jax.tree.map(jnp.copy, source)
+  target_params = method.init_targets(jax.random.fold_in(param_rng, 1), sample_batch, params)
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, target_params=target_params,
                     opt_state=tx.init(params), rng=state_rng, skipped_steps=zero,
@@ -173,6 +173,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
                                           jax.tree.map(lambda x: x[0], micro), rng))
       summed, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
       (loss, aux), grads = jax.tree.map(lambda x: x / accum, summed)
+    target_updates = aux.pop(TARGET_UPDATES, {})
 
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient skips the update: everything but the step stays. A cond,
@@ -182,7 +183,8 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
 
     def update(_):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      return optax.apply_updates(state.params, updates), opt_state, target_params
+      return (optax.apply_updates(state.params, updates), opt_state,
+              {**target_params, **target_updates})
 
     params, opt_state, target_params = jax.lax.cond(
         finite, update, lambda _: (state.params, state.opt_state, state.target_params), None)
@@ -257,7 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
     state, data_state = restored
     logging.info("Resumed from %s at step %d", manager.directory, int(state.step))
   else:
-    state = state.replace(params=place_like(method.warm_start(state.params), state.params))
+    params, target_params = method.warm_start(state.params, state.target_params)
+    state = state.replace(params=place_like(params, state.params),
+                          target_params=place_like(target_params, state.target_params))
   start_step = int(state.step)
   if restored is None:
     changes = None  # a fresh start: nothing to compare with

@@ -237,3 +237,41 @@ def test_layer_decay_multipliers_equal_the_closed_form():
   out, _ = jax.jit(decayed.update)(grads, decayed.init(values), values)
   jax.tree.map(lambda o, r, s: np.testing.assert_allclose(o, r * s, rtol=1e-6), out, ref,
                scales)
+
+
+def test_lars_is_maes_lars_with_a_changing_lr():
+  """config.optimizer.name='lars' against a NumPy transcription of mae/util/lars.py: the
+  trust ratio and weight decay on matrices only, μ ← 0.9·μ + d, p ← p − lr·μ, over steps
+  whose lr changes (optax.lars would put the lr inside μ)."""
+  config = defaults.base_config()
+  config.optimizer.update(name="lars", weight_decay=0.05, momentum=0.9)
+  lrs = [0.5, 2.0, 1.0, 0.25]
+  tx = optim.create_optimizer(config, lambda count: jnp.asarray(lrs)[count])
+  rng = np.random.default_rng(0)
+  params = {"head": {"kernel": rng.normal(size=(6, 3)).astype(np.float32),
+                     "bias": rng.normal(size=3).astype(np.float32)}}
+  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+           for _ in lrs]
+  state = tx.init(params)
+  ours = params
+  for g in grads:
+    updates, state = tx.update(g, state, ours)
+    ours = optax.apply_updates(ours, updates)
+
+  theirs = {k: v.astype(np.float64) for k, v in params["head"].items()}
+  mu = {k: np.zeros_like(v) for k, v in theirs.items()}
+  for lr, g in zip(lrs, grads):
+    for name, p in theirs.items():
+      d = g["head"][name].astype(np.float64)
+      if p.ndim > 1:  # lars.py: "if not normalization gamma/beta or bias"
+        d = d + 0.05 * p
+        p_norm, d_norm = np.linalg.norm(p), np.linalg.norm(d)
+        d = d * (0.001 * p_norm / d_norm if p_norm > 0 and d_norm > 0 else 1.0)
+      mu[name] = 0.9 * mu[name] + d
+      theirs[name] = p - lr * mu[name]
+  for name in theirs:
+    np.testing.assert_allclose(np.asarray(ours["head"][name]), theirs[name], rtol=1e-5,
+                               atol=1e-6)
+  with pytest.raises(ValueError, match="config.optimizer.name"):
+    config.optimizer.name = "sgd"
+    optim.create_optimizer(config, lambda count: 0.1)

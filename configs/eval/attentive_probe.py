@@ -1,6 +1,6 @@
 """Attentive probe on a pretraining run's frozen tokens, computed once from the
-un-augmented train split, on the pretraining run's own dataset unless config.data fields
-say otherwise.
+un-augmented train split (mim_jax/evaluation/attentive_probe.py), on the pretraining run's
+own dataset unless config.data fields say otherwise.
 
 python -m mim_jax.main --config=configs/eval/attentive_probe.py \
   --config.pretrained=PRETRAIN_DIR --workdir=EVAL_DIR
@@ -11,18 +11,18 @@ from mim_jax.evaluation import run
 
 def published():
   """Attentive probe, CAE tools/run_attentive.py: one learned query over all tokens → BN
-  without affine → Linear, SGD Nesterov 0.9, lr 0.4, 90 epochs (10 warmup)."""
+  without affine → Linear, SGD Nesterov 0.9, lr 0.4, batch 8192, 90 epochs (10 warmup)."""
   config = run.base_config("attentive_probe")
-  config.attentive_probe = dict(epochs=90, batch_size=256, lr=0.4, warmup_epochs=10.0,
+  config.attentive_probe = dict(epochs=90, batch_size=8192, lr=0.4, warmup_epochs=10.0,
                                 min_lr=1e-6, num_heads=config_files.placeholder(int))
   return config
 
 
 def cifar():
-  """Attentive probe for 10k-image sets on a 2-core CPU (the method comparison): CAE's,
-  10 epochs (1 warmup)."""
+  """Attentive probe for 10k-image sets on a 2-core CPU (the method comparison): CAE's at
+  batch 256, 10 epochs (1 warmup)."""
   config = published()
-  config.attentive_probe.update(epochs=10, warmup_epochs=1.0)
+  config.attentive_probe.update(epochs=10, warmup_epochs=1.0, batch_size=256)
   return config
 
 

@@ -77,12 +77,13 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, encoder: Mapp
                           f"{manager.all_steps()}; choose a new --output directory.")
   tx = optim.create_optimizer(config, lambda count: 0.0)
   init_fn = functools.partial(train.init_state, method, tx)
-  state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed), train.sample_batch(config, method))
+  batch = train.sample_batch(config, method)
+  state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed), batch)
   online = method.eval_encoder().nest(dict(encoder))["params"]  # e.g. {'encoder': ...}
   new_params = _overlay(state.params, {**online, **(other_params or {})})
-  source = method.target_source(new_params)
   state = state.replace(params=new_params,
-                        target_params={} if source is None else jax.tree.map(jnp.copy, source),
+                        target_params=method.init_targets(jax.random.PRNGKey(0), batch,
+                                                          new_params),
                         opt_state=tx.init(new_params))
   checkpoint.write_config(workdir, config)
   data_state = {"next_element": [0], "skipped_images": [0],

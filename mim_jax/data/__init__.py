@@ -1,6 +1,7 @@
 """Input pipelines: synthetic, npz, image-folder and tfds sources through tf.data.
 
   num_examples(config, split) -> int
+  num_classes(config) -> int
   create_train_iterator(config, *, global_batch_size, start_step=0, num_views=1,
                         process_index=None, process_count=None)
   create_eval_iterator(config, split, *, global_batch_size, process_index=None,
@@ -16,7 +17,7 @@ for how training resumes exactly and config.py for the fields read.
 from mim_jax.data.config import default_data_config
 from mim_jax.data.pipeline import (check_batch_size, check_config, create_eval_iterator,
                                    create_train_iterator)
-from mim_jax.data.sources import num_examples
+from mim_jax.data.sources import num_classes, num_examples
 
 __all__ = ["check_batch_size", "check_config", "create_eval_iterator", "create_train_iterator",
-           "default_data_config", "num_examples"]
+           "default_data_config", "num_classes", "num_examples"]

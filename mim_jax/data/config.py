@@ -22,6 +22,19 @@ config.data:
     takes the central image_size crop; images whose shorter side is already at most
     image_size (e.g. 32 px CIFAR at image_size 32) are only resized to image_size.
   mean, std: per-channel normalisation in [0, 1] pixel units.
+  randaugment: '' (off) or a timm RandAugment spec 'rand-m<int>[-n<int>][-mstd<float>]
+    [-p<float>]-inc1' (MAE fine-tuning: 'rand-m9-mstd0.5-inc1'): n ops (default 2) of
+    timm's increasing set per train view, each firing with probability p (0.5) at a
+    magnitude N(m, mstd) clipped to [0, 10]; on the resized, flipped view rounded to
+    uint8 levels, before normalising; geometric ops fill with the mean colour and
+    resample with `interpolation` (see augment.py).
+  random_erasing_prob: probability (0.0 = off; MAE fine-tuning 0.25) that a normalised
+    train view gets timm's RandomErasing boxes (area 2-33%, aspect 0.3-3.3).
+  random_erasing_mode: their fill: 'pixel' (N(0, 1) per pixel and channel, MAE), 'rand'
+    (N(0, 1) per channel) or 'const' (0), in normalised units.
+  random_erasing_count: boxes per erased view; above 1, uniform in 1..count, each
+    with the area divided by that number (timm's max_count).
+  (RandAugment's geometric ops and the erased boxes are not part of 'crop_box'/'flip'.)
   shuffle_buffer: tfds only: examples shuffled together within each window of this many
     (the other sources hold every example and shuffle each epoch fully).
   num_classes, synthetic_train_size, synthetic_eval_size: the synthetic source's classes
@@ -50,6 +63,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       "eval_crop_fraction": 0.875,
       "mean": IMAGENET_MEAN,
       "std": IMAGENET_STD,
+      "randaugment": "",
+      "random_erasing_prob": 0.0,
+      "random_erasing_mode": "pixel",
+      "random_erasing_count": 1,
       "shuffle_buffer": 16_384,
       "num_classes": 10,
       "synthetic_train_size": 10_000,

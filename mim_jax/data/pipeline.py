@@ -22,10 +22,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mim_jax.data import sources
+from mim_jax.data import augment, sources
 from mim_jax.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+_RANDAUGMENT_STREAM, _ERASING_STREAM = 3, 4  # folded into an element's augmentation key
 _STREAMED_SOURCES = ("tfds",)  # one file shard per process; the others hold every example
 _CROP_ATTEMPTS = 10
 _NAMED_SKIPS = 5  # unreadable image files named in the log; later ones are counted
@@ -104,6 +105,19 @@ def check_config(config) -> None:
             and (name == "mean" or min(value) > 0)):
       raise _form_error(name, value, "3 per-channel values" + (" > 0" if name == "std" else ""),
                         example)
+  augment.parse_randaugment(data.get("randaugment", ""))
+  prob = data.get("random_erasing_prob", 0.0)
+  if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+    raise ValueError(f"config.data.random_erasing_prob={prob!r} must be a probability in "
+                     "[0, 1]: 0 turns random erasing off, MAE fine-tuning uses 0.25.")
+  mode = data.get("random_erasing_mode", "pixel")
+  if mode not in augment.ERASING_MODES:
+    raise ValueError(f"config.data.random_erasing_mode={mode!r}: set it to one of "
+                     f"{augment.ERASING_MODES} ('pixel' in MAE fine-tuning).")
+  count = data.get("random_erasing_count", 1)
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise ValueError(f"config.data.random_erasing_count={count!r} must be an integer >= 1 "
+                     "(the most boxes per view; MAE fine-tuning uses 1).")
 
 
 def _fold(key: tf.Tensor, *data) -> tf.Tensor:
@@ -211,8 +225,18 @@ def _normalize(image: tf.Tensor, config) -> tf.Tensor:
 
 def _train_views(image: tf.Tensor, kind: str, key: tf.Tensor, num_views: int, config):
   """`num_views` independently cropped, flipped, normalised views, each [S, S, 3], with
-  their crop boxes (float32 [4], see `_crop_box`) and flip flags (bool [])."""
+  their crop boxes (float32 [4], see `_crop_box`) and flip flags (bool []).
+
+  With config.data.randaugment, each resized, flipped view is rounded to uint8 levels
+  (what timm's PIL image holds) and RandAugmented before normalising; with
+  config.data.random_erasing_prob > 0 the normalised view is randomly erased. Their keys
+  fold new stream constants into `key`, so the crops and flips stay those of the plain
+  pipeline, which both off reproduces bit for bit. The crop box and flip flag describe
+  the crop only, not RandAugment's rotations, shears and translations.
+  """
   data = config.data
+  randaugment = augment.parse_randaugment(data.get("randaugment", ""))
+  erasing_prob = data.get("random_erasing_prob", 0.0)
   view_keys = [tf.unstack(tf.random.experimental.stateless_split(view_key, 2))
                for view_key in tf.unstack(tf.random.experimental.stateless_split(key, num_views))]
   crop_keys, flip_keys = zip(*view_keys)
@@ -235,13 +259,21 @@ def _train_views(image: tf.Tensor, kind: str, key: tf.Tensor, num_views: int, co
     boxes = [_crop_box(window, hw) for window in windows]
 
   views, flips = [], []
-  for crop, flip_key in zip(crops, flip_keys):
+  for index, (crop, flip_key) in enumerate(zip(crops, flip_keys)):
     view = _resize(crop, [data.image_size, data.image_size], data.interpolation)
     flip = tf.constant(False)
     if data.flip:
       flip = tf.random.stateless_uniform([], flip_key) < 0.5
       view = tf.where(flip, tf.reverse(view, axis=[1]), view)
-    views.append(_normalize(view, config))
+    if randaugment:
+      view = augment.randaugment(tf.round(view), _fold(key, _RANDAUGMENT_STREAM, index),
+                                 randaugment, augment.fill_color(data.mean), data.interpolation)
+    view = _normalize(view, config)
+    if erasing_prob > 0:
+      view = augment.random_erasing(view, _fold(key, _ERASING_STREAM, index), erasing_prob,
+                                    data.get("random_erasing_mode", "pixel"),
+                                    data.get("random_erasing_count", 1))
+    views.append(view)
     flips.append(flip)
   return views, boxes, flips
 
@@ -323,7 +355,8 @@ def create_train_iterator(config, *, global_batch_size: int, start_step: int = 0
   (y0, x0, h, w) of the RandomResizedCrop window as fractions of the source image's
   height and width; 'flip' bool [...], True when the resized crop was mirrored left-right.
   View pixel (i, j) (centre at ((i + .5)/S, (j + .5)/S) of the view) thus shows the source
-  point (y0 + h·(i + .5)/S, x0 + w·u) with u = (j + .5)/S, or 1 − (j + .5)/S if flipped.
+  point (y0 + h·(i + .5)/S, x0 + w·u) with u = (j + .5)/S, or 1 − (j + .5)/S if flipped
+  (before config.data.randaugment's geometric ops and random erasing, which it ignores).
   With start_step=k it yields exactly what a fresh iterator yields from its (k+1)-th
   batch on.
   'element' int64 [b] is each example's position t in this process's element stream;

@@ -132,13 +132,18 @@ def _subdirs(path: str) -> list:
                 if tf.io.gfile.isdir(os.path.join(path, d)))
 
 
+def _class_names(root: str) -> list:
+  """The class folder names under root/<split>/ of every split, sorted (label order)."""
+  return sorted({name for s in _subdirs(root) for name in _subdirs(os.path.join(root, s))})
+
+
 @functools.lru_cache(maxsize=8)
 def _folder_listing(root: str, split: str):
   """(sorted file paths, labels) under root/split/<class>/; classes of all splits, sorted."""
   splits = _subdirs(root)
   if split not in splits:
     raise _split_error(split, splits)
-  classes = sorted({name for s in splits for name in _subdirs(os.path.join(root, s))})
+  classes = _class_names(root)
   paths, labels, empty = [], [], []
   for label, name in enumerate(classes):
     class_dir = os.path.join(root, split, name)
@@ -238,6 +243,25 @@ def num_examples(config, split: str) -> int:
   if source == "image_folder":
     return len(_folder_listing(_require_path(config, _FOLDER_LAYOUT), split)[1])
   return _tfds_size(_tfds_builder(config), split)
+
+
+def num_classes(config) -> int:
+  """Classes of the labelled data: the synthetic source's data.num_classes, 1 + the largest
+  label of the train and eval splits (npz), the class folders (image_folder), or the
+  dataset's label feature (tfds)."""
+  source = check_source(config)
+  data = config.data
+  if source == "synthetic":
+    return data.num_classes
+  if source == "npz":
+    return 1 + max(int(_load_npz(config, split, prefixes=("y",))[0].max())
+                   for split in (data.train_split, data.eval_split))
+  if source == "image_folder":
+    return len(_class_names(_require_path(config, _FOLDER_LAYOUT)))
+  features = _tfds_builder(config).info.features
+  if "label" not in features:
+    raise ValueError(f"TFDS dataset {data.tfds_name!r} has no 'label' feature to classify.")
+  return features["label"].num_classes
 
 
 def max_shard_size(total: int, process_count: int) -> int:

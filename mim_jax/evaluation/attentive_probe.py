@@ -6,12 +6,14 @@ One learned query token (zero-initialised) cross-attends to all frozen encoder t
 LN_v(tokens), multi-head attention with an output projection, and nothing else (no MLP,
 no residual). Its output -> BatchNorm without affine (CAE `LP_BatchNorm`, eps 1e-5) ->
 Linear (N(0, 0.01²), zero bias). Trained with SGD, Nesterov momentum 0.9 (timm's
-'sgd'), lr 0.4 not scaled by batch (CAE's total batch is 2048), wd 0, 10 warmup epochs
-then cosine to 1e-6, 90 epochs, cross-entropy.
+'sgd'), lr 0.4 not scaled by batch (run_attentive.py; CAE's total batch is 256 × 32 GPUs =
+8192, scripts/cae_base_800e.sh), wd 0, 10 warmup epochs then cosine to 1e-6, 90 epochs,
+cross-entropy.
 
-Design choice, as the linear probe: tokens are precomputed once from the un-augmented
-train split (features.py). They take N·(1 + L)·D floats, which suits CIFAR-sized sets
-rather than ImageNet.
+Design choice, as the small-data linear probe: tokens are precomputed once from the
+un-augmented train split (features.py), where CAE draws RandomResizedCrop(0.08–1) + flip
+each epoch, and the final epoch's accuracy is reported (CAE logs its best epoch's). They
+take N·(1 + L)·D floats, which suits CIFAR-sized sets rather than ImageNet.
 """
 from typing import Any, Dict, Optional
 
@@ -62,7 +64,8 @@ def train_attentive_probe(train_tokens: np.ndarray, train_labels: np.ndarray,
                           eval_batch_size: int = 256,
                           log_fn: Optional[linear_probe.LogFn] = None) -> Dict[str, Any]:
   """Attentive probe on [N, 1 + L, D] tokens; returns fit_classifier's dict ('top1' in
-  percent) plus 'peak_lr'. `num_heads` must divide D (CAE uses the encoder's heads)."""
+  percent) plus 'peak_lr' and 'warnings' (`linear_probe.size_warnings`). `num_heads` must
+  divide D (CAE uses the encoder's heads)."""
   train_x, train_y, test_x, test_y = linear_probe.probe_arrays(
       train_tokens, train_labels, test_tokens, test_labels, ndim=3,
       shape_hint="[N, T, D] tokens (pool='tokens')", num_classes=num_classes,
@@ -70,8 +73,8 @@ def train_attentive_probe(train_tokens: np.ndarray, train_labels: np.ndarray,
   if num_heads < 1 or train_x.shape[-1] % num_heads:
     raise ValueError(f"num_heads={num_heads} must divide the token width "
                      f"{train_x.shape[-1]}.")
-  batch_size = min(batch_size, len(train_x))
-  steps_per_epoch = len(train_x) // batch_size
+  batch_size, steps_per_epoch, warnings = linear_probe.probe_batches(
+      batch_size, len(train_x), epochs, "attentive_probe")
   lr_fn = linear_probe.warmup_cosine(lr, epochs * steps_per_epoch,
                                      int(round(warmup_epochs * steps_per_epoch)), min_lr)
   tx = optax.sgd(lr_fn, momentum=0.9, nesterov=True)
@@ -80,5 +83,5 @@ def train_attentive_probe(train_tokens: np.ndarray, train_labels: np.ndarray,
                                        epochs=epochs, batch_size=batch_size, seed=seed,
                                        lr_fn=lr_fn, eval_batch_size=eval_batch_size,
                                        log_fn=log_fn)
-  result["peak_lr"] = lr
+  result.update(peak_lr=lr, warnings=warnings)
   return result

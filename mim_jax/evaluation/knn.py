@@ -6,6 +6,11 @@ summed weight wins (Wu et al. 2018; solo-learn `WeightedKNNClassifier`, mmselfsu
 `knn_classifier`, DINO eval_knn.py, k=20, T=0.07). The 1-NN prediction (Latent MIM's
 "NN") is the label of the single most similar training example. Ties go to the lower
 class index (weighted vote) or the lower training index (equal similarities).
+
+`leave_one_out`: the queries are their own memory bank, each without itself (Latent MIM's
+NN: yibingwei-1/LatentMIM util/misc.py `eval_knn`, 1-NN among the validation images).
+The weighted k = 20, T = 0.07 vote is the DINO / solo-learn convention; none of the six
+methods' official code has it.
 """
 import functools
 from typing import Dict, Tuple
@@ -38,9 +43,12 @@ def _normalise(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
-def _predict_chunk(train_features, train_labels, queries, temperature, *, k, num_classes):
-  """Normalised train [N, D], labels [N], raw queries [Q, D] -> two [Q] predictions."""
+def _predict_chunk(train_features, train_labels, queries, exclude, temperature, *, k,
+                   num_classes):
+  """Normalised train [N, D], labels [N], raw queries [Q, D], the train index each query
+  must not see [Q] (-1: none) -> two [Q] predictions."""
   sim = _normalise(queries) @ train_features.T  # [Q, N]
+  sim = jnp.where(jnp.arange(sim.shape[1])[None] == exclude[:, None], -jnp.inf, sim)
   top_sim, top_idx = jax.lax.top_k(sim, k)  # [Q, k], most similar first
   top_labels = train_labels[top_idx]  # [Q, k]
   # exp((s - s_max)/T): the same vote up to a per-query factor, without overflow.
@@ -51,19 +59,25 @@ def _predict_chunk(train_features, train_labels, queries, temperature, *, k, num
 
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
                 query_features: np.ndarray, *, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk_size: int = 1024
-                ) -> Tuple[np.ndarray, np.ndarray]:
+                temperature: float = 0.07, chunk_size: int = 1024,
+                leave_one_out: bool = False) -> Tuple[np.ndarray, np.ndarray]:
   """(weighted-vote predictions [Q], 1-NN predictions [Q]) for `query_features` [Q, D]
-  against `train_features` [N, D] with integer `train_labels` [N] in [0, num_classes).
+  against `train_features` [N, D] with integer `train_labels` [N] in [0, num_classes);
+  with `leave_one_out` the queries are the training features (Q = N) and query i does
+  not see training example i.
 
-  k is capped at N. Queries are processed `chunk_size` at a time (the similarity matrix
-  is chunk_size × N), the last chunk zero-padded so one compilation serves all.
+  k is capped at N (N − 1 when leaving one out). Queries are processed `chunk_size` at a
+  time (the similarity matrix is chunk_size × N), the last chunk zero-padded so one
+  compilation serves all.
   """
   train_features = np.asarray(train_features, np.float32)
   query_features = np.asarray(query_features, np.float32)
   train_labels = np.asarray(train_labels, np.int32)
   _check_inputs(train_features, train_labels, query_features, num_classes, k, temperature)
-  k = min(k, len(train_features))
+  if leave_one_out and (len(train_features) != len(query_features) or len(train_features) < 2):
+    raise ValueError("leave_one_out needs the queries to be the training features (at least "
+                     f"2), got {len(query_features)} queries and {len(train_features)}.")
+  k = min(k, len(train_features) - int(leave_one_out))
   train = _normalise(jnp.asarray(train_features))
   labels = jnp.asarray(train_labels)
   num_queries = len(query_features)
@@ -72,10 +86,12 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
   for start in range(0, num_queries, chunk):
     queries = query_features[start:start + chunk]
     size = len(queries)
+    exclude = np.arange(start, start + chunk) if leave_one_out else np.full(chunk, -1)
     if size < chunk:
       queries = np.concatenate([queries, np.zeros((chunk - size, queries.shape[1]),
                                                   np.float32)])
-    vote, nn1 = _predict_chunk(train, labels, jnp.asarray(queries), float(temperature), k=k,
+    vote, nn1 = _predict_chunk(train, labels, jnp.asarray(queries),
+                               jnp.asarray(exclude, jnp.int32), float(temperature), k=k,
                                num_classes=num_classes)
     weighted.append(np.asarray(vote)[:size])
     nearest.append(np.asarray(nn1)[:size])
@@ -86,15 +102,18 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
 
 def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
                  test_features: np.ndarray, test_labels: np.ndarray, *, num_classes: int,
-                 k: int = 20, temperature: float = 0.07,
-                 chunk_size: int = 1024) -> Dict[str, float]:
-  """{'knn_top1': weighted k-NN accuracy, 'nn1_top1': 1-NN accuracy}, in percent."""
+                 k: int = 20, temperature: float = 0.07, chunk_size: int = 1024,
+                 leave_one_out: bool = False) -> Dict[str, float]:
+  """{'knn_top1': weighted k-NN accuracy, 'nn1_top1': 1-NN accuracy}, in percent. With
+  `leave_one_out` the test set is its own memory bank and the train set is not used."""
   if len(test_features) == 0 or len(test_labels) != len(test_features):
     raise ValueError(f"Need one label per test feature (and at least one), got "
                      f"{len(test_labels)} labels for {len(test_features)} features.")
+  if leave_one_out:
+    train_features, train_labels = test_features, test_labels
   weighted, nearest = knn_predict(train_features, train_labels, test_features,
                                   num_classes=num_classes, k=k, temperature=temperature,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, leave_one_out=leave_one_out)
   test_labels = np.asarray(test_labels)
   return {"knn_top1": 100.0 * float(np.mean(weighted == test_labels)),
           "nn1_top1": 100.0 * float(np.mean(nearest == test_labels))}

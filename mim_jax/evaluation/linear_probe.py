@@ -1,21 +1,34 @@
-"""Linear probe on frozen features (MAE, He et al. 2022, Appendix A.2; facebookresearch/mae
+"""Linear probe on a frozen encoder (MAE, He et al. 2022, Appendix A.2; facebookresearch/mae
 main_linprobe.py): BatchNorm without affine (eps 1e-6) -> Linear, LARS (momentum 0.9,
 wd 0, trust coefficient 0.001, biases excluded as in mae/util/lars.py), lr = base_lr ·
 batch/256, linear warmup then cosine decay per step, 90 epochs, cross-entropy.
 
-Design choice: the probe trains on features precomputed once from the un-augmented train
-split (see features.py), not on features of freshly augmented crops every epoch as the
-official script does; this keeps the probe CPU-feasible and deterministic.
-`fit_classifier` is the training loop shared with the attentive probe.
+Two ways to feed it (`config.features`, configs/eval/linear_probe.py):
+- 'streamed', the published protocol (`StreamedLinearProbe`): every step a freshly
+  augmented batch (RandomResizedCrop 0.08–1 + flip, the train pipeline) goes through the
+  frozen encoder inside the jitted step, trained by the generic trainer (sharding,
+  gradient accumulation, exact resume; mim_jax/evaluation/downstream.py), batch 16384.
+- 'precomputed', for small data on a CPU (`train_linear_probe`): features computed once
+  from the un-augmented train split (features.py), the probe trained on them by
+  `fit_classifier`, the loop shared with the attentive probe.
+Both warn when the probe is too small to say anything (`size_warnings`).
 """
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
+from mim_jax import optim
+from mim_jax.evaluation import downstream, features
+from mim_jax.methods.base import TARGET_UPDATES, EvalEncoder
+
+# Fewer optimizer steps than this in all and a probe has barely moved from its
+# initialisation (4,000 CIFAR images at batch 256 for 90 epochs: 1,350 steps).
+MIN_PROBE_STEPS = 100
 LogFn = Callable[[int, Dict[str, float]], None]
 
 
@@ -31,6 +44,34 @@ class LinearProbe(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=False,
                      epsilon=self.bn_eps, momentum=1.0 - self.bn_momentum, name="bn")(features)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="head")(x)
+
+
+def size_warnings(batch_size: int, num_train: int, steps: int, fix: str) -> List[str]:
+  """Why a probe of `steps` optimizer steps at `batch_size` on `num_train` examples says
+  little, each with `fix` (what to change): a batch larger than the training set, or
+  fewer than MIN_PROBE_STEPS steps in all."""
+  out = []
+  if batch_size > num_train:
+    out.append(f"The probe's batch of {batch_size} exceeds the {num_train} training "
+               f"examples: {fix}.")
+  if steps < MIN_PROBE_STEPS:
+    out.append(f"The probe takes only {steps} optimizer steps in all (fewer than "
+               f"{MIN_PROBE_STEPS}), too few to train it: {fix}.")
+  return out
+
+
+def probe_batches(batch_size: int, num_train: int, epochs: int, protocol: str):
+  """(batch, steps per epoch, `size_warnings`, also logged) of a probe on precomputed
+  features: the batch is capped at the training set (the last partial batch of each
+  epoch is dropped)."""
+  capped = min(batch_size, num_train)
+  steps_per_epoch = num_train // capped
+  warnings = size_warnings(batch_size, num_train, epochs * steps_per_epoch,
+                           f"lower config.{protocol}.batch_size or raise "
+                           f"config.{protocol}.epochs")
+  for warning in warnings:
+    logging.warning("%s", warning)
+  return capped, steps_per_epoch, warnings
 
 
 def probe_arrays(train_x, train_y, test_x, test_y, *, ndim: int, shape_hint: str,
@@ -147,25 +188,94 @@ def train_linear_probe(train_features: np.ndarray, train_labels: np.ndarray,
                        eval_batch_size: int = 1024,
                        log_fn: Optional[LogFn] = None) -> Dict[str, Any]:
   """Linear probe on [N, D] features; returns fit_classifier's dict ('top1' in percent)
-  plus 'peak_lr'.
+  plus 'peak_lr' and 'warnings' (`size_warnings`).
 
-  The published recipe uses batch 16384 (lr 6.4); `batch_size` is capped at the number
-  of training examples, and the peak lr scales with the batch actually used.
+  `batch_size` is capped at the number of training examples, and the peak lr scales with
+  the batch actually used.
   """
   train_x, train_y, test_x, test_y = probe_arrays(
       train_features, train_labels, test_features, test_labels, ndim=2,
       shape_hint="[N, D] features (pool='cls' or 'mean')", num_classes=num_classes,
       batch_size=batch_size, epochs=epochs)
-  batch_size = min(batch_size, len(train_x))
-  steps_per_epoch = len(train_x) // batch_size
+  batch_size, steps_per_epoch, warnings = probe_batches(batch_size, len(train_x), epochs,
+                                                       "linear_probe")
   peak_lr = base_lr * batch_size / 256
   lr_fn = warmup_cosine(peak_lr, epochs * steps_per_epoch,
                         int(round(warmup_epochs * steps_per_epoch)))
-  matrices_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  tx = optax.lars(lr_fn, weight_decay=weight_decay, weight_decay_mask=matrices_only,
-                  trust_ratio_mask=matrices_only, momentum=0.9)
+  tx = optim.lars(lr_fn, weight_decay, 0.9, optim.decay_mask)
   result = fit_classifier(LinearProbe(num_classes, bn_eps), tx, train_x, train_y, test_x,
                           test_y, epochs=epochs, batch_size=batch_size, seed=seed, lr_fn=lr_fn,
                           eval_batch_size=eval_batch_size, log_fn=log_fn)
-  result["peak_lr"] = peak_lr
+  result.update(peak_lr=peak_lr, warnings=warnings)
   return result
+
+
+class StreamedLinearProbe(downstream.EncoderMethod):
+  """The published linear probe (mae/main_linprobe.py) as a method of the generic
+  trainer: each step encodes a freshly augmented batch with the frozen encoder inside the
+  jitted step and trains BN (no affine) -> Linear on its `config.pool` feature (of block
+  `config.block`, None: the last after the final norm). The optimizer sees only the head
+  (params {'head'}); the encoder and the BatchNorm running statistics are target params
+  ({'encoder', 'batch_stats'}): the trainer takes no gradient through them, shards the
+  encoder like pretraining's, checkpoints both and stores the statistics each step
+  (`TARGET_UPDATES`). Config (configs/eval/linear_probe.py): `pool`, `block`,
+  `method.bn_eps`, `method.bn_momentum`, and downstream.base_config's fields.
+
+  Differs from main_linprobe.py: the BatchNorm statistics are those of the global batch
+  (torch: each GPU's share, without SyncBatchNorm), and its running variance is updated
+  with the biased batch variance (flax; torch: unbiased)."""
+
+  description = "Linear probe"
+  pools = ("cls", "mean")
+
+  def __init__(self, config, total_steps=None, pretrain_config=None):
+    super().__init__(config, total_steps, pretrain_config)
+    self.pretrained_encoder.module.check_block(config.block)
+    self.probe = LinearProbe(self.num_classes, config.method.bn_eps, config.method.bn_momentum)
+
+  def encode(self, encoder_params, images):
+    """[B, S, S, 3] images -> [B, D] float32 `config.pool` features of the frozen encoder."""
+    tokens = self.pretrained_encoder.module.apply({"params": encoder_params}, images,
+                                                  block=self.config.block)
+    return features.pool_tokens(tokens, self.config.pool).astype(jnp.float32)
+
+  def init(self, rng, batch):
+    width = self.pretrained_encoder.module.width
+    return self.probe.init(rng, jnp.zeros((1, width)), train=False)["params"]
+
+  def init_targets(self, rng, batch, params):
+    width = self.pretrained_encoder.module.width
+    return {"encoder": self.pretrained_encoder.module.init(rng, batch["image"])["params"],
+            "batch_stats": self.probe.init(rng, jnp.zeros((1, width)),
+                                           train=False)["batch_stats"]}
+
+  def warm_start(self, params, target_params):
+    """The pretrained encoder in place of the initialised one."""
+    return params, {**target_params,
+                    "encoder": self.pretrained_params(target_params["encoder"])}
+
+  def loss(self, params, target_params, batch, masks, rng, step):
+    x = self.encode(target_params["encoder"], batch["image"])  # [B, D]
+    logits, updates = self.probe.apply(
+        {"params": params, "batch_stats": target_params["batch_stats"]}, x, train=True,
+        mutable=["batch_stats"])
+    labels = batch["label"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    top1 = 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, {"train_top1": top1, TARGET_UPDATES: {"batch_stats": updates["batch_stats"]}}
+
+  def logits(self, params, target_params, images):
+    x = self.encode(target_params["encoder"], images)
+    return self.probe.apply({"params": params, "batch_stats": target_params["batch_stats"]},
+                            x, train=False)
+
+  def eval_encoder(self, use_target=False, image_size=None, **module_fields):
+    """The frozen encoder, where this run keeps it (for the k-NN monitor)."""
+    del use_target, image_size, module_fields
+    return EvalEncoder(self.pretrained_encoder.module, path=("target_params", "encoder"))
+
+  @classmethod
+  def size_warnings(cls, config, num_train, total_steps):
+    return size_warnings(config.batch_size, num_train, total_steps,
+                         "for small data use configs/eval/linear_probe.py:cifar (features "
+                         "computed once, batch 256), or lower config.batch_size")

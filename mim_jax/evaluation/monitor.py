@@ -11,8 +11,9 @@ config.knn_monitor fields (defaults in mim_jax/defaults.py):
   train_split, eval_split: None: config.data.train_split / config.data.eval_split.
   num_train, num_eval: examples taken from the start of each split (-1: all of it).
   batch_size: global batch of the feature pass (a multiple of the devices).
-  pool: 'cls' or 'mean' (mean of the patch tokens); block: None (last block + final
-    norm) or a 1-based block whose output is used; k, temperature: the vote.
+  pool: 'cls' or 'mean' (mean of the patch tokens); block: a 1-based block whose output
+    is used (before the final norm); None: the method's declared defaults for k-NN
+    (`Method.eval_defaults`); k, temperature: the vote.
 """
 import itertools
 import math
@@ -24,7 +25,7 @@ import numpy as np
 
 from mim_jax import data
 from mim_jax.evaluation import features, knn
-from mim_jax.methods.base import EvalEncoder, Method
+from mim_jax.methods.base import EvalDefaults, EvalEncoder, Method
 
 POOLS = ("cls", "mean")
 
@@ -33,8 +34,13 @@ class KnnMonitor:
   """`monitor(state, step) -> {'knn_top1', 'nn1_top1'}` on the encoder's params in the
   train state."""
 
-  def __init__(self, config: ml_collections.ConfigDict, encoder: EvalEncoder):
-    monitor = config.knn_monitor
+  def __init__(self, config: ml_collections.ConfigDict, encoder: EvalEncoder,
+               defaults: EvalDefaults = EvalDefaults()):
+    monitor = ml_collections.ConfigDict(config.knn_monitor.to_dict())
+    if monitor.pool is None:
+      monitor.pool = defaults.knn_pool
+    if monitor.block is None:
+      monitor.block = defaults.block(encoder.module.depth)
     features.check_pool(monitor.pool, POOLS, "config.knn_monitor.pool")
     if monitor.k < 1 or monitor.temperature <= 0:
       raise ValueError(f"config.knn_monitor.k={monitor.k} must be >= 1 and "
@@ -75,9 +81,9 @@ class KnnMonitor:
 
 
 def knn_monitors(config: ml_collections.ConfigDict, method: Method) -> List[KnnMonitor]:
-  """[KnnMonitor of `method`'s online encoder] when `config.knn_monitor.every_steps` > 0,
-  else []."""
+  """[KnnMonitor of `method`'s online encoder, with its evaluation defaults] when
+  `config.knn_monitor.every_steps` > 0, else []."""
   monitor = config.get("knn_monitor")
   if monitor is None or monitor.every_steps <= 0:
     return []
-  return [KnnMonitor(config, method.eval_encoder())]
+  return [KnnMonitor(config, method.eval_encoder(), method.eval_defaults)]

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import ml_collections
+import optax
 from absl import logging
 
 from mim_jax import checkpoint, methods, optim, train
@@ -54,9 +55,8 @@ def abstract_params(config: ml_collections.ConfigDict, method: Method) -> Dict[s
   """{'params', 'target_params'} of `method` as ShapeDtypeStructs on the default device:
   the parameter fields of the TrainState its run saves."""
   def init(rng):
-    params = method.init(rng, train.sample_batch(config, method))
-    source = method.target_source(params)
-    return {"params": params, "target_params": {} if source is None else source}
+    state = train.init_state(method, optax.identity(), rng, train.sample_batch(config, method))
+    return {"params": state.params, "target_params": state.target_params}
 
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),

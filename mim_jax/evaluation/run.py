@@ -2,21 +2,25 @@
 --config=configs/eval/<protocol>.py --config.pretrained=PRETRAIN_WORKDIR --workdir=EVAL_DIR`.
 
 Protocols (../shared/docs/METHODS.md "Evaluation protocols"): 'knn' (weighted k-NN,
-k=20, T=0.07, and 1-NN), 'linear_probe' (BN -> Linear, LARS) and 'attentive_probe'
-(CAE). Both splits are read through the data pipeline with eval preprocessing (resize,
-centre crop, normalise; no augmentation), encoded once on the mesh, and the protocol runs
-on those features. Writes `config.json`, TensorBoard scalars and `metrics.json` into the
-eval workdir.
+k=20, T=0.07, and 1-NN), 'linear_probe' (BN -> Linear, LARS), 'attentive_probe' (CAE)
+and 'finetune'. `config.features` says how the encoder is fed:
+- 'precomputed' (k-NN, the attentive probe, the small-data linear probe): both splits are
+  read through the data pipeline with eval preprocessing (resize, centre crop, normalise;
+  no augmentation), encoded once on the mesh, and the protocol runs on those features.
+  Writes `config.json`, TensorBoard scalars and `metrics.json` into the eval workdir.
+- 'streamed' (fine-tuning, the published linear probe): the generic trainer trains on
+  freshly augmented batches through the encoder (mim_jax/evaluation/downstream.py).
 
-Config fields (`base_config` holds the defaults):
+Config fields of the precomputed protocols (`base_config` holds the defaults):
   pretrained: workdir of the pretraining run (config.json + checkpoints/).
   pretrained_step: checkpoint step to evaluate (None: the newest).
   use_target: evaluate the EMA target encoder (Latent MIM, PCAE) instead of the online one.
   protocol: 'knn' | 'linear_probe' | 'attentive_probe'.
   pool: 'cls' | 'mean' (mean of the patch tokens) for knn / linear_probe; 'tokens'
-    (every token, cls first) for attentive_probe.
-  block: take the output of this block (1-based, before the final norm; SimMIM probes
-    block 8 of 12) instead of the last block after the final norm. None: the last.
+    (every token, cls first) for attentive_probe. None: what the pretraining method's
+    official code uses (`Method.eval_defaults`).
+  block: take the output of this block (1-based, before the final norm) instead of the
+    last block after the final norm. None: the method's default (the last block).
   data: every field None means "as in the pretraining run" (source, path, splits,
     normalisation, synthetic set...) except image_size, whose default is the size the
     pretraining method evaluates its encoder at (`Method.eval_encoder`: Latent MIM's
@@ -31,7 +35,9 @@ Config fields (`base_config` holds the defaults):
     config file, configs/eval/<protocol>.py).
 
 TensorBoard: the final test metrics at step = the pretraining checkpoint's step; probe
-training curves ('probe/train_loss', 'probe/lr') at step = epoch.
+training curves ('probe/train_loss', 'probe/lr') at step = epoch. A probe too small to
+say anything (`linear_probe.size_warnings`) is logged and listed in metrics.json's
+'warnings'.
 """
 import json
 import time
@@ -43,22 +49,16 @@ from absl import logging
 from clu import metric_writers
 
 from mim_jax import checkpoint, data, methods
-from mim_jax.data import default_data_config
-from mim_jax.evaluation import attentive_probe, features, finetune, knn, linear_probe, pretrained
+from mim_jax.evaluation import (attentive_probe, downstream, features, finetune, knn,
+                                linear_probe, pretrained)
 from mim_jax.methods.base import EvalEncoder, Method
 
 PROTOCOLS = ("knn", "linear_probe", "attentive_probe")
 PROTOCOL_POOLS = {"knn": ("cls", "mean"), "linear_probe": ("cls", "mean"),
                   "attentive_probe": ("tokens",)}
+# The protocols the generic trainer runs on freshly augmented batches ('streamed').
+STREAMED = {"finetune": finetune.FineTune, "linear_probe": linear_probe.StreamedLinearProbe}
 _placeholder = ml_collections.config_dict.placeholder
-
-
-def data_overrides() -> ml_collections.ConfigDict:
-  """Every `config.data` field as None (= take the pretraining run's value)."""
-  return ml_collections.ConfigDict({
-      name: _placeholder(tuple if isinstance(value, (tuple, list)) else
-                         str if name in ("path", "data_dir") else type(value))
-      for name, value in default_data_config().items()})
 
 
 def base_config(protocol: str) -> ml_collections.ConfigDict:
@@ -72,9 +72,10 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
   config.pretrained_step = _placeholder(int)
   config.use_target = False
   config.protocol = protocol
-  config.pool = PROTOCOL_POOLS[protocol][0]
+  config.features = "precomputed"
+  config.pool = _placeholder(str)
   config.block = _placeholder(int)
-  config.data = data_overrides()
+  config.data = downstream.data_overrides()
   config.num_classes = _placeholder(int)
   config.eval_batch_size = 256
   config.seed = 0
@@ -92,10 +93,10 @@ def pipeline_config(config, pretrain_config, image_size: int) -> ml_collections.
 
 
 def validate(config, encoder: EvalEncoder) -> int:
-  """Errors a user can fix in the eval config, raised before anything is compiled (the
-  image size and use_target are checked when `encoder` is built). Returns the
-  pretraining checkpoint step to evaluate."""
-  features.check_pool(config.pool, PROTOCOL_POOLS[config.protocol], "pool")
+  """Errors a user can fix in the eval config (its pool and block resolved), raised
+  before anything is compiled (the image size and use_target are checked when `encoder`
+  is built). Returns the pretraining checkpoint step to evaluate."""
+  features.check_pool(config.pool, PROTOCOL_POOLS[config.protocol], "config.pool")
   depth = encoder.module.depth
   if config.block is not None and not 1 <= config.block <= depth:
     raise ValueError(f"config.block={config.block} must be None (the last block) or in "
@@ -151,8 +152,10 @@ def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
 
 
 class Plan(NamedTuple):
-  """What an evaluation reads: the pretraining run's config and method, the encoder it
-  evaluates (`method.eval_encoder`), the input pipeline's config and the checkpoint step."""
+  """What an evaluation reads: its config (pool and block resolved), the pretraining run's
+  config and method, the encoder it evaluates (`method.eval_encoder`), the input
+  pipeline's config and the checkpoint step."""
+  config: ml_collections.ConfigDict
   pretrain_config: ml_collections.ConfigDict
   method: Method
   encoder: EvalEncoder
@@ -160,42 +163,68 @@ class Plan(NamedTuple):
   step: int
 
 
+def resolve_defaults(config: ml_collections.ConfigDict,
+                     method: Method) -> ml_collections.ConfigDict:
+  """`config` with `pool` and `block` left None set to what `method` (the pretraining
+  run's) declares for the protocol (`Method.eval_defaults`)."""
+  config = config.copy_and_resolve_references()
+  if config.pool is None:
+    config.pool = method.eval_defaults.pool(config.protocol)
+  if config.block is None:
+    config.block = method.eval_defaults.block(method.config.model.depth)
+  return config
+
+
 def plan(config: ml_collections.ConfigDict) -> Plan:
-  """The `Plan` of a knn / linear_probe / attentive_probe config, with every error a user
-  can fix in it raised before anything is compiled or written."""
+  """The `Plan` of a precomputed knn / linear_probe / attentive_probe config (`config`
+  with its pool and block resolved), with every error a user can fix in it raised before
+  anything is compiled or written."""
   if config.protocol not in PROTOCOLS:
     raise ValueError(f"Unknown config.protocol={config.protocol!r}; choose one of "
                      f"{PROTOCOLS + ('finetune',)}.")
   pretrain_config = pretrained.read_pretrain_config(config.pretrained)
   method = methods.create(pretrain_config)
+  config = resolve_defaults(config, method)
   encoder = method.eval_encoder(config.use_target, config.data.image_size)
   data_config = pipeline_config(config, pretrain_config, encoder.image_size)
-  return Plan(pretrain_config, method, encoder, data_config, validate(config, encoder))
+  return Plan(config, pretrain_config, method, encoder, data_config,
+              validate(config, encoder))
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Run `config.protocol` on `config.pretrained`'s encoder; returns the metrics written
-  to `workdir/metrics.json`. 'finetune' (configs/eval/finetune.py) trains the whole
-  encoder with the generic trainer: mim_jax/evaluation/finetune.py."""
-  if config.protocol == "finetune":
-    return finetune.run(config, workdir)
-  pretrain_config, method, encoder, data_config, _ = plan(config)
+  to `workdir/metrics.json`. The streamed protocols (`STREAMED`: fine-tuning, the
+  published linear probe) train with the generic trainer: downstream.run."""
+  if config.features == "streamed":
+    if config.protocol not in STREAMED:
+      raise ValueError(f"config.features='streamed' is for {sorted(STREAMED)}, not "
+                       f"config.protocol={config.protocol!r}: set config.features="
+                       "'precomputed'.")
+    return downstream.run(config, workdir, STREAMED[config.protocol])
+  if config.features != "precomputed":
+    raise ValueError(f"Unknown config.features={config.features!r}; choose 'precomputed' "
+                     "or 'streamed'.")
+  config, pretrain_config, method, encoder, data_config, _ = plan(config)
   splits = (data_config.data.train_split, data_config.data.eval_split)
+  if config.protocol == "knn" and config.knn.leave_one_out:
+    splits = splits[1:]  # the eval split is its own memory bank
   iterators = [data.create_eval_iterator(data_config, split,
                                          global_batch_size=config.eval_batch_size)
                for split in splits]
   params, pretrained_step = pretrained.read_encoder_params(
       config.pretrained, config.pretrained_step, pretrain_config, method, encoder)
-  logging.info("Evaluating %s (%s, step %d) by %s on %s %s/%s, pool %s, block %s",
+  logging.info("Evaluating %s (%s, step %d) by %s on %s %s, pool %s, block %s",
                config.pretrained, pretrain_config.method.name, pretrained_step,
-               config.protocol, data_config.data.source, *splits, config.pool, config.block)
+               config.protocol, data_config.data.source, "/".join(splits), config.pool,
+               config.block)
 
   checkpoint.write_config(workdir, config)
   mesh = features.data_parallel_mesh()
   start = time.perf_counter()
-  train, test = (features.extract_features(encoder.module, params, batches, pool=config.pool,
-                                           block=config.block, mesh=mesh)
-                 for batches in iterators)
+  encoded = [features.extract_features(encoder.module, params, batches, pool=config.pool,
+                                       block=config.block, mesh=mesh)
+             for batches in iterators]
+  train, test = encoded[0], encoded[-1]  # the same split when leaving one out
   feature_seconds = time.perf_counter() - start
   num_classes = count_classes(config, data_config, train[1], test[1])
 

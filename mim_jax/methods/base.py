@@ -20,6 +20,12 @@ PyTree = Any
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
 
+# A loss may return, under metrics[TARGET_UPDATES], new values for top-level entries of
+# the target params that its own forward pass computes (BatchNorm running statistics of
+# the streamed linear probe). The trainer averages them over micro-batches like every
+# metric, stores them when the step's update is applied, and does not log them.
+TARGET_UPDATES = "target_updates"
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalEncoder:
@@ -60,6 +66,45 @@ class EvalEncoder:
     return params
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalDefaults:
+  """How a method's official code evaluates its encoder; the protocols use these unless
+  the evaluation config sets `pool` / `block` (mim_jax/evaluation/run.py, downstream.py,
+  monitor.py).
+
+  knn_pool, linear_probe_pool, finetune_pool: the feature each protocol reads, 'cls' (the
+    cls token) or 'mean' (the mean of the patch tokens; fine-tuning then applies a fresh
+    LayerNorm, MAE's `global_pool`). The attentive probe reads every token.
+  block_fraction: where the k-NN and linear probe read the encoder: None, the last block
+    after the final norm; f, the output of block round(f·depth) before the final norm
+    (SimMIM probes block 8 of ViT-B's 12: 2/3; Latent MIM the last block without the
+    final norm: 1).
+  reported: the protocols the method's paper reports for ViT-B/16 on ImageNet-1k.
+  source: the official code (or paper section) these come from.
+  """
+  knn_pool: str = "cls"
+  linear_probe_pool: str = "cls"
+  finetune_pool: str = "mean"
+  block_fraction: Optional[float] = None
+  reported: Tuple[str, ...] = ()
+  source: str = ""
+
+  def pool(self, protocol: str) -> str:
+    """The feature `protocol` reads: `knn`, `linear_probe`, `attentive_probe` or
+    `finetune`."""
+    if protocol == "attentive_probe":
+      return "tokens"
+    return {"knn": self.knn_pool, "linear_probe": self.linear_probe_pool,
+            "finetune": self.finetune_pool}[protocol]
+
+  def block(self, depth: int) -> Optional[int]:
+    """The block the k-NN and linear probe read in a `depth`-block encoder (1-based,
+    before the final norm), None: the last after the final norm."""
+    if self.block_fraction is None:
+      return None
+    return min(max(int(round(self.block_fraction * depth)), 1), depth)
+
+
 class Method:
   """Base class of a pretraining method.
 
@@ -75,6 +120,7 @@ class Method:
 
   num_views: int = 1
   batch_keys: Tuple[str, ...] = ("image",)
+  eval_defaults: EvalDefaults = EvalDefaults()
 
   def __init__(self, config: ml_collections.ConfigDict, total_steps: Optional[int] = None):
     self.config = config
@@ -87,10 +133,20 @@ class Method:
   def make_masks(self, rng: jax.Array, batch: Batch) -> Dict[str, jax.Array]:
     raise NotImplementedError
 
-  def warm_start(self, params: PyTree) -> PyTree:
-    """Params of a fresh run (no checkpoint restored) from the initialised `params`, e.g.
-    a pretrained encoder for fine-tuning; the same structure and shapes. Default: as is."""
-    return params
+  def init_targets(self, rng: jax.Array, batch: Batch, params: PyTree) -> PyTree:
+    """The parameters the optimizer does not update, in a fresh state (the train state's
+    `target_params`): by default a copy of `target_source(params)` (EMA targets), or {}
+    for a method without. A method that keeps other such parameters (the streamed linear
+    probe: its frozen encoder and BatchNorm statistics) overrides it."""
+    del rng, batch
+    source = self.target_source(params)
+    return {} if source is None else jax.tree.map(jnp.copy, source)
+
+  def warm_start(self, params: PyTree, target_params: PyTree) -> Tuple[PyTree, PyTree]:
+    """(params, target_params) of a fresh run (no checkpoint restored) from the
+    initialised ones, e.g. a pretrained encoder for fine-tuning; the same structure and
+    shapes. Default: as they are."""
+    return params, target_params
 
   def loss(self, params: PyTree, target_params: Optional[PyTree], batch: Batch,
            masks: Dict[str, jax.Array], rng: jax.Array,

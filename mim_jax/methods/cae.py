@@ -24,7 +24,7 @@ import optax
 
 from mim_jax import masking
 from mim_jax.methods import common
-from mim_jax.methods.base import Method
+from mim_jax.methods.base import EvalDefaults, Method
 from mim_jax.models import cae as cae_models
 from mim_jax.models import vit
 
@@ -98,6 +98,13 @@ class CAE(Method):
   `model.regressor_depth`, `model.decoder_depth`, `model.decoder_width`,
   `model.decoder_num_heads`, `model.decoder_layer_scale_init` (4, 4, 768, 12, 0.1).
   Params: {'encoder', 'regressor', 'decoder'}; no EMA targets."""
+
+  eval_defaults = EvalDefaults(
+      knn_pool="cls", linear_probe_pool="cls", finetune_pool="mean",
+      reported=("linear_probe", "attentive_probe", "finetune"),
+      source="Atten4Vis/CAE scripts/cae_base_800e.sh (tools/run_linear.py and "
+             "run_attentive.py --use_cls: the cls token, all tokens, after the final "
+             "norm), scripts/cae_base_finetune.sh (mean pooling)")
 
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)

@@ -19,7 +19,7 @@ import optax
 
 from mim_jax import masking, optim
 from mim_jax.methods import common
-from mim_jax.methods.base import EvalEncoder, Method
+from mim_jax.methods.base import EvalDefaults, EvalEncoder, Method
 from mim_jax.models.projector import MLPProjector
 from mim_jax.models.query_decoder import QueryDecoder
 
@@ -93,6 +93,14 @@ class LatentMIM(Method):
     sim_reg_coeff: similarity regulariser weight c (0.1; 0 = off), its goal s decays
       from sim_reg_start (0.75) to sim_reg_end (0.25) on a cosine over training.
   """
+
+  eval_defaults = EvalDefaults(
+      knn_pool="mean", linear_probe_pool="mean", finetune_pool="mean", block_fraction=1.0,
+      reported=("knn", "linear_probe", "finetune"),
+      source="yibingwei-1/LatentMIM util/misc.py eval_knn (the online encoder's last block, "
+             "mean of its patch tokens, no final norm; leave-one-out 1-NN on the eval split: "
+             "configs/eval/knn.py:latent_mim_nn); no linear-probe or fine-tuning code, the "
+             "same feature assumed")
 
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)

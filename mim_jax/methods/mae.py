@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from mim_jax import masking
 from mim_jax.methods import common
-from mim_jax.methods.base import Method
+from mim_jax.methods.base import EvalDefaults, Method
 from mim_jax.models import decoders, vit
 
 
@@ -31,6 +31,12 @@ def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
 class MAE(Method):
   """Config: `method.mask_ratio` (0.75), `method.norm_pix_loss` (True); decoder size in
   `model.decoder_width/decoder_depth/decoder_num_heads` (512/8/16 published)."""
+
+  eval_defaults = EvalDefaults(
+      knn_pool="cls", linear_probe_pool="cls", finetune_pool="mean",
+      reported=("linear_probe", "finetune"),
+      source="facebookresearch/mae main_linprobe.py (--cls_token: the cls token after the "
+             "final norm), main_finetune.py (global_pool)")
 
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)

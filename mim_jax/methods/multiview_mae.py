@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from mim_jax import masking
 from mim_jax.methods import mae
+from mim_jax.methods.base import EvalDefaults
 from mim_jax.models import vit
 from mim_jax.models.projector import SimCLRProjector
 
@@ -119,6 +120,10 @@ class MultiViewMAE(mae.MAE):
   with 'crop_box' [B, 2, 4] and 'flip' [B, 2] when `two_targets`; masks [B, 2, N]."""
 
   num_views = 2
+  eval_defaults = EvalDefaults(
+      knn_pool="cls", linear_probe_pool="cls", finetune_pool="mean",
+      reported=("linear_probe", "finetune"),
+      source="Ji et al. 2023 Sec. 4.1.2-4.1.3 (no code: MAE's protocol assumed)")
 
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)

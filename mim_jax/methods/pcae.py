@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from mim_jax import masking, optim
 from mim_jax.methods import common
-from mim_jax.methods.base import Method
+from mim_jax.methods.base import EvalDefaults, Method
 from mim_jax.models.query_decoder import QueryDecoder
 
 
@@ -77,6 +77,11 @@ class PCAE(Method):
   keep_ratio (0.5); random_drop (False: similarity ranking; True: the random ablation);
   target_momentum, base EMA momentum, cosine to 1 per step (0.9999). Decoder size in
   `model.decoder_width/decoder_depth/decoder_num_heads` (512/8/16)."""
+
+  eval_defaults = EvalDefaults(
+      knn_pool="cls", linear_probe_pool="cls", finetune_pool="mean", reported=("finetune",),
+      source="caddyless/PCAE main_linprobe.py, main_finetune.py (MAE's, on the student "
+             "encoder: use_target=False)")
 
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)

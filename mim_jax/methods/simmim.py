@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from mim_jax import masking
 from mim_jax.methods import common
-from mim_jax.methods.base import Method
+from mim_jax.methods.base import EvalDefaults, Method
 from mim_jax.models import vit
 
 
@@ -34,6 +34,13 @@ class SimMIM(Method):
   """Config: `method.mask_patch_size` (32), `method.mask_ratio` (0.6); encoder options
   `model.layer_scale_init` (0.1 published) and `model.pos_embedding` ('shared_rel_bias'
   published, 'sincos' otherwise). Params: {'encoder', 'decoder'} (the linear head)."""
+
+  eval_defaults = EvalDefaults(
+      knn_pool="mean", linear_probe_pool="mean", finetune_pool="mean", block_fraction=8 / 12,
+      reported=("linear_probe", "finetune"),
+      source="microsoft/SimMIM issue #14 (linear probe: block 8 of 12, the mean of the patch "
+             "tokens; no probe code released), configs/vit_base__800ep/"
+             "simmim_finetune__vit_base__img224__800ep.yaml (USE_MEAN_POOLING)")
 
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)

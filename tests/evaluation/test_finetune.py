@@ -12,7 +12,7 @@ import pytest
 
 from conftest import checkpoint_steps, config_file, scalar_series, tiny_mae_config
 from mim_jax import pretrain
-from mim_jax.evaluation import finetune, pretrained
+from mim_jax.evaluation import downstream, finetune, pretrained
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,17 @@ def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
     tmp_path, pretrain_dir, caplog):
   caplog.set_level(logging.INFO, logger="absl")
   config = tiny_finetune_config(pretrain_dir)
-  resolved = finetune.finetune_config(config)
+  resolved = downstream.resolve_config(config)
   assert resolved.data.image_size == 16 and resolved.model.width == 32
   assert resolved.data.num_classes == 10 and tuple(resolved.data.crop_scale) == (0.08, 1.0)
   assert resolved.model.drop_path_rate == pytest.approx(0.1)
 
   workdir = tmp_path / "finetune"
-  assert finetune.run(config, str(workdir), stop_after_step=1) is None
+  assert downstream.run(config, str(workdir), finetune.FineTune, stop_after_step=1) is None
   assert any(r.getMessage().startswith("Fine-tuning: 4 steps") for r in caplog.records)
   assert not any("Pretraining" in r.getMessage() for r in caplog.records)
   assert checkpoint_steps(workdir) == [1]
-  assert not (workdir / finetune.METRICS_FILE).exists()
+  assert not (workdir / downstream.METRICS_FILE).exists()
   # The warmup's lr is 0 at the first step, so after it the params are still the start:
   # the pretrained encoder (its final norm replaced by fc_norm) and a small fresh head.
   start = checkpointed_params(workdir, 1)
@@ -61,9 +61,9 @@ def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
   head = np.asarray(start["head"]["kernel"])
   assert 0 < np.abs(head).max() < 1e-4 and not np.asarray(start["head"]["bias"]).any()
 
-  metrics = finetune.run(config, str(workdir))
+  metrics = downstream.run(config, str(workdir), finetune.FineTune)
   assert metrics["step"] == 4 and 0.0 <= metrics["top1"] <= 100.0
-  assert json.loads((workdir / finetune.METRICS_FILE).read_text()) == metrics
+  assert json.loads((workdir / downstream.METRICS_FILE).read_text()) == metrics
   # resumed, not restarted: each step logged once, top-1 at steps 2 and 4
   assert [s for s, _ in scalar_series(workdir, "loss", with_steps=True)] == [1, 2, 3, 4]
   top1 = scalar_series(workdir, "eval_top1", with_steps=True)
@@ -80,18 +80,18 @@ def test_finetune_config_errors_name_the_field(tmp_path, pretrain_dir):
   config = tiny_finetune_config(pretrain_dir)
   config.pretrained = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="config.pretrained"):
-    finetune.run(config, str(tmp_path / "a"))
+    downstream.run(config, str(tmp_path / "a"), finetune.FineTune)
   config = tiny_finetune_config(pretrain_dir)
-  config.method.pool = "max"
-  with pytest.raises(ValueError, match="config.method.pool"):
-    finetune.run(config, str(tmp_path / "b"))
+  config.pool = "max"
+  with pytest.raises(ValueError, match="config.pool"):
+    downstream.run(config, str(tmp_path / "b"), finetune.FineTune)
   config = tiny_finetune_config(pretrain_dir)
   config.eval_batch_size = 12
   with pytest.raises(ValueError, match="config.eval_batch_size"):
-    finetune.run(config, str(tmp_path / "c"))
+    downstream.run(config, str(tmp_path / "c"), finetune.FineTune)
   (tmp_path / "no_checkpoints").mkdir()
   shutil.copy(os.path.join(pretrain_dir, "config.json"), tmp_path / "no_checkpoints")
   config = tiny_finetune_config(str(tmp_path / "no_checkpoints"))
   with pytest.raises(FileNotFoundError, match="config.pretrained=.* has no checkpoints"):
-    finetune.run(config, str(tmp_path / "d"))
+    downstream.run(config, str(tmp_path / "d"), finetune.FineTune)
   assert not any((tmp_path / d).exists() for d in "abcd")  # nothing written

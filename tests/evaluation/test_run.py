@@ -28,8 +28,8 @@ def pretrained_dir(tmp_path_factory):
   return str(workdir)
 
 
-def eval_config(base, pretrained, **fields):
-  config = config_file(f"eval/{base}.py")
+def eval_config(base, pretrained, variant=None, **fields):
+  config = config_file(f"eval/{base}.py", variant)
   config.pretrained = pretrained
   config.eval_batch_size = 32
   config.update(fields)
@@ -57,7 +57,7 @@ def test_knn_end_to_end_through_main(pretrained_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("protocol", ["linear_probe", "attentive_probe"])
 def test_probe_end_to_end(pretrained_dir, tmp_path, protocol):
-  config = eval_config(protocol, pretrained_dir)
+  config = eval_config(protocol, pretrained_dir, "cifar")  # features computed once
   config[protocol].update(epochs=3, batch_size=32, warmup_epochs=1)
   returned = run.evaluate(config, str(tmp_path))
   metrics = json.loads((tmp_path / "metrics.json").read_text())

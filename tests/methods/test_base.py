@@ -14,7 +14,8 @@ from mim_jax import checkpoint, data, methods, optim, train
 from mim_jax.convert import load_torch_state_dict
 from mim_jax.convert.__main__ import main as convert_main
 from mim_jax.evaluation import features, monitor, pretrained, run
-from mim_jax.evaluation.finetune import FineTune, finetune_config
+from mim_jax.evaluation.downstream import resolve_config
+from mim_jax.evaluation.finetune import FineTune
 
 TINY_MODEL = {"model.width": 16, "model.depth": 1, "model.num_heads": 2,
               "model.decoder_width": 16, "model.decoder_depth": 1, "model.decoder_num_heads": 2}
@@ -186,12 +187,13 @@ def test_fine_tuning_warm_starts_from_the_eval_encoder_and_reads_only_it(
   state = save_random_run(pretrain_config, workdir)
   config = config_file("eval/finetune.py", "vit_base", {"pretrained": workdir,
                                                         "use_target": use_target})
-  config = finetune_config(config)
+  config = resolve_config(config)
   assert config.data.image_size == 224  # Latent MIM: not its 280 px training size
   method = FineTune(config)
   params = jax.eval_shape(method.init, jax.random.PRNGKey(0),
                           train.sample_batch(config, method))
-  started = method.warm_start(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params))
+  started, _ = method.warm_start(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params),
+                                 {})
   want = methods.create(pretrain_config).eval_encoder(use_target).params(state)
   jax.tree.map(np.testing.assert_array_equal,
                {k: v for k, v in started["encoder"].items() if k != "norm"},
