@@ -236,3 +236,24 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
       compare.compare(kwargs.pop("specs"), str(tmp_path / "work"), kwargs.pop("budget"),
                       **kwargs)
   assert not (tmp_path / "work").exists()
+
+
+def test_the_published_linear_probe_gives_way_to_its_small_data_variant(tmp_path):
+  """On 10k synthetic images the streamed probe's batch of 16384 exceeds the training set:
+  compare picks configs/eval/linear_probe.py:cifar and says why; overrides it has a field
+  for carry over, the others are named. With a million images it keeps the published one."""
+  quickstart = str(REPO / "configs" / "quickstart.py")
+  variants = compare.load_variants([quickstart], [], str(tmp_path))
+  overrides = ["linear_probe:eval_batch_size=64", "linear_probe:warmup_epochs=5"]
+  probe, knn = compare.load_protocols(["linear_probe", "knn"], overrides, variants)
+  assert (probe.spec, probe.label) == ("configs/eval/linear_probe.py:cifar",
+                                       "linear_probe_cifar")
+  assert probe.config.features == "precomputed" and probe.config.eval_batch_size == 64
+  assert probe.overrides == ["eval_batch_size=64"]
+  assert probe.picked.startswith("picked instead of configs/eval/linear_probe.py for this "
+                                 "data: The probe's batch of 16384 exceeds the 10000 training")
+  assert "overrides it has no field for: warmup_epochs=5" in probe.picked
+  assert knn.picked == ""
+  large = compare.load_variants([quickstart], ["synthetic_train_size=1000000"], str(tmp_path))
+  (kept,) = compare.load_protocols(["linear_probe"], [], large)
+  assert kept.spec == "configs/eval/linear_probe.py" and kept.config.features == "streamed"

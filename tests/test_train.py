@@ -12,6 +12,7 @@ from conftest import checkpoint_steps, event_tags, scalar_series, tiny_mae_confi
 from mim_jax import checkpoint, masking, methods, optim, pretrain, sharding, train
 from mim_jax.evaluation import pretrained
 from mim_jax.methods import mae
+from mim_jax.methods.base import TARGET_UPDATES
 
 
 def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
@@ -165,6 +166,45 @@ def test_target_params_follow_the_ema_and_get_no_gradient():
   plain_state1, plain_metrics = plain_step(state0.replace(target_params={}), batch)
   jax.tree.map(close, state1.params, plain_state1.params)
   assert float(metrics["loss"]) > float(plain_metrics["loss"])
+
+
+class MAEWithBatchMean(mae.MAE):
+  """MAE that keeps, as a target param the optimizer never sees, a running mean of its
+  batches' mean pixel (m = 0.9, as a BatchNorm's running statistics), updated by the loss
+  through TARGET_UPDATES; `scale` multiplies the loss (inf: every step non-finite)."""
+  scale = 1.0
+
+  def init_targets(self, rng, batch, params):
+    return {"running": {"mean": jnp.zeros(())}}
+
+  def loss(self, params, target_params, batch, masks, rng, step):
+    loss, metrics = super().loss(params, target_params, batch, masks, rng, step)
+    running = 0.9 * target_params["running"]["mean"] + 0.1 * jnp.mean(batch["image"])
+    return self.scale * loss, {**metrics, TARGET_UPDATES: {"running": {"mean": running}}}
+
+
+def test_loss_side_target_updates_average_over_micro_batches_and_skip_with_the_step():
+  images = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+  images[1::2] += 1.0  # the two micro-batches (every second example) differ in mean
+  expected = 0.1 * images.mean()  # 0.9·0 + 0.1·mean, averaged over micro-batches: linear
+  for accum in (1, 2):
+    config = tiny_mae_config(grad_accum_steps=accum)
+    mesh = sharding.create_mesh(config, jax.devices()[:1])
+    lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=0)
+    tx = optim.create_optimizer(config, lr_fn)
+    method = MAEWithBatchMean(config)
+    state, _ = train.create_train_state(method, tx, config, mesh, {"image": images})
+    step = jax.jit(train.make_train_step(method, tx, lr_fn, config, 10, mesh))
+    state, metrics = step(state, {"image": images})
+    assert TARGET_UPDATES not in metrics  # stored, not logged
+    np.testing.assert_allclose(float(state.target_params["running"]["mean"]), expected,
+                               rtol=1e-5)
+  method.scale = np.inf  # a skipped step keeps the targets it had
+  bad_step = jax.jit(train.make_train_step(method, tx, lr_fn, config, 10, mesh))
+  skipped, metrics = bad_step(state, {"image": images})
+  assert int(metrics["skipped_steps"]) == 1
+  assert float(skipped.target_params["running"]["mean"]) == float(
+      state.target_params["running"]["mean"])
 
 
 class TwoViewMAE(mae.MAE):

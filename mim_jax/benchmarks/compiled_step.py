@@ -2,6 +2,10 @@
 FLOPs count, timed steps and their summary (used by benchmarks/train_step.py and the
 scripts built on it, and by mim_jax/compare.py for FLOPs and CPU time per step).
 
+Evaluation steps: `evaluation_config` turns a streamed evaluation protocol (fine-tuning,
+the published linear probe: mim_jax/evaluation/run.py STREAMED) on a pretraining config
+into a trainer config whose step is built and timed like a pretraining method's.
+
 FLOPs: `step_flops` is XLA's cost-analysis count of the compiled train step
 (recomputation under remat included); `model_flops` is the same count for the step
 compiled without remat (forward passes, backward passes where gradients flow, e.g. not
@@ -16,9 +20,11 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from mim_jax import config_files, methods, optim, sharding, train
+from mim_jax.evaluation import downstream, run
 from mim_jax.models import vit
 
 
@@ -28,6 +34,44 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 def vit_base_config(method: str):
   """configs/<method>.py:vit_base, wherever the benchmark runs from."""
   return config_files.load(os.path.join(CONFIG_DIR, f"{method}.py") + ":vit_base")
+
+
+# The ViT-B recipe of each streamed evaluation protocol (configs/eval/): MAE's published
+# linear probe (main_linprobe.py, batch 16384) and fine-tuning (FINETUNE.md, batch 1024).
+EVAL_CONFIGS = {"linear_probe": "eval/linear_probe.py:published",
+                "finetune": "eval/finetune.py:vit_base"}
+# The classes of ImageNet-1k, on which the published protocols train their head.
+IMAGENET_CLASSES = 1000
+
+
+def evaluation_config(evaluation: str, pretrain_config) -> ml_collections.ConfigDict:
+  """The trainer config of a streamed evaluation on `pretrain_config`'s encoder, on
+  synthetic images (no files) with ImageNet-1k's 1000-class head unless the evaluation
+  config sets config.num_classes. `evaluation`: a name of EVAL_CONFIGS or a config spec
+  (configs/eval/finetune.py:vit_large). Resolved by downstream.resolve_config (the
+  pretraining model, seed, data, pooling); the pretraining config rides along as
+  `pretrain_config`, from which `create_method` builds the protocol's method."""
+  spec = (os.path.join(CONFIG_DIR, EVAL_CONFIGS[evaluation]) if evaluation in EVAL_CONFIGS
+          else evaluation)
+  config = config_files.load(spec)
+  if config.get("features") != "streamed" or config.protocol not in run.STREAMED:
+    raise ValueError(f"{evaluation!r} is not a streamed evaluation: name one of "
+                     f"{sorted(EVAL_CONFIGS)} or a configs/eval/ spec with features="
+                     f"'streamed' and a protocol in {sorted(run.STREAMED)}.")
+  if config.num_classes is None:
+    config.num_classes = IMAGENET_CLASSES
+  pretrain = pretrain_config.copy_and_resolve_references()
+  pretrain.data.source = "synthetic"
+  resolved = downstream.resolve_config(config, pretrain)
+  resolved.pretrain_config = ml_collections.ConfigDict(pretrain.to_dict())
+  return resolved
+
+
+def step_name(config) -> str:
+  """The method of `config`, or 'protocol (pretraining method)' for an evaluation."""
+  if "pretrain_config" in config:
+    return f"{config.protocol} ({config.pretrain_config.method.name})"
+  return config.method.name
 
 
 def xla_flops(compiled) -> float:
@@ -77,24 +121,38 @@ def matmul_tflops(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 5) -> Dict
 TOTAL_STEPS = 1000
 
 
+def create_method(config):
+  """`config`'s method for TOTAL_STEPS steps: the pretraining method, or for an
+  `evaluation_config` its protocol (run.STREAMED) on the pretraining config's encoder
+  with `config.model` (so that the speed options and remat set on `config` reach the
+  encoder)."""
+  if "pretrain_config" not in config:
+    return methods.create(config, TOTAL_STEPS)
+  pretrain = ml_collections.ConfigDict(config.pretrain_config.to_dict())
+  pretrain.model = ml_collections.ConfigDict(config.model.to_dict())
+  return run.STREAMED[config.protocol](config, TOTAL_STEPS, pretrain)
+
+
 def step_parts(config):
   """(method, optimizer, lr schedule) of `config`'s train step as the benchmarks build it:
-  the config's method and optimizer, on the nominal TOTAL_STEPS schedule."""
+  the config's method (`create_method`) and optimizer, on the nominal TOTAL_STEPS
+  schedule."""
   lr_fn = optim.lr_schedule(1e-4, TOTAL_STEPS, 10)
-  return (methods.create(config, TOTAL_STEPS), optim.create_optimizer(config, lr_fn),
-          lr_fn)
+  return create_method(config), optim.create_optimizer(config, lr_fn), lr_fn
 
 
 def random_batch(config, method, batch_size: int) -> Dict[str, np.ndarray]:
   """Random images with `method.batch_keys`; views (if several) cover the whole image,
-  unflipped ('crop_box' [B, V, 4] as (y0, x0, h, w) fractions, 'flip' [B, V])."""
+  unflipped ('crop_box' [B, V, 4] as (y0, x0, h, w) fractions, 'flip' [B, V]); labels
+  cycle through config.data.num_classes."""
   size = config.data.image_size
   views = (method.num_views,) if method.num_views > 1 else ()
   batch = {"image": np.random.default_rng(0).normal(
       size=(batch_size,) + views + (size, size, 3)).astype(np.float32),
            "crop_box": np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32),
                                (batch_size,) + views + (1,)),
-           "flip": np.zeros((batch_size,) + views, np.bool_)}
+           "flip": np.zeros((batch_size,) + views, np.bool_),
+           "label": np.arange(batch_size, dtype=np.int32) % config.data.num_classes}
   return {k: batch[k] for k in method.batch_keys}
 
 
@@ -125,7 +183,7 @@ class CompiledStep:
         plain = config.copy_and_resolve_references()
         plain.model.remat = "none"
         self.model_flops = xla_flops(
-            train.jit_train_step(methods.create(plain, TOTAL_STEPS), tx, lr_fn, plain,
+            train.jit_train_step(create_method(plain), tx, lr_fn, plain,
                                  TOTAL_STEPS, mesh,
                                  shardings).lower(self.state, self.batch).compile())
     self.times: List[float] = []
@@ -175,7 +233,7 @@ def results_table(measured, steps: int, mfu_label: str = "MFU") -> str:
     m = config.model
     mfu = f"{r['mfu']:.1%}" if "mfu" in r else "—"
     lines.append(
-        f"| {config.method.name} {m.width}w×{m.depth}, patch {m.patch_size} | "
+        f"| {step_name(config)} {m.width}w×{m.depth}, patch {m.patch_size} | "
         f"{config.data.image_size} | {config.batch_size} | {m.dtype} / {m.get('remat')} / "
         f"{m.get('scan_layers')} / {m.get('attention_impl')} | {jax.device_count()} × "
         f"{jax.devices()[0].platform} | {r['compile_s']:.1f} | {r['step_s']:.4g} | "

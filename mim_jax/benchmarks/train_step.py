@@ -1,7 +1,7 @@
 """Train-step throughput of the pretraining configs on the local devices.
 
-python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] [--batch_size=8] \
-    [--steps=10] [--peak_tflops=... | --measure_peak] [--dtype=float32|bfloat16] \
+python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] \
+    [--evals=linear_probe,finetune] [--batch_size=8] [--steps=10] [--peak_tflops=... | --measure_peak] [--dtype=float32|bfloat16] \
     [--remat=none|full|...] [--scan_layers] [--attention_impl=xla|cudnn] \
     [--mae_repo=PATH [--timm_path=DIR] [--rounds=5]] [--results=docs/RESULTS.md]
 python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--config.x=...]
@@ -9,7 +9,11 @@ python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--conf
 For each method's ViT-B/16 config (configs/<method>.py:vit_base, at its own image size:
 224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
 time, the median step time over `--steps` timed steps (after one warm-up step), images/s,
-FLOPs per image and, against a peak, the MFU. The peak is `--peak_tflops` (of all local
+FLOPs per image and, against a peak, the MFU. `--evals` adds the steps of streamed
+evaluation protocols (the published linear probe: the frozen encoder's forward and a
+BN + Linear head; fine-tuning: the whole ViT's forward and backward with mixup/cutmix),
+their ViT-B recipes (compiled_step.EVAL_CONFIGS) on the encoder of `--config` or else of
+configs/mae.py:vit_base, at `--batch_size`, with 1000 classes as on ImageNet-1k. The peak is `--peak_tflops` (of all local
 devices together) or, with --measure_peak, the host's own: the best rate of XLA's fp32
 square matmuls (compiled_step.MATMUL_SIZES), so that on a CPU the MFU says how close the
 step comes to the matmul speed this host can reach.
@@ -37,15 +41,19 @@ from ml_collections import config_flags
 
 from mim_jax import host
 from mim_jax.benchmarks import results, torch_mae_step
-from mim_jax.benchmarks.compiled_step import (CompiledStep, matmul_tflops, results_table,
-                                              vit_base_config)
+from mim_jax.benchmarks.compiled_step import (CompiledStep, evaluation_config, matmul_tflops,
+                                              results_table, step_name, vit_base_config)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
                                 "--methods).")
 flags.DEFINE_list("methods", ["mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae"],
                   "Methods whose configs/<method>.py:vit_base to time.")
-flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods configs.")
+flags.DEFINE_list("evals", [], "Streamed evaluations to time on the pretraining encoder "
+                  "(--config's, else configs/mae.py:vit_base's): names of "
+                  "compiled_step.EVAL_CONFIGS (linear_probe, finetune: the ViT-B recipes) or "
+                  "configs/eval/ specs.")
+flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods and --evals configs.")
 flags.DEFINE_integer("steps", 10, "Timed steps.")
 flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all local devices together, for "
                    "MFU (e.g. 989 for one H100 SXM in bf16).")
@@ -82,7 +90,7 @@ def method_config(method: str):
 
 def describe(config) -> str:
   m = config.model
-  return (f"method={config.method.name} width={m.width} depth={m.depth} patch={m.patch_size} "
+  return (f"method={step_name(config)} width={m.width} depth={m.depth} patch={m.patch_size} "
           f"image={config.data.image_size} batch={config.batch_size} dtype={m.dtype} "
           f"remat={m.get('remat')} scan_layers={m.get('scan_layers')} "
           f"attention_impl={m.get('attention_impl')} devices={jax.device_count()} "
@@ -151,6 +159,11 @@ def main(argv):
     apply_overrides(FLAGS.config)
   else:
     configs = [method_config(name) for name in FLAGS.methods]
+  if FLAGS.evals:
+    pretrain = FLAGS.config if FLAGS.config is not None else method_config("mae")
+    for name in FLAGS.evals:
+      configs.append(evaluation_config(name, pretrain))
+      configs[-1].batch_size = FLAGS.batch_size
   measured = []
   for config in configs:
     step = CompiledStep(config)

@@ -157,6 +157,19 @@ def test_an_empty_class_folder_is_refused_by_name(tmp_path):
     data.num_examples(config, "train")
 
 
+def test_num_classes_of_each_source(tmp_path):
+  """What fine-tuning and the streamed probe take when config.num_classes is None."""
+  assert data.num_classes(data_config(num_classes=7)) == 7  # synthetic: its field
+  # npz: 1 + the largest label of either split (write_npz's labels are example ids)
+  path = write_npz(tmp_path / "a.npz", uint8_images(5), uint8_images(9))
+  assert data.num_classes(data_config(source="npz", path=path)) == 9
+  root = write_image_folder(tmp_path / "folder")  # ant, bee, cat: val has only bee
+  assert data.num_classes(data_config(source="image_folder", path=root,
+                                      eval_split="val")) == 3
+  with tfds.testing.mock_data(num_examples=4):
+    assert data.num_classes(data_config(source="tfds", tfds_name="imagenet2012")) == 1000
+
+
 # --- tfds --------------------------------------------------------------------------------
 
 def test_tfds_mock_imagenet_through_train_and_eval():

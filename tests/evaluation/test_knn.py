@@ -67,3 +67,17 @@ def test_knn_rejects_bad_input():
     knn.knn_predict(x, y, x, num_classes=3)
   with pytest.raises(ValueError, match="pool='cls'"):
     knn.knn_predict(np.ones((4, 2, 3)), y, x, num_classes=4)
+
+
+def test_leave_one_out_votes_among_the_other_queries():
+  """Latent MIM's NN: each query's nearest *other* query. Three points per class on a
+  circle; query 0's nearest other point is query 1 (class 1), not itself (class 0)."""
+  x = np.array([unit(0), unit(5), unit(90), unit(92), unit(180), unit(181)], np.float32)
+  y = np.array([0, 1, 1, 1, 0, 0])
+  _, nn1 = knn.knn_predict(x, y, x, num_classes=2, k=1, leave_one_out=True)
+  assert nn1.tolist() == [1, 0, 1, 1, 0, 0]
+  result = knn.knn_accuracy(np.zeros((1, 2)), np.zeros(1, int), x, y, num_classes=2, k=1,
+                            leave_one_out=True)  # the train set is not read
+  assert result["nn1_top1"] == pytest.approx(100.0 * 4 / 6)
+  with pytest.raises(ValueError, match="leave_one_out"):
+    knn.knn_predict(x, y, x[:3], num_classes=2, leave_one_out=True)

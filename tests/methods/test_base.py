@@ -200,3 +200,32 @@ def test_fine_tuning_warm_starts_from_the_eval_encoder_and_reads_only_it(
                {k: v for k, v in want.items() if k != "norm"})
   prefix = "/".join(method.pretrained_encoder.path) + "/"
   assert reads and all(p.startswith(prefix) for p in reads), reads
+
+
+# What each method's official code reads for k-NN and the linear probe at ViT-B's depth:
+# (pool, block); None = the last block after the final norm.
+OFFICIAL_FEATURES = {"mae": ("cls", None), "simmim": ("mean", 8), "cae": ("cls", None),
+                     "latent_mim": ("mean", 12), "pcae": ("cls", None),
+                     "multiview_mae": ("cls", None)}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_each_protocol_reads_the_feature_the_methods_official_code_reads(name):
+  pretrain_config = published_config(name, {"model.depth": 12})
+  method = methods.create(pretrain_config)
+  defaults = method.eval_defaults
+  assert defaults.source and set(defaults.reported) <= {"knn", "linear_probe",
+                                                        "attentive_probe", "finetune"}
+  for protocol, variant in (("knn", None), ("linear_probe", "cifar")):
+    config = run.resolve_defaults(config_file(f"eval/{protocol}.py", variant), method)
+    assert (config.pool, config.block) == OFFICIAL_FEATURES[name]
+  assert run.resolve_defaults(config_file("eval/attentive_probe.py"), method).pool == "tokens"
+  mine = run.resolve_defaults(config_file("eval/knn.py", overrides={"pool": "cls",
+                                                                    "block": 3}), method)
+  assert (mine.pool, mine.block) == ("cls", 3)  # the eval config's own choice wins
+  finetune = resolve_config(config_file("eval/finetune.py", "vit_base"), pretrain_config)
+  assert finetune.pool == "mean"  # every official fine-tuning pools the patch tokens
+  probe = resolve_config(config_file("eval/linear_probe.py", "published"), pretrain_config)
+  assert (probe.pool, probe.block) == OFFICIAL_FEATURES[name]
+  # A fraction of the depth: SimMIM's block 8 of 12 is block 4 of a 6-deep encoder.
+  assert defaults.block(6) == {"simmim": 4, "latent_mim": 6}.get(name)
