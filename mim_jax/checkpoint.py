@@ -18,6 +18,7 @@ A workdir is a local directory or a URL that `etils.epath` and Orbax read and wr
 """
 import json
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -60,6 +61,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict,
   if history:
     text = json.dumps(dict(json.loads(text), **{HISTORY_KEY: history}), indent=2)
   write_text(workdir, CONFIG_FILE, text)
+  logging.info("Config (written to %s):\n%s", workdir_path(workdir) / CONFIG_FILE, config)
 
 
 def _read_config_json(workdir: str) -> dict:
@@ -186,13 +188,20 @@ def restore(manager: ocp.CheckpointManager, step: int,
   return restored.state, restored.data
 
 
-def _one_line(error: BaseException) -> str:
-  """`Type: message` on one line; a long message keeps its start and its end (where
-  TensorStore puts the OS error)."""
-  text = " ".join(str(error).split())
-  if len(text) > 1000:
-    text = f"{text[:300]} ... {text[-600:]}"
-  return f"{type(error).__name__}: {text}"
+_TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]")
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+  """`Type: message` on one line, the message in at most `limit` characters: without
+  TensorStore's specs (~1,000 characters of JSON each), and of a long chain of
+  'context: ...: cause' only the last links, where TensorStore puts the OS error."""
+  text = _TENSORSTORE_SPEC.sub("", " ".join(str(error).split()))
+  *contexts, kept = text.split(": ")
+  while contexts and len(contexts[-1]) + len(kept) + 2 <= limit:
+    kept = f"{contexts.pop()}: {kept}"
+  if len(kept) > limit:
+    kept = kept[:limit - 3] + "..."
+  return f"{type(error).__name__}: {'...: ' if contexts else ''}{kept}"
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree,
@@ -218,17 +227,17 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree,
       if set_aside_damaged:
         moved_to = _set_aside(manager, bad_step)
         logging.warning("Checkpoint %d cannot be restored (%s); moved it to %s and resumed "
-                        "from checkpoint %d.", bad_step, _one_line(error), moved_to, step)
+                        "from checkpoint %d.", bad_step, one_line(error), moved_to, step)
       else:
         logging.warning("Checkpoint %d in %s cannot be restored (%s); read checkpoint %d "
-                        "instead.", bad_step, manager.directory, _one_line(error), step)
+                        "instead.", bad_step, manager.directory, one_line(error), step)
     if failed and set_aside_damaged:
       manager.reload()
     return restored
   if steps:  # never start over on top of checkpoints that exist but do not fit
     raise RuntimeError(
         f"None of the checkpoints {steps} in {manager.directory} can be restored into this "
-        f"config's train state (newest: {_one_line(failed[0][1])}). Use the config the run "
+        f"config's train state (newest: {one_line(failed[0][1])}). Use the config the run "
         "was started with, or a new workdir; if the files are damaged, move them out of "
         f"{manager.directory}.")
   return None
@@ -326,7 +335,7 @@ class Saver:
                 "(free space, permissions), then run the same command again; it starts from "
                 "step 0.")
     stop = "" if stopped_at is None else f"Stopped at step {stopped_at}; "
-    return SaveError(f"Saving checkpoint {step} failed: {_one_line(error)}. {stop}{newest}")
+    return SaveError(f"Saving checkpoint {step} failed: {one_line(error)}. {stop}{newest}")
 
   def close(self) -> None:
     """Wait for and release Orbax's threads; errors here are logged, not raised (a
@@ -334,4 +343,4 @@ class Saver:
     try:
       self.manager.close()
     except Exception as e:  # pylint: disable=broad-except
-      logging.error("Closing the checkpoint manager: %s", _one_line(e))
+      logging.error("Closing the checkpoint manager: %s", one_line(e))

@@ -26,7 +26,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mim_jax import checkpoint, data, events, optim, preemption, sharding
+from mim_jax import checkpoint, data, events, lock, optim, preemption, sharding
 from mim_jax.methods.base import TARGET_UPDATES, Method
 from mim_jax.models import vit
 from mim_jax.state import TrainState
@@ -49,6 +49,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
                      f"config.grad_accum_steps={accum} (>= 1).")
   data.check_config(config)
+  data.check_split(config, config.data.train_split)
   data.check_batch_size(config.batch_size, num_devices, process_count)
   if (config.batch_size // accum) % num_devices:
     raise ValueError(f"Each micro-batch of config.batch_size / config.grad_accum_steps = "
@@ -250,6 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
                                               sample_batch(config, method))
   changes = check_resume(workdir, config, state)  # raises before anything is written
 
+  claim = lock.acquire(workdir)  # one run per workdir (mim_jax/lock.py): before any write
   manager = checkpoint.create_manager(workdir, config, clean_up_temporary=True)
   restored = checkpoint.restore_latest(
       manager, checkpoint.abstract_with_shardings(state, state_shardings),
@@ -289,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
     if last_step == start_step and start_step not in manager.all_steps():
       # stop_after_step=0 on a fresh start: the initial state as checkpoint 0
       saver.save(start_step, state, position.gathered())
+    previous_streak = None
     with preemption.PreemptionWatch() as watch:
       for step in range(start_step + 1, last_step + 1):
         local = next(train_iter)
@@ -299,6 +302,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
         if step == start_step + 1:  # keep compilation out of the throughput figures
           jax.block_until_ready(metrics)
           progress.start(step)
+        # The streak of the step before, read while this one runs: no step waits for its
+        # own, and a streak is stopped at most one step late, at any log_every_steps.
+        if previous_streak is not None:
+          check_nonfinite_streak(int(previous_streak), step - 1, manager, config)
+        previous_streak = metrics["nonfinite_streak"]
         if step % config.log_every_steps == 0 or step == last_step:
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           scalars.update(epoch=step / steps_per_epoch,
@@ -337,6 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   finally:
     saver.close()
     writer.flush()
+    claim.release()
   return state
 
 

@@ -160,3 +160,22 @@ def test_only_the_saving_manager_is_a_cross_process_barrier(tmp_path, monkeypatc
   reader.close()
   checkpoint.open_for_reading(str(tmp_path / "elsewhere")).close()
   assert barriers == [] and not (tmp_path / "elsewhere").exists()
+
+
+def test_an_error_is_one_line_with_its_cause_in_under_200_characters():
+  """What a damaged checkpoint's warning and a SaveError quote: TensorStore's JSON specs
+  dropped, and of its chain of contexts the last ones, where the OS error is."""
+  spec = "{" + ",".join(f'\\"key{i}\\":{{}}' for i in range(60)) + "}"  # ~1,000 characters
+  message = (
+      'OUT_OF_RANGE: Error opening "cast" driver: Error opening "zarr" driver: Error reading '
+      '"step/.zarray" in OCDBT database at local file "/w/checkpoints/4/state/": Error reading '
+      'Byte range [0, 110164) of local file "/w/checkpoints/4/state/d/fda40b1e": Requested '
+      f"byte range [0, 110164) is not valid for value of size 7 [tensorstore_spec='{spec}'] "
+      f"[tensorstore_spec[1]='{spec}']")
+  line = checkpoint.one_line(ValueError(message))
+  assert line == ('ValueError: ...: Error reading Byte range [0, 110164) of local file '
+                  '"/w/checkpoints/4/state/d/fda40b1e": Requested byte range [0, 110164) is '
+                  'not valid for value of size 7')
+  assert len(line) - len("ValueError: ") < 200
+  assert checkpoint.one_line(OSError(28, "No space left on device")) == (
+      "OSError: [Errno 28] No space left on device")

@@ -336,6 +336,19 @@ def test_too_many_non_finite_steps_stop_the_run_naming_the_checkpoint_before_the
       {"step": 2, "changes": {"method.nan_steps": [[2, 3, 4, 5], []]}}]
 
 
+def test_the_streak_is_checked_at_every_step_whatever_the_log_interval(tmp_path, monkeypatch):
+  """Logged every 100 steps, a streak from step 3 still stops the run when it reaches
+  max_nonfinite_steps (at step 5, noticed while step 6 runs), not at a log step."""
+  monkeypatch.setitem(methods.METHODS, "nan_mae", NaNAtSteps)
+  config = tiny_mae_config(num_train_steps=40, checkpoint_every_steps=100, log_every_steps=100,
+                           max_nonfinite_steps=3, image_summary_every_steps=0)
+  config.method.name = "nan_mae"
+  config.method.nan_steps = tuple(range(2, 40))
+  with pytest.raises(FloatingPointError, match=re.escape(
+      "3 consecutive steps (3..5) had a non-finite loss or gradient")):
+    pretrain.run(config, str(tmp_path))
+
+
 def test_a_streak_from_the_first_step_says_no_checkpoint_exists_and_what_to_change(
     tmp_path, monkeypatch):
   monkeypatch.setitem(methods.METHODS, "nan_mae", NaNAtSteps)

@@ -1,7 +1,8 @@
 """Plan a pod run on this machine: compile the real train step for a TPU slice, no TPU needed.
 
 python -m mim_jax.benchmarks.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 \
-    [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE]
+    [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE] \
+    [--evals=linear_probe,finetune] [--results=docs/RESULTS.md --results_section=NAME]
 python -m mim_jax.benchmarks.aot --check_model [--topology=v5e:2x2]
 
 With the `tpu` extra (pip install -e '.[tpu]': libtpu), `jax.experimental.topologies` describes
@@ -29,9 +30,16 @@ that leaves at least 10% of HBM free. The collective model has bandwidth but no 
 latency, so it cannot charge FSDP over many chips its many ring steps: the default sizes
 stop at 16 (a 4x4 sub-torus).
 
+`--evals` plans, after --config's own step, the steps of streamed evaluations on its
+encoder at their recipes' batch (compiled_step.evaluation_config: the published linear
+probe, fine-tuning). With `--results`, a table of every planned step (with --search, its
+fastest fitting setting) replaces section `--results_section` (default 'aot') of that
+document (mim_jax/benchmarks/results.py).
+
 Also takes the flags of mim_jax.benchmarks.train_step (`--dtype`, `--remat`,
-`--scan_layers`). MFU's model FLOPs are XLA's count of the same step without remat
-(forward, backward where gradients flow, AdamW), lowered for one chip's batch on the CPU.
+`--scan_layers`, `--evals`, `--results`). MFU's model FLOPs are XLA's count of the same
+step without remat (forward, backward where gradients flow, the optimizer; the frozen
+encoder of the linear probe only forward), lowered for one chip's batch on the CPU.
 """
 import os
 
@@ -46,7 +54,7 @@ import functools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
-from typing import List, Optional, Sequence  # noqa: E402
+from typing import Callable, List, Optional, Sequence, Tuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -54,9 +62,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mim_jax import sharding, train  # noqa: E402
-from mim_jax.benchmarks import tpu_model  # noqa: E402
+from mim_jax.benchmarks import results, tpu_model  # noqa: E402
 from mim_jax.benchmarks.compiled_step import (  # noqa: E402
-    TOTAL_STEPS, random_batch, step_parts, xla_flops)
+    TOTAL_STEPS, evaluation_config, random_batch, step_name, step_parts, xla_flops)
 from mim_jax.models import vit  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -65,8 +73,10 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command line's flags, defined when the module runs as a program (importing it
   defines none: their names would clash with mim_jax.main's). --config and the speed
-  options (--dtype, --remat, --scan_layers) are mim_jax.benchmarks.train_step's."""
+  options (--dtype, --remat, --scan_layers), --evals and --results are
+  mim_jax.benchmarks.train_step's; --results_section defaults to 'aot' here."""
   from mim_jax.benchmarks import train_step  # noqa: F401  pylint: disable=all (defines them)
+  FLAGS.set_default("results_section", "aot")
   flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per axis "
                       f"(generations {sorted(tpu_model.CHIPS)}).")
   flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
@@ -80,7 +90,8 @@ def define_flags() -> None:
   flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
                       "as a JSON line.")
   flags.DEFINE_string("dump_hlo", None, "Write the compiled TPU program's HLO text (with the "
-                      "compiler's per-fusion estimates) to this file.")
+                      "compiler's per-fusion estimates) to this file (with --evals, each "
+                      "evaluation's to FILE.<protocol>).")
   flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
                     "optimal_seconds on reference programs, then exit.")
 
@@ -181,14 +192,15 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
   """Compile `config`'s train step for `topology` (or its proxy) and estimate it; with
   `dump_hlo`, write the compiled program's text there."""
   hosts = max(topology.num_chips // 4, 1)
-  train.validate_config(config, topology.num_chips, hosts)
-  mesh = sharding.create_mesh(config, topology_devices(topology))
+  compiled_config = config.copy_and_resolve_references()
+  # the input pipeline is not part of the step: neither checking the config nor schedules
+  # that count the dataset's steps (Latent MIM's regulariser goal) then need ImageNet
+  # files, and the schedules change only constants
+  compiled_config.data.source = "synthetic"
+  train.validate_config(compiled_config, topology.num_chips, hosts)
+  mesh = sharding.create_mesh(compiled_config, topology_devices(topology))
   data, fsdp = mesh.shape["data"], mesh.shape["fsdp"]
   target = proxy_topology(topology, fsdp) if proxy else topology
-  compiled_config = config.copy_and_resolve_references()
-  # the input pipeline is not part of the step; schedules that count the dataset's steps
-  # (Latent MIM's regulariser goal) then need no ImageNet files, and change only constants
-  compiled_config.data.source = "synthetic"
   if target != topology:
     compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
     compiled_config.sharding.fsdp_size = fsdp
@@ -220,7 +232,7 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
 def plan_record(plan: Plan) -> dict:
   """The figures of a plan as plain values (one JSON line of --output)."""
   config = plan.config
-  record = dict(method=config.method.name, width=config.model.width,
+  record = dict(method=step_name(config), width=config.model.width,
                 depth=config.model.depth, patch=config.model.patch_size,
                 image=config.data.image_size, batch=config.batch_size,
                 dtype=config.model.dtype, setting=setting(config),
@@ -252,7 +264,7 @@ def report(plan: Plan) -> str:
   """The figures of one compiled setting, as printed."""
   topo, chip, config = plan.topology, plan.topology.chip, plan.config
   per_chip = config.batch_size // topo.num_chips
-  lines = [f"{config.method.name} width={config.model.width} depth={config.model.depth} "
+  lines = [f"{step_name(config)} width={config.model.width} depth={config.model.depth} "
            f"patch={config.model.patch_size} image={config.data.image_size} on {topo.name} "
            f"({topo.num_chips} chips): batch {config.batch_size} ({per_chip} per chip), "
            f"dtype={config.model.dtype}, {setting(config)}"]
@@ -418,8 +430,67 @@ def check_model(topology: tpu_model.Topology) -> List[str]:
   return rows
 
 
+def results_table(planned: Sequence[Tuple[object, Optional[Plan]]],
+                  topology: tpu_model.Topology) -> str:
+  """Markdown table of (config, its plan on `topology`; None: no searched setting fit)
+  pairs, for --results."""
+  lines = ["| step | image | global batch (per chip) | dtype | setting | fits | GiB per chip | "
+           "step ms | images/s | model GFLOP/image | MFU | compile wall / CPU s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for config, plan in planned:
+    m = config.model
+    per_chip = config.batch_size // topology.num_chips
+    row = (f"| {step_name(config)} {m.width}w×{m.depth}, patch {m.patch_size} | "
+           f"{config.data.image_size} | {config.batch_size} ({per_chip}) | {m.dtype} | ")
+    if plan is None:
+      lines.append(row + "searched | nothing fits |" + " — |" * 6)
+      continue
+    row += f"{setting(plan.config)} | "
+    if plan.error is not None:
+      lines.append(row + f"compile failed: {first_line(plan.error)} |" + " — |" * 5
+                   + f" {plan.compile_s:.0f} / {plan.compile_cpu_s:.0f} |")
+      continue
+    lines.append(row + f"{'yes' if plan.fits else 'no'} | "
+                 f"{plan.memory.total / tpu_model.GIB:.2f} | {plan.step_s * 1e3:.1f} | "
+                 f"{plan.images_per_s:,.0f} | {plan.model_flops / per_chip / 1e9:.1f} | "
+                 f"{plan.mfu:.1%} | {plan.compile_s:.0f} / {plan.compile_cpu_s:.0f} |")
+  return "\n".join(lines) + (
+      f"\n\n{topology.name}: {topology.num_chips} chips. Step time, images/s and MFU (of "
+      f"{topology.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip) are compiler "
+      "estimates (mim_jax/benchmarks/tpu_model.py), not measurements; GiB per chip: the "
+      "compiler's buffer assignment; model FLOPs: XLA's count of the step without remat.\n")
+
+
+def plan_step(config, topology: tpu_model.Topology, dump_hlo: Optional[str],
+              save: Callable[[Plan], None]) -> Optional[Plan]:
+  """Compile `config`'s step for `topology` (with --search, each setting) and print it;
+  the plan (with --search the fastest that fits, None when none does)."""
+  if not FLAGS.search:
+    plan = compile_plan(config, topology, FLAGS.proxy, dump_hlo)
+    save(plan)
+    print(report(plan), flush=True)
+    return plan
+  scans = [s.lower() in ("true", "1") for s in FLAGS.scan_options]
+  print(f"search for {step_name(config)} on {topology.name}: batch {config.batch_size}, "
+        f"dtype={config.model.dtype} (step time, images/s, MFU: compiler estimates)",
+        flush=True)
+  plans = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
+                 scans, log=lambda plan: (save(plan), print(summary_row(plan), flush=True)))
+  chosen = best(plans)
+  if chosen is None:
+    totals = [p.memory.total for p in plans if p.memory is not None]
+    print(f"nothing fits on {topology.name} with {tpu_model.HEADROOM:.0%} HBM headroom"
+          + (f"; the smallest compiled setting needs {gib(min(totals))} per chip of "
+             f"{gib(topology.chip.hbm_bytes)}" if totals else ""))
+    return None
+  print("fastest setting that fits (estimate):")
+  print(report(chosen), flush=True)
+  return chosen
+
+
 def main(argv):
   del argv
+  results.requested_section()  # a bad --results_section fails first
   topology = tpu_model.parse_topology(FLAGS.topology)
   if FLAGS.check_model:
     print("\n".join(check_model(topology)))
@@ -435,25 +506,15 @@ def main(argv):
       with open(FLAGS.output, "a") as f:
         f.write(json.dumps(plan_record(plan)) + "\n")
 
-  if not FLAGS.search:
-    plan = compile_plan(config, topology, FLAGS.proxy, FLAGS.dump_hlo)
-    save(plan)
-    print(report(plan), flush=True)
-    return
-  scans = [s.lower() in ("true", "1") for s in FLAGS.scan_options]
-  print(f"search on {topology.name}: batch {config.batch_size}, dtype={config.model.dtype} "
-        f"(step time, images/s, MFU: compiler estimates)", flush=True)
-  plans = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
-                 scans, log=lambda plan: (save(plan), print(summary_row(plan), flush=True)))
-  chosen = best(plans)
-  if chosen is None:
-    totals = [p.memory.total for p in plans if p.memory is not None]
-    print(f"nothing fits on {topology.name} with {tpu_model.HEADROOM:.0%} HBM headroom"
-          + (f"; the smallest compiled setting needs {gib(min(totals))} per chip of "
-             f"{gib(topology.chip.hbm_bytes)}" if totals else ""))
-    return
-  print("fastest setting that fits (estimate):")
-  print(report(chosen))
+  configs = [config] + [evaluation_config(name, config) for name in FLAGS.evals]
+  planned = []
+  for c in configs:
+    dump = FLAGS.dump_hlo and (FLAGS.dump_hlo if c is config else
+                               f"{FLAGS.dump_hlo}.{c.protocol}")
+    planned.append((c, plan_step(c, topology, dump, save)))
+  title = f"Train steps compiled for {topology.name}" + (
+      ": the fastest searched settings" if FLAGS.search else "")
+  results.write_from_flags("mim_jax.benchmarks.aot", title, results_table(planned, topology))
 
 
 if __name__ == "__main__":

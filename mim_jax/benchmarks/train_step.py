@@ -1,7 +1,8 @@
-"""Train-step throughput of the pretraining configs on the local devices.
+"""Train-step throughput of the pretraining (and evaluation) configs on the local devices.
 
 python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] \
-    [--evals=linear_probe,finetune] [--batch_size=8] [--steps=10] [--peak_tflops=... | --measure_peak] [--dtype=float32|bfloat16] \
+    [--evals=linear_probe,finetune] [--batch_size=8] [--steps=10] \
+    [--peak_tflops=... | --measure_peak] [--dtype=float32|bfloat16] \
     [--remat=none|full|...] [--scan_layers] [--attention_impl=xla|cudnn] \
     [--mae_repo=PATH [--timm_path=DIR] [--rounds=5]] [--results=docs/RESULTS.md]
 python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--config.x=...]
@@ -13,8 +14,9 @@ FLOPs per image and, against a peak, the MFU. `--evals` adds the steps of stream
 evaluation protocols (the published linear probe: the frozen encoder's forward and a
 BN + Linear head; fine-tuning: the whole ViT's forward and backward with mixup/cutmix),
 their ViT-B recipes (compiled_step.EVAL_CONFIGS) on the encoder of `--config` or else of
-configs/mae.py:vit_base, at `--batch_size`, with 1000 classes as on ImageNet-1k. The peak is `--peak_tflops` (of all local
-devices together) or, with --measure_peak, the host's own: the best rate of XLA's fp32
+configs/mae.py:vit_base, at `--batch_size`, with 1000 classes as on ImageNet-1k
+(compiled_step.evaluation_config). The peak is `--peak_tflops` (of all local devices
+together) or, with --measure_peak, the host's own: the best rate of XLA's fp32
 square matmuls (compiled_step.MATMUL_SIZES), so that on a CPU the MFU says how close the
 step comes to the matmul speed this host can reach.
 
@@ -175,7 +177,8 @@ def main(argv):
     # configs/mae.py:vit_base, the official model's size
     notes += [""] + compare_official(CompiledStep(method_config("mae")), peak)
   label = "MFU of the XLA matmul peak" if FLAGS.measure_peak else "MFU"
-  results.write_from_flags("mim_jax.benchmarks.train_step", "Train-step throughput",
+  title = "Train-step throughput" + (": pretraining and evaluation" if FLAGS.evals else "")
+  results.write_from_flags("mim_jax.benchmarks.train_step", title,
                            results_table(measured, FLAGS.steps, label) + "\n" +
                            "\n".join(notes) + "\n")
 

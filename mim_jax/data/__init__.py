@@ -8,6 +8,7 @@
                        process_count=None)
   check_batch_size(global_batch_size, num_devices, process_count, field='config.batch_size')
   check_config(config): ValueError naming a config.data field the pipeline cannot use
+  check_split(config, split): ValueError naming the field when the split's data cannot be read
   default_data_config()
 
 Iterators yield dicts of NumPy arrays holding this process's share of the global batch.
@@ -17,7 +18,7 @@ for how training resumes exactly and config.py for the fields read.
 from mim_jax.data.config import default_data_config
 from mim_jax.data.pipeline import (check_batch_size, check_config, create_eval_iterator,
                                    create_train_iterator)
-from mim_jax.data.sources import num_classes, num_examples
+from mim_jax.data.sources import check_split, num_classes, num_examples
 
-__all__ = ["check_batch_size", "check_config", "create_eval_iterator", "create_train_iterator",
-           "default_data_config", "num_classes", "num_examples"]
+__all__ = ["check_batch_size", "check_config", "check_split", "create_eval_iterator",
+           "create_train_iterator", "default_data_config", "num_classes", "num_examples"]

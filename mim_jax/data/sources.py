@@ -103,8 +103,13 @@ def _open_synthetic(config, split, process_index, process_count) -> Shard:
   return Shard(size=len(labels), total=total, kind="pixels", images=images, labels=labels)
 
 
-def _load_npz(config, split: str, prefixes=("x", "y")) -> list:
-  """The arrays `<prefix>_<split>` of the npz file at config.data.path."""
+_NPZ_FORM = ("x_<split> uint8 images [N, H, W] or [N, H, W, 1|3|4] and y_<split> one "
+             "integer label >= 0 per image")
+
+
+def _load_npz(config, split: str, prefixes=("x", "y"), headers: bool = False) -> list:
+  """The arrays `<prefix>_<split>` of the npz file at config.data.path, or with `headers`
+  their (shape, dtype) read from the .npy headers without loading the data."""
   path = _require_path(config, "an .npz file with x_<split>, y_<split> arrays")
   with tf.io.gfile.GFile(path, "rb") as f, np.load(f) as data:
     if f"x_{split}" not in data or f"y_{split}" not in data:
@@ -114,14 +119,59 @@ def _load_npz(config, split: str, prefixes=("x", "y")) -> list:
       raise ValueError(f"config.data.path={path!r} holds the arrays {sorted(data.files)}; "
                        f"the npz source expects x_{split} (uint8 images) and y_{split} "
                        "(labels) for each split: save the arrays under those names.")
-    return [data[f"{prefix}_{split}"] for prefix in prefixes]
+    if headers:
+      return [_npy_header(data.zip, f"{prefix}_{split}.npy") for prefix in prefixes]
+    try:
+      return [data[f"{prefix}_{split}"] for prefix in prefixes]
+    except ValueError as e:  # an object array: np.load refuses to unpickle it
+      raise ValueError(f"config.data.path={path!r}: {e} Save {_NPZ_FORM}.") from None
+
+
+def _npy_header(archive, member: str):
+  """(shape, dtype) of an .npy member of an npz archive, from its header alone."""
+  with archive.open(member) as f:
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(f)
+  return shape, dtype
+
+
+def _check_npz_arrays(path: str, split: str, x_shape, x_dtype, labels: np.ndarray) -> None:
+  """ValueError unless x is uint8 images and y one integer label >= 0 per image."""
+  problem = None
+  if x_dtype != np.uint8:
+    problem = f"x_{split} is {x_dtype}"
+  elif len(x_shape) not in (3, 4) or (len(x_shape) == 4 and x_shape[-1] not in (1, 3, 4)):
+    problem = f"x_{split} has shape {tuple(x_shape)}"
+  elif not np.issubdtype(labels.dtype, np.integer) or labels.size != x_shape[0]:
+    problem = f"y_{split} is {labels.dtype} {labels.shape} for {x_shape[0]} images"
+  elif labels.size and labels.min() < 0:
+    problem = f"y_{split} has the negative label {labels.min()}"
+  if problem:
+    raise ValueError(f"config.data.path={path!r}: {problem}; the npz source needs "
+                     f"{_NPZ_FORM}.")
+
+
+def check_split(config, split: str) -> None:
+  """ValueError naming the config.data field when `split` of the data cannot be read as
+  the source needs it, without reading the images: npz keys, dtype, shape and labels
+  (from the arrays' headers; labels loaded), image folders' class folders, a TFDS
+  split. For the checks before anything is written."""
+  source = check_source(config)
+  if source == "npz":
+    (x_shape, x_dtype), _ = _load_npz(config, split, headers=True)
+    labels = _load_npz(config, split, prefixes=("y",))[0]
+    _check_npz_arrays(config.data.path, split, x_shape, x_dtype, labels)
+  elif source != "synthetic":
+    num_examples(config, split)
+  else:
+    _synthetic_split_id(config, split)
 
 
 def _open_npz(config, split, process_index, process_count) -> Shard:
   images, labels = _load_npz(config, split)
-  if images.dtype != np.uint8 or labels.size != len(images):
-    raise ValueError(f"{config.data.path}: x_{split} must be uint8 images with one label each "
-                     f"in y_{split}; got {images.dtype} {images.shape} and {labels.shape}.")
+  _check_npz_arrays(config.data.path, split, images.shape, images.dtype, labels)
   local_labels = labels.reshape(-1)[process_index::process_count].astype(np.int32)
   return Shard(size=len(local_labels), total=len(images), kind="pixels",
                images=_to_rgb(images[process_index::process_count]), labels=local_labels)

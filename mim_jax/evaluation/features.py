@@ -6,17 +6,20 @@ The probes and k-NN here work on features computed once from the un-augmented
 random-crop augmentation the official MAE linear probe (main_linprobe.py) applies.
 """
 import functools
+import time
 from typing import Any, Iterable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mim_jax import sharding
 from mim_jax.models import vit
+from mim_jax.train import format_duration
 
 POOLS = ("cls", "mean", "tokens")
 
@@ -54,9 +57,36 @@ def _compiled_forward(encoder: vit.ViTEncoder, pool: str, block: Optional[int], 
   return jax.jit(forward, out_shardings=sharding.replicated(mesh))
 
 
+# Seconds between two progress lines of a feature pass (the first batch and the end are
+# always logged).
+PROGRESS_SECONDS = 30.0
+
+
+class _Progress:
+  """Logs 'Encoded n of total <what> (rate/s, ETA h:mm:ss)' after the first batch, at most
+  every PROGRESS_SECONDS seconds after that, and at the end; nothing without a total."""
+
+  def __init__(self, what: str, total: Optional[int]):
+    self.what, self.total = what, total
+    self.start = self.last = time.perf_counter()
+    self.done = 0
+
+  def update(self, count: int, final: bool = False) -> None:
+    first = self.done == 0
+    self.done += count
+    now = time.perf_counter()
+    if self.total is None or not (first or final or now - self.last >= PROGRESS_SECONDS):
+      return
+    self.last = now
+    rate = self.done / max(now - self.start, 1e-9)
+    eta = "" if final else f", ETA {format_duration((self.total - self.done) / rate)}"
+    logging.info("Encoded %d of %d %s (%.1f/s%s)", self.done, self.total, self.what, rate, eta)
+
+
 def extract_features(encoder: vit.ViTEncoder, params: Any, batches: Iterable[dict], *,
                      pool: str = "cls", block: Optional[int] = None,
-                     mesh: Optional[Mesh] = None) -> Tuple[np.ndarray, np.ndarray]:
+                     mesh: Optional[Mesh] = None, what: str = "examples",
+                     total: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
   """(features, labels) of every valid example in `batches`.
 
   `batches` yields this process's dicts {'image' [b, H, W, C] normalised float32,
@@ -67,7 +97,8 @@ def extract_features(encoder: vit.ViTEncoder, params: Any, batches: Iterable[dic
   with several processes each returns the features of all of them (in global batch
   order). `block` k takes the k-th block's output (1-based, no final norm) instead of
   the final normed tokens. Returns features float32 [N, D] ('cls', 'mean') or
-  [N, 1 + L, D] ('tokens') and labels int32 [N].
+  [N, 1 + L, D] ('tokens') and labels int32 [N]. With `total` (the examples to expect),
+  progress is logged as `what` (`_Progress`).
   """
   check_pool(pool)
   encoder.check_block(block)
@@ -77,6 +108,7 @@ def extract_features(encoder: vit.ViTEncoder, params: Any, batches: Iterable[dic
   forward = _compiled_forward(encoder, pool, block, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   features, labels = [], []
+  progress = _Progress(what, total)
   for batch in batches:
     size = len(batch["label"])
     if size % local_devices:
@@ -92,8 +124,10 @@ def extract_features(encoder: vit.ViTEncoder, params: Any, batches: Iterable[dic
     keep = np.asarray(out_valid)
     features.append(np.asarray(out_features)[keep])
     labels.append(np.asarray(out_labels)[keep])
+    progress.update(int(keep.sum()))
   if not features:
     raise ValueError("extract_features got no batches: is the split empty?")
+  progress.update(0, final=True)
   return np.concatenate(features), np.concatenate(labels)
 
 

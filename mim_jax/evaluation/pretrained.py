@@ -77,8 +77,8 @@ def _read(workdir: str, step: Optional[int], wanted: PyTree) -> Tuple[PyTree, in
     except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint)
       if step is not None or candidate == steps[-1]:
         raise
-      logging.warning("Checkpoint %d in %s cannot be read (%s: %s); trying an older one.",
-                      candidate, workdir, type(e).__name__, " ".join(str(e).split())[:300])
+      logging.warning("Checkpoint %d in %s cannot be read (%s); trying an older one.",
+                      candidate, workdir, checkpoint.one_line(e))
       continue
     leaves = jax.tree.leaves(restored)
     logging.info("Read %d arrays (%.1f MB) under %s of checkpoint %d in %s", len(leaves),

@@ -48,7 +48,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers
 
-from mim_jax import checkpoint, data, methods
+from mim_jax import checkpoint, data, lock, methods
 from mim_jax.evaluation import (attentive_probe, downstream, features, finetune, knn,
                                 linear_probe, pretrained)
 from mim_jax.methods.base import EvalEncoder, Method
@@ -218,32 +218,35 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                config.protocol, data_config.data.source, "/".join(splits), config.pool,
                config.block)
 
-  checkpoint.write_config(workdir, config)
-  mesh = features.data_parallel_mesh()
-  start = time.perf_counter()
-  encoded = [features.extract_features(encoder.module, params, batches, pool=config.pool,
-                                       block=config.block, mesh=mesh)
-             for batches in iterators]
-  train, test = encoded[0], encoded[-1]  # the same split when leaving one out
-  feature_seconds = time.perf_counter() - start
-  num_classes = count_classes(config, data_config, train[1], test[1])
+  with lock.hold(workdir):  # one run per workdir (mim_jax/lock.py), from the first write
+    checkpoint.write_config(workdir, config)
+    mesh = features.data_parallel_mesh()
+    start = time.perf_counter()
+    encoded = [features.extract_features(encoder.module, params, batches, pool=config.pool,
+                                         block=config.block, mesh=mesh,
+                                         what=f"{split} images",
+                                         total=data.num_examples(data_config, split))
+               for split, batches in zip(splits, iterators)]
+    train, test = encoded[0], encoded[-1]  # the same split when leaving one out
+    feature_seconds = time.perf_counter() - start
+    num_classes = count_classes(config, data_config, train[1], test[1])
 
-  writer, log_fn = probe_writer(workdir)
-  start = time.perf_counter()
-  try:
-    results = run_protocol(config, train, test, num_classes, log_fn, encoder.module.num_heads)
-    writer.write_scalars(pretrained_step, {k: v for k, v in results.items()
-                                           if k.endswith("top1")})
-  finally:
-    writer.flush()
-  metrics = dict(results, protocol=config.protocol, pretrained=config.pretrained,
-                 pretrained_step=pretrained_step, method=pretrain_config.method.name,
-                 use_target=config.use_target, pool=config.pool, block=config.block,
-                 data_source=data_config.data.source, splits=list(splits),
-                 image_size=data_config.data.image_size,
-                 num_train=len(train[1]), num_test=len(test[1]), num_classes=num_classes,
-                 feature_shape=list(train[0].shape[1:]), feature_seconds=feature_seconds,
-                 protocol_seconds=time.perf_counter() - start)
-  logging.info("Evaluation results: %s", metrics)
-  checkpoint.write_text(workdir, "metrics.json", json.dumps(metrics, indent=2))
-  return metrics
+    writer, log_fn = probe_writer(workdir)
+    start = time.perf_counter()
+    try:
+      results = run_protocol(config, train, test, num_classes, log_fn, encoder.module.num_heads)
+      writer.write_scalars(pretrained_step, {k: v for k, v in results.items()
+                                             if k.endswith("top1")})
+    finally:
+      writer.flush()
+    metrics = dict(results, protocol=config.protocol, pretrained=config.pretrained,
+                   pretrained_step=pretrained_step, method=pretrain_config.method.name,
+                   use_target=config.use_target, pool=config.pool, block=config.block,
+                   data_source=data_config.data.source, splits=list(splits),
+                   image_size=data_config.data.image_size,
+                   num_train=len(train[1]), num_test=len(test[1]), num_classes=num_classes,
+                   feature_shape=list(train[0].shape[1:]), feature_seconds=feature_seconds,
+                   protocol_seconds=time.perf_counter() - start)
+    logging.info("Evaluation results: %s", metrics)
+    checkpoint.write_text(workdir, "metrics.json", json.dumps(metrics, indent=2))
+    return metrics

@@ -15,6 +15,7 @@ frozen tokenizer such as DALL-E's dVAE, cross-entropy: the published recipe). A 
 has `out_dim`, `__call__(images) -> per-patch targets [B, N, ...]` and
 `loss(pred [B, M, out_dim], hidden targets [B, M, ...]) -> (loss, metrics)`.
 """
+import functools
 import importlib
 from typing import Callable, Dict
 
@@ -59,9 +60,20 @@ class TokenizerTarget:
   argmax of the dVAE encoder's logits on its 8×-downsampled grid.
   """
 
-  def __init__(self, tokenize: Callable[[jax.Array], jax.Array], vocab_size: int):
-    self.tokenize = tokenize
+  def __init__(self, spec: str, vocab_size: int):
+    if ":" not in spec:
+      raise ValueError("config.method.target='tokenizer' needs config.method.tokenizer="
+                       "'package.module:function' naming tokenize(images) -> ids [B, N].")
+    self.spec = spec
     self.out_dim = vocab_size
+
+  @functools.cached_property
+  def tokenize(self) -> Callable[[jax.Array], jax.Array]:
+    """The function `config.method.tokenizer` names, imported when first used: by a
+    training run (CAE.__init__ with total_steps), never by a run read back for
+    evaluation, export or inspection (a received config.json is data, not code)."""
+    module, name = self.spec.split(":")
+    return getattr(importlib.import_module(module), name)
 
   def __call__(self, images):
     return jax.lax.stop_gradient(self.tokenize(images)).astype(jnp.int32)  # [B, N]
@@ -78,11 +90,7 @@ def make_target(config):
   if meth.target == "pixels":
     return PixelTarget(config.model.patch_size, meth.norm_pix_loss)
   if meth.target == "tokenizer":
-    if not meth.tokenizer or ":" not in meth.tokenizer:
-      raise ValueError("config.method.target='tokenizer' needs config.method.tokenizer="
-                       "'package.module:function' naming tokenize(images) -> ids [B, N].")
-    module, name = meth.tokenizer.split(":")
-    return TokenizerTarget(getattr(importlib.import_module(module), name), meth.vocab_size)
+    return TokenizerTarget(meth.tokenizer or "", meth.vocab_size)
   raise ValueError(f"Unknown config.method.target={meth.target!r}; choose one of {TARGETS}.")
 
 
@@ -116,6 +124,8 @@ class CAE(Method):
     self.num_masking = self.encoder.num_patches - self.num_visible
     self.align_weight = meth.align_weight
     self.target = make_target(config)
+    if total_steps is not None and isinstance(self.target, TokenizerTarget):
+      self.target.tokenize  # pylint: disable=pointless-statement  (a training run: import now)
     dtype = jnp.dtype(m.dtype)
     self.regressor = cae_models.LatentRegressor(
         grid_hw=self.grid_hw, encoder_width=m.width, width=m.decoder_width,

@@ -4,6 +4,7 @@ the timm export, inspection) gets the module, the image size and grid it is eval
 and only the parameters it needs, for every method and for its EMA target where it keeps
 one, at the published ViT-B geometry (tiny width and depth; real image size, patch, gap)."""
 import functools
+import sys
 
 import jax
 import numpy as np
@@ -229,3 +230,30 @@ def test_each_protocol_reads_the_feature_the_methods_official_code_reads(name):
   assert (probe.pool, probe.block) == OFFICIAL_FEATURES[name]
   # A fraction of the depth: SimMIM's block 8 of 12 is block 4 of a 6-deep encoder.
   assert defaults.block(6) == {"simmim": 4, "latent_mim": 6}.get(name)
+
+
+def test_reading_a_received_run_imports_nothing_its_config_names(tmp_path, monkeypatch):
+  """A config.json is data: evaluation, export and inspection of a run whose config names
+  a CAE tokenizer module never import it; only a training run of that config does."""
+  config = published_config("cae", SYNTHETIC)
+  workdir = str(tmp_path / "run")
+  save_random_run(config, workdir)
+  marker = tmp_path / "imported"
+  (tmp_path / "evil_tokenizer.py").write_text(
+      f"open({str(marker)!r}, 'w').close()\n\ndef tokenize(images):\n  raise AssertionError\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  received = config.copy_and_resolve_references()
+  received.method.update(target="tokenizer", tokenizer="evil_tokenizer:tokenize",
+                         vocab_size=16 * 16 * 3)  # the decoder head keeps its shape
+  checkpoint.write_config(workdir, received)
+  pretrained.load_encoder(workdir)
+  pretrained.load_params(workdir)  # inspection
+  run.evaluate(config_file("eval/knn.py", overrides={"pretrained": workdir,
+                                                     "eval_batch_size": 8}),
+               str(tmp_path / "eval"))
+  assert convert_main(["to-timm", "--workdir", workdir, "--output",
+                       str(tmp_path / "vit.safetensors")]) == 0
+  assert not marker.exists()
+  methods.create(received, total_steps=10)  # a training run of it
+  assert marker.exists()
+  monkeypatch.delitem(sys.modules, "evil_tokenizer")
