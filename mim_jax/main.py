@@ -6,13 +6,15 @@
 A mistake a user can fix is one line without a traceback (`--verbose` or
 MIM_JAX_TRACEBACK=1 adds it): in the config (the file, an override, a field's value: exit
 status 2), or around the run (data or workdir files, a workdir in use, a failed save,
-non-finite steps: 1). Ctrl-C outside the train loop (start-up, compilation before the
-loop, evaluation) exits at once with status 130; inside it the step ends with a
-checkpoint (mim_jax/preemption.py).
+non-finite steps: 1). Ctrl-C exits with status 130: at once outside the train loop
+(start-up, compilation before the loop, evaluation), after the step and its checkpoint
+inside it (mim_jax/preemption.py).
 """
 import os
 import signal
 import sys
+
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT)
 
 
 def _interrupted(signum, frame):
@@ -23,7 +25,7 @@ def _interrupted(signum, frame):
   sys.stderr.write("Interrupted (Ctrl-C): stopped before or after training, where nothing is "
                    "saved; run the same command again to start or resume.\n")
   sys.stderr.flush()
-  os._exit(130)  # pylint: disable=protected-access  (no traceback, no cleanup to wait for)
+  os._exit(INTERRUPTED)  # pylint: disable=protected-access  (no traceback, nothing to wait for)
 
 
 if __name__ == "__main__":
@@ -167,6 +169,8 @@ def main(argv):
   except CONFIG_ERRORS + RUN_ERRORS as e:
     quiet.save_failed = isinstance(e, checkpoint.SaveError)
     return report(e)
+  except KeyboardInterrupt:  # Ctrl-C in the train loop: the step ended with a checkpoint
+    return INTERRUPTED
   return 0
 
 

@@ -13,6 +13,7 @@ A step (`make_train_step`):
 """
 import contextlib
 import functools
+import signal
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -49,7 +50,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
                      f"config.grad_accum_steps={accum} (>= 1).")
   data.check_config(config)
-  data.check_split(config, config.data.train_split)
   data.check_batch_size(config.batch_size, num_devices, process_count)
   if (config.batch_size // accum) % num_devices:
     raise ValueError(f"Each micro-batch of config.batch_size / config.grad_accum_steps = "
@@ -225,6 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   checkpoint, as a preempted job would, without changing any schedule; running again
   continues from there (0 on a fresh start saves the initial state as checkpoint 0).
   `description` names the run in the log (default "Pretraining <method>").
+  SIGTERM or a preemption notice ends the run after a step with a checkpoint; Ctrl-C
+  (SIGINT) does the same, then raises KeyboardInterrupt so that the caller stops too.
   `evaluations` (e.g. the k-NN monitor, mim_jax/evaluation/monitor.py) are called as
   `evaluation(state, step) -> {name: float}` every `evaluation.every_steps` steps and at
   the last step, and their scalars are written to TensorBoard.
@@ -236,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
   """
   process_count = jax.process_count()
   validate_config(config, jax.device_count(), process_count)
+  data.check_split(config, config.data.train_split)  # the data files, before any write
   mesh = sharding.create_mesh(config)
   total_steps, warmup_steps, steps_per_epoch = schedule_lengths(config)
   peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.optimizer.lr_scaling,
@@ -342,6 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: 
                           step, saved)
           break
     saver.finish()
+    if watch.received == signal.SIGINT:  # Ctrl-C: saved as above, then stop the caller too
+      raise KeyboardInterrupt(f"Ctrl-C: stopped at step {int(state.step)} with a checkpoint")
   finally:
     saver.close()
     writer.flush()

@@ -14,7 +14,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from conftest import REPO, tiny_mae_config
+from conftest import REPO, checkpoint_steps, tiny_mae_config
 from mim_jax import checkpoint
 
 
@@ -177,3 +177,22 @@ def test_ctrl_c_before_training_exits_130_without_a_traceback(tmp_path):
   assert proc.returncode == 130, err[-2000:]
   assert "Interrupted (Ctrl-C)" in err and "Traceback" not in err, err[-2000:]
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ctrl_c_in_the_train_loop_saves_the_step_then_exits_130(tmp_path, monkeypatch, caplog):
+  from mim_jax import preemption
+
+  class CtrlCAtStep2(preemption.PreemptionWatch):
+    def should_stop(self, step):
+      if step == 2:
+        self.received = signal.SIGINT  # what the handler records on Ctrl-C
+      return super().should_stop(step)
+
+  monkeypatch.setattr(preemption, "PreemptionWatch", CtrlCAtStep2)
+  status, errors = run_main(["main", f"--config={REPO / 'configs/mae.py'}:tiny",
+                             f"--workdir={tmp_path}", "--config.image_summary_every_steps=0"],
+                            monkeypatch, caplog)
+  assert status == 130 and errors == []
+  assert checkpoint_steps(tmp_path) == [2]
+  assert any(r.getMessage().startswith("Stopped at step 2; checkpoint saved")
+             for r in caplog.records)

@@ -53,6 +53,9 @@ def evaluation_config(evaluation: str, pretrain_config) -> ml_collections.Config
   `pretrain_config`, from which `create_method` builds the protocol's method."""
   spec = (os.path.join(CONFIG_DIR, EVAL_CONFIGS[evaluation]) if evaluation in EVAL_CONFIGS
           else evaluation)
+  if not os.path.isfile(spec.partition(":")[0]):
+    raise ValueError(f"Unknown evaluation {evaluation!r}: name one of {sorted(EVAL_CONFIGS)} "
+                     "or give a config spec (configs/eval/finetune.py:vit_large).")
   config = config_files.load(spec)
   if config.get("features") != "streamed" or config.protocol not in run.STREAMED:
     raise ValueError(f"{evaluation!r} is not a streamed evaluation: name one of "

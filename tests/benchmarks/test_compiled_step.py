@@ -62,7 +62,9 @@ def test_remat_set_on_the_evaluation_config_reaches_the_encoder(steps):
   assert remat.step_flops > 1.1 * remat.model_flops  # the blocks' forward recomputed
 
 
-def test_a_precomputed_evaluation_is_refused_with_what_to_name_instead():
+def test_an_unknown_or_precomputed_evaluation_is_refused_with_what_to_name_instead():
+  with pytest.raises(ValueError, match=r"Unknown evaluation 'knn'.*\['finetune', 'linear"):
+    evaluation_config("knn", tiny_mae_config())
   with pytest.raises(ValueError, match="not a streamed evaluation.*finetune"):
     evaluation_config(str(REPO / "configs" / "eval" / "linear_probe.py") + ":cifar",
                       tiny_mae_config())
