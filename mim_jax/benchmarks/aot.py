@@ -193,9 +193,8 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
   `dump_hlo`, write the compiled program's text there."""
   hosts = max(topology.num_chips // 4, 1)
   compiled_config = config.copy_and_resolve_references()
-  # the input pipeline is not part of the step: neither checking the config nor schedules
-  # that count the dataset's steps (Latent MIM's regulariser goal) then need ImageNet
-  # files, and the schedules change only constants
+  # the input pipeline is not part of the step; schedules that count the dataset's steps
+  # (Latent MIM's regulariser goal) then need no ImageNet files, and change only constants
   compiled_config.data.source = "synthetic"
   train.validate_config(compiled_config, topology.num_chips, hosts)
   mesh = sharding.create_mesh(compiled_config, topology_devices(topology))

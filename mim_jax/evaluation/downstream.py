@@ -41,9 +41,10 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
   encoder: `pretrained` (its workdir), `pretrained_step` (None: the newest checkpoint),
   `use_target` (the EMA target encoder of Latent MIM or PCAE), `num_classes` (None: the
   data's classes), `pool` (None: what the pretraining method declares for
-  `protocol`, `Method.eval_defaults`), `data` (every field None: as in the pretraining
-  run), `eval_every_steps` / `eval_batch_size` (top-1 on data.eval_split). The protocol's
-  config file adds `method` and the recipe."""
+  `protocol`, `Method.eval_defaults`), `data` and `sharding` (every field None: as in the
+  pretraining run, whose sharding suits its model: FSDP in groups of 16 for the ImageNet
+  recipes), `eval_every_steps` / `eval_batch_size` (top-1 on data.eval_split). The
+  protocol's config file adds `method` and the recipe."""
   config = defaults.base_config()
   del config["seed"]  # the pretraining run's (the same synthetic set)
   config.protocol = protocol
@@ -53,6 +54,8 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
   config.num_classes = _placeholder(int)
   config.pool = _placeholder(str)
   config.data = data_overrides()
+  config.sharding = ml_collections.ConfigDict({
+      name: _placeholder(type(value)) for name, value in config.sharding.items()})
   config.eval_every_steps = 0  # 0: only at the end
   config.eval_batch_size = 1024
   config.image_summary_every_steps = 0
@@ -65,8 +68,8 @@ def resolve_config(config: ml_collections.ConfigDict,
   """The trainer config of a run on a pretrained encoder: `config` with `model` and `seed`
   of the pretraining run (`config.pretrained`'s config.json, or `pretrain_config`, which
   needs no workdir: the benchmarks), drop path from `method.drop_path_rate` where the
-  protocol has one (0 otherwise), its `data` fields that are None from the pretraining
-  data config (the image size: the one the pretraining method evaluates its encoder at),
+  protocol has one (0 otherwise), its `data` and `sharding` fields that are None from the
+  pretraining run's (the image size: the one the pretraining method evaluates its encoder at),
   `data.num_classes` from `config.num_classes` (None: the data's, `data.num_classes`), and
   `pool` (and the linear probe's
   `block`) None replaced by the pretraining method's declared defaults for the protocol
@@ -86,11 +89,13 @@ def resolve_config(config: ml_collections.ConfigDict,
                      "(0: only at the end).")
   resolved = ml_collections.ConfigDict(config.to_dict())
   resolved.seed = pretrain_config.seed
-  resolved.model = pretrain_config.model
+  resolved.model = ml_collections.ConfigDict(pretrain_config.model.to_dict())
   resolved.model.drop_path_rate = config.method.get("drop_path_rate", 0.0)
   resolved.data = ml_collections.ConfigDict(pretrain_config.data.to_dict())
   resolved.data.image_size = eval_size
   resolved.data.update({k: v for k, v in config.data.items() if v is not None})
+  resolved.sharding = ml_collections.ConfigDict(pretrain_config.sharding.to_dict())
+  resolved.sharding.update({k: v for k, v in config.sharding.items() if v is not None})
   if config.pool is None:
     resolved.pool = pretrain_method.eval_defaults.pool(config.protocol)
   if "block" in config and config.block is None:  # the linear probe's
