@@ -63,3 +63,22 @@ def test_pixel_features_flatten_the_images_or_cut_them_into_patch_tokens():
   np.testing.assert_array_equal(tokens[2, 2], images[1, 4:, :4].ravel() + 1)  # bottom left
   with pytest.raises(ValueError, match="patches"):
     features.pixel_features(batches, patch_size=3)
+
+
+def test_a_feature_pass_logs_its_progress_with_rate_and_eta(monkeypatch, caplog):
+  import logging
+  caplog.set_level(logging.INFO, logger="absl")
+  monkeypatch.setattr(features, "PROGRESS_SECONDS", 0.0)  # a line after every batch
+  encoder = vit.ViTEncoder(image_size=8, patch_size=4, width=16, depth=1, num_heads=2)
+  images = np.zeros((8, 8, 8, 3), np.float32)
+  params = encoder.init(jax.random.PRNGKey(1), images)["params"]
+  batches = [{"image": images, "label": np.arange(8)} for _ in range(3)]
+  features.extract_features(encoder, params, iter(batches), what="train images", total=24)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Encoded")]
+  assert [line.split(" (")[0] for line in lines] == [
+      "Encoded 8 of 24 train images", "Encoded 16 of 24 train images",
+      "Encoded 24 of 24 train images", "Encoded 24 of 24 train images"]
+  assert all("/s, ETA 0:00:" in line for line in lines[:3]) and "ETA" not in lines[-1]
+  caplog.clear()
+  features.extract_features(encoder, params, iter(batches))  # no total: silent
+  assert not any(r.getMessage().startswith("Encoded") for r in caplog.records)
