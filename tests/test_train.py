@@ -12,7 +12,7 @@ from conftest import checkpoint_steps, event_tags, scalar_series, tiny_mae_confi
 from mim_jax import checkpoint, masking, methods, optim, pretrain, sharding, train
 from mim_jax.evaluation import pretrained
 from mim_jax.methods import mae
-from mim_jax.methods.base import TARGET_UPDATES
+from mim_jax.methods.base import TARGET_UPDATES, Method
 
 
 def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
@@ -168,19 +168,26 @@ def test_target_params_follow_the_ema_and_get_no_gradient():
   assert float(metrics["loss"]) > float(plain_metrics["loss"])
 
 
-class MAEWithBatchMean(mae.MAE):
-  """MAE that keeps, as a target param the optimizer never sees, a running mean of its
-  batches' mean pixel (m = 0.9, as a BatchNorm's running statistics), updated by the loss
-  through TARGET_UPDATES; `scale` multiplies the loss (inf: every step non-finite)."""
+class RunningMean(Method):
+  """A one-parameter method that keeps, as a target param the optimizer never sees, a
+  running mean of its batches' mean pixel (m = 0.9, as a BatchNorm's running statistics),
+  updated by the loss through TARGET_UPDATES; `scale` multiplies the loss (inf: every
+  step is non-finite)."""
   scale = 1.0
+
+  def init(self, rng, batch):
+    return {"w": jnp.ones(())}
 
   def init_targets(self, rng, batch, params):
     return {"running": {"mean": jnp.zeros(())}}
 
+  def make_masks(self, rng, batch):
+    return {}
+
   def loss(self, params, target_params, batch, masks, rng, step):
-    loss, metrics = super().loss(params, target_params, batch, masks, rng, step)
     running = 0.9 * target_params["running"]["mean"] + 0.1 * jnp.mean(batch["image"])
-    return self.scale * loss, {**metrics, TARGET_UPDATES: {"running": {"mean": running}}}
+    loss = self.scale * params["w"] ** 2 * jnp.mean(batch["image"] ** 2)
+    return loss, {TARGET_UPDATES: {"running": {"mean": running}}}
 
 
 def test_loss_side_target_updates_average_over_micro_batches_and_skip_with_the_step():
@@ -192,7 +199,7 @@ def test_loss_side_target_updates_average_over_micro_batches_and_skip_with_the_s
     mesh = sharding.create_mesh(config, jax.devices()[:1])
     lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=0)
     tx = optim.create_optimizer(config, lr_fn)
-    method = MAEWithBatchMean(config)
+    method = RunningMean(config)
     state, _ = train.create_train_state(method, tx, config, mesh, {"image": images})
     step = jax.jit(train.make_train_step(method, tx, lr_fn, config, 10, mesh))
     state, metrics = step(state, {"image": images})
@@ -318,8 +325,10 @@ def test_a_non_finite_step_is_skipped_and_counted():
 def test_too_many_non_finite_steps_stop_the_run_naming_the_checkpoint_before_them(
     tmp_path, monkeypatch):
   monkeypatch.setitem(methods.METHODS, "nan_mae", NaNAtSteps)
+  # Logged every 100 steps: the streak is read at every step all the same (one step late,
+  # while the next runs), so the run stops once it reaches 3, not at a log step.
   config = tiny_mae_config(num_train_steps=8, checkpoint_every_steps=2, max_nonfinite_steps=3,
-                           image_summary_every_steps=0)
+                           image_summary_every_steps=0, log_every_steps=100)
   config.method.name = "nan_mae"
   config.method.nan_steps = (2, 3, 4, 5)  # 0-based step indices: train steps 3..6
   with pytest.raises(FloatingPointError, match=re.escape(
@@ -334,19 +343,6 @@ def test_too_many_non_finite_steps_stop_the_run_naming_the_checkpoint_before_the
   assert checkpoint_steps(tmp_path) == [4, 6, 8]
   assert checkpoint.read_config_history(str(tmp_path)) == [
       {"step": 2, "changes": {"method.nan_steps": [[2, 3, 4, 5], []]}}]
-
-
-def test_the_streak_is_checked_at_every_step_whatever_the_log_interval(tmp_path, monkeypatch):
-  """Logged every 100 steps, a streak from step 3 still stops the run when it reaches
-  max_nonfinite_steps (at step 5, noticed while step 6 runs), not at a log step."""
-  monkeypatch.setitem(methods.METHODS, "nan_mae", NaNAtSteps)
-  config = tiny_mae_config(num_train_steps=40, checkpoint_every_steps=100, log_every_steps=100,
-                           max_nonfinite_steps=3, image_summary_every_steps=0)
-  config.method.name = "nan_mae"
-  config.method.nan_steps = tuple(range(2, 40))
-  with pytest.raises(FloatingPointError, match=re.escape(
-      "3 consecutive steps (3..5) had a non-finite loss or gradient")):
-    pretrain.run(config, str(tmp_path))
 
 
 def test_a_streak_from_the_first_step_says_no_checkpoint_exists_and_what_to_change(

@@ -278,26 +278,22 @@ def test_a_recipe_that_counts_its_dataset_compiles_without_the_dataset():
 
 @needs_libtpu
 def test_evaluation_steps_compile_for_v5e_with_their_model_flops():
+  """The streamed linear probe's step compiled for a TPU slice, like a pretraining step
+  (fine-tuning's FLOPs against the probe's: tests/benchmarks/test_compiled_step.py)."""
   from mim_jax.benchmarks import aot, compiled_step  # pylint: disable=import-outside-toplevel
   pretrain = tiny_mae_config()
   pretrain.model.dtype = "bfloat16"
   slice4 = tpu_model.parse_topology("v5e:2x2")
-  planned = []
-  for protocol in ("linear_probe", "finetune"):
-    config = compiled_step.evaluation_config(protocol, pretrain)
-    config.batch_size = 64
-    plan = aot.compile_plan(config, slice4)
-    assert plan.error is None, plan.error
-    assert plan.config.model.dtype == "bfloat16"  # the pretraining config's speed options
-    assert plan.fits and 0 < plan.mfu < 1
-    assert plan.model_flops == pytest.approx(plan.step_flops, rel=0.1)  # no remat, no loop
-    planned.append((config, plan))
-  (_, probe), (_, finetune) = planned
-  # forward only (frozen encoder) vs forward + backward of the whole ViT
-  assert 2 < finetune.model_flops / probe.model_flops < 4
+  config = compiled_step.evaluation_config("linear_probe", pretrain)
+  config.batch_size = 64
+  probe = aot.compile_plan(config, slice4)
+  assert probe.error is None, probe.error
+  assert probe.config.model.dtype == "bfloat16"  # the pretraining config's speed options
+  assert probe.fits and 0 < probe.mfu < 1
+  assert probe.model_flops == pytest.approx(probe.step_flops, rel=0.1)  # no remat, no loop
   assert "linear_probe (mae) width=32" in aot.report(probe)
-  assert aot.plan_record(finetune)["method"] == "finetune (mae)"
-  table = aot.results_table(planned + [(planned[0][0], None)], slice4)
-  assert "| finetune (mae) 32w×2, patch 4 | 16 | 64 (16) | bfloat16 | data_parallel" in table
+  assert aot.plan_record(probe)["method"] == "linear_probe (mae)"
+  table = aot.results_table([(config, probe), (config, None)], slice4)
+  assert "| linear_probe (mae) 32w×2, patch 4 | 16 | 64 (16) | bfloat16 | data_parallel" in table
   assert "| searched | nothing fits |" in table and "v5e:2x2: 4 chips" in table
   assert all(line.count("|") == 13 for line in table.splitlines() if line.startswith("|"))

@@ -56,12 +56,6 @@ def test_the_probe_counts_the_encoder_forward_and_fine_tuning_about_three_times_
   assert probe.model_flops == probe.step_flops  # no remat
 
 
-def test_remat_set_on_the_evaluation_config_reaches_the_encoder(steps):
-  remat = eval_step("finetune", remat="full")
-  assert remat.model_flops == pytest.approx(steps["finetune"].model_flops, rel=0.01)
-  assert remat.step_flops > 1.1 * remat.model_flops  # the blocks' forward recomputed
-
-
 def test_an_unknown_or_precomputed_evaluation_is_refused_with_what_to_name_instead():
   with pytest.raises(ValueError, match=r"Unknown evaluation 'knn'.*\['finetune', 'linear"):
     evaluation_config("knn", tiny_mae_config())
