@@ -267,10 +267,12 @@ def fit_to_data(protocol: Protocol, variants: Sequence[Variant]) -> Protocol:
     return protocol
   spec = SMALL_DATA[config.protocol]
   small = Protocol(spec_name(spec), spec, config_files.load(spec))
-  small.overrides = [o for o in protocol.overrides if set_field(small.config, o, "--eval_override")]
+  small.overrides = [o for o in protocol.overrides
+                     if set_field(small.config, o, "--eval_override")]
   dropped = [o for o in protocol.overrides if o not in small.overrides]
-  small.picked = (f"picked instead of {protocol.spec} for this data: {warnings[0]}"
-                  + (f" (overrides it has no field for: {', '.join(dropped)})" if dropped else ""))
+  small.picked = f"picked instead of {protocol.spec} for this data: {warnings[0]}"
+  if dropped:
+    small.picked += f" (overrides it has no field for: {', '.join(dropped)})"
   logging.warning("--protocols: %s %s", spec, small.picked)
   return small
 

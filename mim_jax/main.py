@@ -90,10 +90,14 @@ def ignore_closed_event_loops(unraisable, default=sys.unraisablehook):
   default(unraisable)
 
 
-def one_line(text: str) -> str:
-  """`text`'s non-empty lines joined with '. ', whitespace collapsed."""
-  lines = [" ".join(line.split()) for line in str(text).splitlines()]
-  return ". ".join(line.rstrip(".") for line in lines if line) + "."
+def lines_of(text) -> list:
+  """The non-empty lines of `str(text)`, whitespace collapsed."""
+  return [line for line in (" ".join(raw.split()) for raw in str(text).splitlines()) if line]
+
+
+def one_line(text) -> str:
+  """`text`'s non-empty lines joined with '. ', ending with one '.'."""
+  return ". ".join(line.rstrip(".") for line in lines_of(text)) + "."
 
 
 def usage_exit(message: str):
@@ -111,7 +115,7 @@ def parse_flags(argv):
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    lines = lines_of(e)
     if "Traceback (most recent call last):" in lines:  # the config file's code raised
       usage_exit(f"FATAL The config file of {config_arg} failed: {lines[-1]}")
     usage_exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help "
@@ -119,8 +123,7 @@ def parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except  (the config file's code raised)
     while len(e.args) == 1 and isinstance(e.args[0], BaseException):
       e = e.args[0]  # ml_collections wraps its KeyError in an AttributeError
-    lines = str(e.args[0] if len(e.args) == 1 else e).splitlines()
-    message = ". ".join(" ".join(line.split()) for line in lines if line.strip())
+    message = ". ".join(lines_of(e.args[0] if len(e.args) == 1 else e))
     if not overrides or not isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):
       usage_exit(f"FATAL The config file of {config_arg} failed: {type(e).__name__}: "
                  f"{message}")
@@ -132,7 +135,7 @@ def parse_flags(argv):
   try:
     FLAGS.config.keys()  # config_flags defers a failure to load the file to the first read
   except OSError as e:  # its report ends with why: no such file, a syntax error, ...
-    cause = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    cause = lines_of(e)[-1]
     usage_exit(f"FATAL The config file of {config_arg} cannot be loaded: {cause}. Give "
                "a config file's path relative to the working directory (e.g. "
                "--config=configs/mae.py:vit_base).")
@@ -142,7 +145,7 @@ def parse_flags(argv):
 def report(error: BaseException) -> int:
   """Log `error` as one line (with its traceback under --verbose or MIM_JAX_TRACEBACK=1)
   and return the exit status: 2 for a config mistake, 1 otherwise."""
-  text = one_line(error).rstrip(".") + "."
+  text = one_line(error)
   if isinstance(error, (OSError, KeyError)):
     text = f"{type(error).__name__}: {text}"
   if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -3,8 +3,8 @@ unless config.data fields say otherwise (mim_jax/evaluation/linear_probe.py).
 
 python -m mim_jax.main --config=configs/eval/linear_probe.py --config.pretrained=PRETRAIN_DIR \
   --workdir=EVAL_DIR [--config.pool=mean] [--config.grad_accum_steps=4]
-python -m mim_jax.main --config=configs/eval/linear_probe.py:cifar --config.pretrained=PRETRAIN_DIR \
-  --workdir=EVAL_DIR
+python -m mim_jax.main --config=configs/eval/linear_probe.py:cifar \
+  --config.pretrained=PRETRAIN_DIR --workdir=EVAL_DIR
 """
 from mim_jax import config_files
 from mim_jax.evaluation import downstream, run

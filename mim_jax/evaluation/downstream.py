@@ -69,12 +69,11 @@ def resolve_config(config: ml_collections.ConfigDict,
   of the pretraining run (`config.pretrained`'s config.json, or `pretrain_config`, which
   needs no workdir: the benchmarks), drop path from `method.drop_path_rate` where the
   protocol has one (0 otherwise), its `data` and `sharding` fields that are None from the
-  pretraining run's (the image size: the one the pretraining method evaluates its encoder at),
-  `data.num_classes` from `config.num_classes` (None: the data's, `data.num_classes`), and
-  `pool` (and the linear probe's
-  `block`) None replaced by the pretraining method's declared defaults for the protocol
-  (`Method.eval_defaults`). Raises ValueError on bad
-  fields before anything is compiled or written."""
+  pretraining run's (the image size: the one the pretraining method evaluates its encoder
+  at), `data.num_classes` from `config.num_classes` (None: the data's,
+  `data.num_classes`), and `pool` (and the linear probe's `block`) None replaced by the
+  pretraining method's declared defaults for the protocol (`Method.eval_defaults`).
+  Raises ValueError on bad fields before anything is compiled or written."""
   if pretrain_config is None:
     pretrain_config = pretrained.read_pretrain_config(config.get("pretrained"))
     pretrained.pretrained_step(config.pretrained, config.get("pretrained_step"))
@@ -96,10 +95,11 @@ def resolve_config(config: ml_collections.ConfigDict,
   resolved.data.update({k: v for k, v in config.data.items() if v is not None})
   resolved.sharding = ml_collections.ConfigDict(pretrain_config.sharding.to_dict())
   resolved.sharding.update({k: v for k, v in config.sharding.items() if v is not None})
-  if config.pool is None:
-    resolved.pool = pretrain_method.eval_defaults.pool(config.protocol)
-  if "block" in config and config.block is None:  # the linear probe's
-    resolved.block = pretrain_method.eval_defaults.block(pretrain_config.model.depth)
+  pool, block = pretrain_method.eval_defaults.fill(
+      config.protocol, config.pool, config.get("block"), pretrain_config.model.depth)
+  resolved.pool = pool
+  if "block" in config:  # the linear probe's; fine-tuning trains the whole encoder
+    resolved.block = block
   resolved.data.num_classes = (data.num_classes(resolved) if config.num_classes is None
                                else config.num_classes)
   if resolved.data.num_classes < 2:

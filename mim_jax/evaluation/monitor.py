@@ -37,10 +37,8 @@ class KnnMonitor:
   def __init__(self, config: ml_collections.ConfigDict, encoder: EvalEncoder,
                defaults: EvalDefaults = EvalDefaults()):
     monitor = ml_collections.ConfigDict(config.knn_monitor.to_dict())
-    if monitor.pool is None:
-      monitor.pool = defaults.knn_pool
-    if monitor.block is None:
-      monitor.block = defaults.block(encoder.module.depth)
+    monitor.pool, monitor.block = defaults.fill("knn", monitor.pool, monitor.block,
+                                                encoder.module.depth)
     features.check_pool(monitor.pool, POOLS, "config.knn_monitor.pool")
     if monitor.k < 1 or monitor.temperature <= 0:
       raise ValueError(f"config.knn_monitor.k={monitor.k} must be >= 1 and "

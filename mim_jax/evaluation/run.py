@@ -20,7 +20,7 @@ Config fields of the precomputed protocols (`base_config` holds the defaults):
     (every token, cls first) for attentive_probe. None: what the pretraining method's
     official code uses (`Method.eval_defaults`).
   block: take the output of this block (1-based, before the final norm) instead of the
-    last block after the final norm. None: the method's default (the last block).
+    last block after the final norm. None: the method's default (`Method.eval_defaults`).
   data: every field None means "as in the pretraining run" (source, path, splits,
     normalisation, synthetic set...) except image_size, whose default is the size the
     pretraining method evaluates its encoder at (`Method.eval_encoder`: Latent MIM's
@@ -168,10 +168,8 @@ def resolve_defaults(config: ml_collections.ConfigDict,
   """`config` with `pool` and `block` left None set to what `method` (the pretraining
   run's) declares for the protocol (`Method.eval_defaults`)."""
   config = config.copy_and_resolve_references()
-  if config.pool is None:
-    config.pool = method.eval_defaults.pool(config.protocol)
-  if config.block is None:
-    config.block = method.eval_defaults.block(method.config.model.depth)
+  config.pool, config.block = method.eval_defaults.fill(
+      config.protocol, config.pool, config.block, method.config.model.depth)
   return config
 
 

@@ -97,6 +97,13 @@ class EvalDefaults:
     return {"knn": self.knn_pool, "linear_probe": self.linear_probe_pool,
             "finetune": self.finetune_pool}[protocol]
 
+  def fill(self, protocol: str, pool: Optional[str], block: Optional[int],
+           depth: int) -> Tuple[str, Optional[int]]:
+    """(pool, block) of an evaluation config, each left None replaced by this default for
+    `protocol` in a `depth`-block encoder; a value the config sets wins."""
+    return (self.pool(protocol) if pool is None else pool,
+            self.block(depth) if block is None else block)
+
   def block(self, depth: int) -> Optional[int]:
     """The block the k-NN and linear probe read in a `depth`-block encoder (1-based,
     before the final norm), None: the last after the final norm."""
