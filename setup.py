@@ -15,7 +15,6 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "ml_collections==1.1.0",
     "clu==0.0.12",
-    "einops==0.8.2",
     "tensorboard==2.21.0",
     "importlib_resources==7.1.0",
     "numpy>=1.26",

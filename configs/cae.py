@@ -74,29 +74,9 @@ def cifar():
   return config
 
 
-def tiny():
-  """CAE, encoder 32 wide, regressor and decoder 16 wide, 1 block each (the encoder →
-  regressor projection in use), blocks of >= 4 of 16 patches (tests)."""
-  config = common.tiny_run(cae())
-  config.model.update(drop_path_rate=0.0, decoder_width=16, decoder_num_heads=2,
-                      regressor_depth=1, decoder_depth=1)
-  config.method.min_block_patches = 4
-  return config
-
-
-def tiny_cifar():
-  """CAE, encoder 32 wide, regressor and decoder 16 wide, 1 block each, on the CIFAR-10
-  subset (blocks of >= 16 of 64 patches): 200 steps of batch 32, lr 2e-3 (the tests'
-  learning check)."""
-  config = common.tiny_cifar_run(tiny(), num_train_steps=200, batch_size=32)
-  config.method.min_block_patches = 16
-  config.optimizer.update(base_lr=2e-3, lr_scaling="absolute", b2=0.999, grad_clip=3.0)
-  return config
-
 
 VARIANTS = {"vit_base": vit_base, "vit_base_300ep": vit_base_300ep,
-            "vit_base_1600ep": vit_base_1600ep, "vit_large": vit_large, "cifar": cifar,
-            "tiny": tiny, "tiny_cifar": tiny_cifar}
+            "vit_base_1600ep": vit_base_1600ep, "vit_large": vit_large, "cifar": cifar}
 
 
 def get_config(arg="vit_base"):

@@ -71,24 +71,15 @@ def cifar():
 
 def cifar_collapse():
   """Latent MIM's first ablation rung on the CIFAR-10 subset (MSE, mask 0.75, no gap,
-  self-attention decoder, no projector, no regulariser): benchmarks/latent_mim_collapse."""
+  self-attention decoder, no projector, no regulariser): docs/RESULTS.md, collapse study."""
   config = cifar()
   config.method.update(loss="mse", mask_ratio=0.75, patch_gap=0, decoder="self_attn",
                        projector_depth=0, sim_reg_coeff=0.0)
   return config
 
 
-def tiny():
-  """Latent MIM on a 4×4 grid of 4 px windows with a 1 px gap (20 px synthetic images),
-  4 visible, one block in the encoder and the decoder, projector 2×32 (tests)."""
-  config = common.tiny_run(latent_mim())
-  config.model.update(depth=1, decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  config.method.update(patch_gap=1, mask_ratio=0.75, projector_depth=2, projector_hidden=32)
-  return grid_with_gap(config, 4)
-
-
 VARIANTS = {"vit_base": vit_base, "vit_large": vit_large, "cifar": cifar,
-            "cifar_collapse": cifar_collapse, "tiny": tiny}
+            "cifar_collapse": cifar_collapse}
 
 
 def get_config(arg="vit_base"):

@@ -52,24 +52,9 @@ def cifar():
   return config
 
 
-def tiny():
-  """MAE, 32 wide, 2 deep, decoder 16×1, on 16 px synthetic images: 4 steps (tests)."""
-  config = common.tiny_run(mae())
-  config.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  return config
-
-
-def tiny_cifar():
-  """MAE, 64 wide, 2 deep, decoder 32×1, on the CIFAR-10 subset: 150 steps of batch 64,
-  lr 1e-3·batch/256 (the tests' learning check)."""
-  config = common.tiny_cifar_run(tiny(), num_train_steps=150, batch_size=64)
-  config.model.update(patch_size=4, width=64, depth=2, num_heads=4, decoder_width=32)
-  config.optimizer.base_lr = 1e-3
-  return config
-
 
 VARIANTS = {"vit_base": vit_base, "vit_large": vit_large, "vit_huge": vit_huge,
-            "cifar": cifar, "tiny": tiny, "tiny_cifar": tiny_cifar}
+            "cifar": cifar}
 
 
 def get_config(arg="vit_base"):

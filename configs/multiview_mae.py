@@ -46,26 +46,8 @@ def cifar():
   return config
 
 
-def tiny():
-  """Multi-View MAE, 32 wide, 2 deep, projector 32 → 16, on 16 px synthetic images
-  (tests)."""
-  config = common.tiny_run(multiview_mae())
-  config.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  config.method.update(proj_hidden_dim=32, proj_dim=16)
-  return config
 
-
-def tiny_cifar():
-  """Multi-View MAE, 64 wide, 2 deep, decoder 32×1, projector 32 → 16, on the CIFAR-10
-  subset (crops 0.35–1): 150 steps of batch 32, lr 1e-3 (the tests' learning check)."""
-  config = common.tiny_cifar_run(tiny(), num_train_steps=150, batch_size=32)
-  config.data.crop_scale = (0.35, 1.0)
-  config.model.update(width=64, decoder_width=32)
-  config.optimizer.base_lr = 1e-3 * 256 / 32
-  return config
-
-
-VARIANTS = {"vit_base": vit_base, "cifar": cifar, "tiny": tiny, "tiny_cifar": tiny_cifar}
+VARIANTS = {"vit_base": vit_base, "cifar": cifar}
 
 
 def get_config(arg="vit_base"):

@@ -59,17 +59,8 @@ def cifar():
   return config
 
 
-def tiny():
-  """PCAE, 32 wide, 2 deep, on 16 px synthetic images: 12 hidden → 6 → 3 after blocks 0
-  and 1 (tests)."""
-  config = common.tiny_run(pcae())
-  config.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  config.method.drop_layers = (0, 1)
-  return config
-
-
 VARIANTS = {"vit_base": vit_base, "vit_large": vit_large, "vit_huge": vit_huge,
-            "cifar": cifar, "tiny": tiny}
+            "cifar": cifar}
 
 
 def get_config(arg="vit_base"):

@@ -48,27 +48,8 @@ def cifar():
   return config
 
 
-def tiny():
-  """SimMIM, 32 wide, 2 deep, LayerScale and shared relative bias, 8 px cells on 16 px
-  synthetic images (tests)."""
-  config = common.tiny_run(simmim())
-  config.model.update(layer_scale_init=0.1, pos_embedding="shared_rel_bias")
-  config.method.mask_patch_size = 8
-  return config
 
-
-def tiny_cifar():
-  """SimMIM, 64 wide, 2 deep, LayerScale and shared relative bias, 8 px cells, on the
-  CIFAR-10 subset: 200 steps of batch 32, lr 1e-2 ×0.1 at step 180 (the tests' learning
-  check)."""
-  config = common.tiny_cifar_run(tiny(), num_train_steps=200, batch_size=32)
-  config.model.update(width=64, depth=2, num_heads=4)
-  config.optimizer.update(base_lr=1e-2, lr_scaling="absolute", schedule="multistep",
-                          decay_steps=(180,), b2=0.999, grad_clip=5.0)
-  return config
-
-
-VARIANTS = {"vit_base": vit_base, "cifar": cifar, "tiny": tiny, "tiny_cifar": tiny_cifar}
+VARIANTS = {"vit_base": vit_base, "cifar": cifar}
 
 
 def get_config(arg="vit_base"):

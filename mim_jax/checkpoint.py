@@ -17,8 +17,11 @@ A workdir is a local directory or a URL that `etils.epath` and Orbax read and wr
 (`gs://bucket/run`: every host of a TPU pod sees the same checkpoints and config.json).
 """
 import json
+import logging as py_logging
 import os
 import re
+import sys
+import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -82,31 +85,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def read_config_history(workdir: str) -> List[dict]:
   """The resume history recorded in workdir/config.json ([] if none)."""
   return _read_config_json(workdir).get(HISTORY_KEY, [])
-
-
-def _flatten(tree: dict, prefix: str = "") -> Dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def config_changes(old: ml_collections.ConfigDict,
-                   new: ml_collections.ConfigDict) -> Dict[str, list]:
-  """{dotted field: [old value, new value]} of the fields that differ (as JSON values;
-  a field only one of them has shows None on the other side)."""
-  as_json = lambda config: _flatten(json.loads(config.to_json_best_effort()))
-  old_fields, new_fields = as_json(old), as_json(new)
-  return {key: [old_fields.get(key), new_fields.get(key)]
-          for key in sorted(set(old_fields) | set(new_fields))
-          if old_fields.get(key) != new_fields.get(key)}
-
-
-def describe_changes(changes: Dict[str, list]) -> str:
-  return ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -344,3 +322,48 @@ class Saver:
       self.manager.close()
     except Exception as e:  # pylint: disable=broad-except
       logging.error("Closing the checkpoint manager: %s", one_line(e))
+
+
+class QuietOrbax(py_logging.Filter):
+  """Orbax logs dozens of INFO lines per checkpoint; keep its warnings and errors, but
+  drop the tracebacks of failed writes on its background threads: Orbax re-raises the
+  failure when the save is waited for, and the trainer reports it then as one SaveError
+  that carries the cause (`Saver`). asyncio's 'exception was never
+  retrieved' for the save's other writes (one per array, the same cause) are dropped
+  too: those raised in Orbax's code at any time (they can come just before the report),
+  any once it is made (`save_failed`)."""
+
+  save_failed = False
+
+  def filter(self, record):
+    if record.exc_info and "/orbax/" in record.pathname:
+      return False
+    if record.name == "asyncio" and "never retrieved" in record.msg and (
+        self.save_failed or _raised_in_orbax(record.exc_info)):
+      return False
+    return "/orbax/" not in record.pathname or record.levelno >= py_logging.WARNING
+
+
+def _raised_in_orbax(exc_info) -> bool:
+  tb = exc_info[2] if exc_info else None
+  return any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
+
+
+def ignore_closed_event_loops(unraisable, default=sys.unraisablehook):
+  """After a failed write Orbax closes its asyncio loop while TensorStore still
+  completes the other writes, each reporting 'Event loop is closed' as an unraisable
+  exception (dozens of tracebacks); the failure itself is raised by the save."""
+  value = unraisable.exc_value
+  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  default(unraisable)
+
+
+def quiet_orbax_logs(handler: py_logging.Handler) -> QuietOrbax:
+  """Install `QuietOrbax` on the log `handler` (absl's, in mim_jax/main.py) and
+  `ignore_closed_event_loops` as the unraisable hook; returns the filter (set its
+  `save_failed` once a SaveError is reported)."""
+  quiet = QuietOrbax()
+  handler.addFilter(quiet)
+  sys.unraisablehook = ignore_closed_event_loops
+  return quiet

@@ -5,9 +5,10 @@ A config file in configs/ (big_vision's style) defines one function per named va
 each returning a ConfigDict and documented by its docstring's first line, lists them in
 `VARIANTS = {name: function}` and has `get_config(arg=<default variant>)` return
 `pick(VARIANTS, arg)`. Pieces several config files share (ImageNet, the CIFAR comparison
-run, the tests' tiny run) are in configs/common.py, which a file reads with
-`sibling(__file__, "common.py")`. `describe` lists the variants of a file (the README's
-config table is checked against it).
+run) are in configs/common.py, which a file reads with `sibling(__file__, "common.py")`.
+`describe` lists the variants of a file (the README's config table is checked against
+it). `shrink` makes any variant a seconds-long run on synthetic images: the tests run
+every recipe so, and a smoke run is `--config=configs/mae.py:vit_base,shrink`.
 """
 import os
 import runpy
@@ -37,10 +38,77 @@ def sibling(config_file: str, name: str) -> types.SimpleNamespace:
 
 def pick(variants: Dict[str, Callable[[], ml_collections.ConfigDict]],
          arg: str) -> ml_collections.ConfigDict:
-  """The config of variant `arg`, or an error naming the variants."""
-  if arg not in variants:
-    raise ValueError(f"Unknown config variant {arg!r}; choose one of {sorted(variants)}.")
-  return variants[arg]()
+  """The config of variant `arg` ('name', or 'name,shrink' for it `shrink`-ed), or an
+  error naming the variants."""
+  name, sep, option = arg.partition(",")
+  if name not in variants or option not in ("", "shrink") or (sep and not option):
+    raise ValueError(f"Unknown config variant {arg!r}; choose one of {sorted(variants)} "
+                     "(',shrink' after a name: its test-sized run).")
+  config = variants[name]()
+  return shrink(config) if option else config
+
+
+def shrink(config: ml_collections.ConfigDict, keep_data: bool = False, *, width: int = 32,
+           depth: int = 2, num_heads: int = 4, patch_size: int = 4, image_size: int = 16,
+           batch_size: int = 16, num_train_steps: int = 4,
+           **overrides) -> ml_collections.ConfigDict:
+  """`config`, any config file's, at test size (big_vision's `runlocal`; changed in place
+  and returned), its method, losses, optimizer and schedules kept: the model as
+  `shrink_model` makes it, the method's geometry fields fitted by its
+  `Method.shrink_config`; `image_size` px synthetic images (256 train / 64 eval, 10
+  classes), or the recipe's data if `keep_data`; `num_train_steps` steps of `batch_size`
+  (warmup 1), logs every step, checkpoints (3 kept), image summaries (2 images) and
+  evaluations every 2 steps; data parallel, FSDP (where a test sets it) sharding arrays
+  from 64 elements. An evaluation config (configs/eval/) keeps its pretraining run's
+  model, data and sharding and gets the run fields it has. `overrides`: flattened fields
+  set last, as keywords (**{'optimizer.base_lr': 1e-3})."""
+  run = dict(batch_size=batch_size, num_train_steps=num_train_steps, warmup_steps=1,
+             log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3,
+             eval_every_steps=2, eval_batch_size=batch_size)
+  if "protocol" not in config:  # a pretraining config (an evaluation one keeps its run's)
+    from mim_jax import methods  # pylint: disable=import-outside-toplevel  (not to load a file)
+    old_patch_size, old_depth = config.model.patch_size, config.model.depth
+    shrink_model(config, width, depth, num_heads, patch_size)
+    run.update(image_summary_every_steps=2, num_summary_images=2)
+    config.sharding.update(mode="data_parallel", fsdp_size=-1)
+    if not keep_data:
+      config.data.update(source="synthetic", train_split="train", eval_split="test",
+                         synthetic_train_size=256, synthetic_eval_size=64, num_classes=10,
+                         image_size=image_size)
+    methods.METHODS[config.method.name].shrink_config(config, old_patch_size, old_depth,
+                                                      resize_data=not keep_data)
+  config.update({key: value for key, value in run.items() if key in config})
+  if "sharding" in config:
+    config.sharding.fsdp_min_size = 64
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def shrink_model(config: ml_collections.ConfigDict, width: int, depth: int, num_heads: int,
+                 patch_size: int) -> ml_collections.ConfigDict:
+  """config.model: an encoder `width` wide, `depth` deep, `num_heads` heads, patch
+  `patch_size`, no drop path; every other size field (`*_width`, `*_depth`,
+  `*_num_heads`: decoders, regressors) width/2, 1 block, 2 heads. config.method's sizes
+  to match: hidden dims (`*_hidden`, `*_hidden_dim`) `width`, other dims width/2,
+  projectors at most 2 layers."""
+  model, method = config.model, config.method
+  for key in model:
+    if key.endswith("_width"):
+      model[key] = width // 2
+    elif key.endswith("_depth"):
+      model[key] = 1
+    elif key.endswith("_num_heads"):
+      model[key] = 2
+  model.update(width=width, depth=depth, num_heads=num_heads, patch_size=patch_size,
+               drop_path_rate=0.0)
+  for key in method:
+    if key.endswith(("_hidden", "_hidden_dim")):
+      method[key] = width
+    elif key.endswith("_dim"):
+      method[key] = width // 2
+    elif key.endswith("_depth"):
+      method[key] = min(method[key], 2)
+  return config
 
 
 def describe(path: str) -> List[Tuple[str, str]]:

@@ -57,11 +57,11 @@ def on_cloud_tpu_vm() -> bool:
   return False
 
 
-def plan(mode: str = "auto", coordinator_address: Optional[str] = None,
-         num_processes: Optional[int] = None, process_id: Optional[int] = None,
-         local_device_ids: Optional[Sequence[int]] = None,
-         environ: Optional[Mapping[str, str]] = None,
-         cloud_tpu: Optional[bool] = None) -> Optional[dict]:
+def initialize_kwargs(mode: str = "auto", coordinator_address: Optional[str] = None,
+                      num_processes: Optional[int] = None, process_id: Optional[int] = None,
+                      local_device_ids: Optional[Sequence[int]] = None,
+                      environ: Optional[Mapping[str, str]] = None,
+                      cloud_tpu: Optional[bool] = None) -> Optional[dict]:
   """Keyword arguments for `jax.distributed.initialize`, or None for one process.
 
   Raises ValueError (naming the flag) for values that cannot start a job.
@@ -104,8 +104,8 @@ def plan(mode: str = "auto", coordinator_address: Optional[str] = None,
 
 
 def initialize(mode: str = "auto", **layout) -> bool:
-  """`jax.distributed.initialize` as `plan` says; True if it ran."""
-  kwargs = plan(mode, **layout)
+  """`jax.distributed.initialize` with `initialize_kwargs`; True if it ran."""
+  kwargs = initialize_kwargs(mode, **layout)
   if kwargs is None:
     return False
   logging.info("jax.distributed.initialize(%s)",

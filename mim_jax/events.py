@@ -1,13 +1,13 @@
 """Reading the TensorBoard event files that training writes under its workdir (CLU's
-`metric_writers`: scalars as rank-0 tensors under the 'scalars' plugin), with
-tensorboard's protos and without TensorFlow. `last_step` reads gs:// workdirs too
-(etils.epath); the rest reads local directories."""
+`metric_writers`: scalars as rank-0 tensors under the 'scalars' plugin) with tensorboard's
+event_file_loader, which reads them with TensorFlow's record reader. `last_step` reads
+gs:// workdirs too (etils.epath); the rest reads local directories."""
 import glob
 import os
-import struct
 from typing import Dict, Iterator, List, Set, Tuple
 
 from etils import epath
+from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
@@ -19,19 +19,10 @@ def event_files(workdir: str) -> List[str]:
 
 
 def records(path: str) -> Iterator[bytes]:
-  """The records of a TFRecord file: each is [length u64][crc u32][data][crc u32], little
-  endian (tensorflow/core/lib/io/record_writer.cc); CRCs are not checked, and a record
-  cut short (a file still being written) ends the iteration."""
-  with epath.Path(path).open("rb") as f:
-    while True:
-      header = f.read(12)
-      if len(header) < 12:
-        return
-      (length,) = struct.unpack("<Q", header[:8])
-      data = f.read(length)
-      if len(data) < length or len(f.read(4)) < 4:
-        return
-      yield data
+  """The serialized events of one event file (tensorboard's `RawEventFileLoader`: CRCs
+  are checked, and a corrupted record, or one cut short as in a file still being written,
+  ends the iteration)."""
+  return event_file_loader.RawEventFileLoader(str(path)).Load()
 
 
 def last_step(workdir: str) -> int:

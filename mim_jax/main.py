@@ -33,15 +33,16 @@ if __name__ == "__main__":
 
 # pylint: disable=wrong-import-position
 import errno  # noqa: E402
-import logging as py_logging  # noqa: E402
 import re  # noqa: E402
 import traceback  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mim_jax import checkpoint, distributed, host, lock, pretrain, train  # noqa: E402
+from mim_jax import checkpoint, distributed, host, lock, pretrain  # noqa: E402
+from mim_jax.evaluation import protocols  # noqa: E402
 from mim_jax.evaluation import run as evaluation_run  # noqa: E402
+from mim_jax.training import loop  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -51,43 +52,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Mistakes in the config (exit status 2) and around the run (1) a user can fix: one line.
 CONFIG_ERRORS = (ValueError, KeyError)
-RUN_ERRORS = (checkpoint.SaveError, train.NonFiniteError, lock.WorkdirInUse, OSError)
+RUN_ERRORS = (checkpoint.SaveError, loop.NonFiniteError, lock.WorkdirInUse, OSError)
 USAGE = 2
-
-
-class QuietOrbax(py_logging.Filter):
-  """Orbax logs dozens of INFO lines per checkpoint; keep its warnings and errors, but
-  drop the tracebacks of failed writes on its background threads: Orbax re-raises the
-  failure when the save is waited for, and the trainer reports it then as one SaveError
-  that carries the cause (mim_jax/checkpoint.py, Saver). asyncio's 'exception was never
-  retrieved' for the save's other writes (one per array, the same cause) are dropped
-  too: those raised in Orbax's code at any time (they can come just before the report),
-  any once it is made (`save_failed`)."""
-
-  save_failed = False
-
-  def filter(self, record):
-    if record.exc_info and "/orbax/" in record.pathname:
-      return False
-    if record.name == "asyncio" and "never retrieved" in record.msg and (
-        self.save_failed or _raised_in_orbax(record.exc_info)):
-      return False
-    return "/orbax/" not in record.pathname or record.levelno >= py_logging.WARNING
-
-
-def _raised_in_orbax(exc_info) -> bool:
-  tb = exc_info[2] if exc_info else None
-  return any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
-
-
-def ignore_closed_event_loops(unraisable, default=sys.unraisablehook):
-  """After a failed write Orbax closes its asyncio loop while TensorStore still
-  completes the other writes, each reporting 'Event loop is closed' as an unraisable
-  exception (dozens of tracebacks); the failure itself is raised by the save."""
-  value = unraisable.exc_value
-  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-    return
-  default(unraisable)
 
 
 def lines_of(text) -> list:
@@ -161,11 +127,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   host.configure_from_flags()  # before JAX starts its threads
   distributed.initialize_from_flags()  # before anything touches the devices
-  quiet = QuietOrbax()
-  logging.get_absl_handler().addFilter(quiet)
-  sys.unraisablehook = ignore_closed_event_loops
+  quiet = checkpoint.quiet_orbax_logs(logging.get_absl_handler())
   try:
-    if "protocol" in FLAGS.config:  # an evaluation config (configs/eval/)
+    if protocols.is_evaluation(FLAGS.config):  # configs/eval/: a protocol of the registry
       evaluation_run.evaluate(FLAGS.config, FLAGS.workdir)
     else:
       pretrain.run(FLAGS.config, FLAGS.workdir)

@@ -58,7 +58,9 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
   its min_lr; MAE at 0) to peak_lr, then per step either a half-cosine from peak_lr to
   min_lr ('cosine': mae/util/lr_sched.py `adjust_learning_rate`, applied per iteration)
   or peak_lr·decay_rate^(number of `decay_steps` milestones ≤ step) ('multistep': SimMIM
-  lr_scheduler.py `MultiStepLRScheduler`)."""
+  lr_scheduler.py `MultiStepLRScheduler`). Step `warmup_steps` is the first at peak_lr; the
+  cosine ends at min_lr on step max(total_steps, warmup_steps + 1) and stays there. After
+  the warmup the schedules are optax's, joined to it by `optax.join_schedules`."""
   if schedule not in SCHEDULES:
     raise ValueError(f"Unknown config.optimizer.schedule={schedule!r}; choose one of "
                      f"{SCHEDULES}.")
@@ -68,20 +70,22 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
   if not 0.0 <= warmup_start_ratio <= 1.0:
     raise ValueError(f"config.optimizer.warmup_start_ratio={warmup_start_ratio} must be in "
                      "[0, 1] (the warmup's first lr as a fraction of the peak).")
-  milestones = jnp.asarray(sorted(decay_steps), jnp.float32)
   warm_start = warmup_start_ratio * peak_lr
 
-  def schedule_fn(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm = warm_start + (peak_lr - warm_start) * step / max(warmup_steps, 1)
-    if schedule == "multistep":
-      after = peak_lr * decay_rate ** jnp.sum(milestones <= step)
-    else:
-      progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-      progress = jnp.clip(progress, 0.0, 1.0)
-      after = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-    return jnp.where(step < warmup_steps, warm, after)
-  return schedule_fn
+  def warmup(step):  # optax.linear_schedule's (start − peak)·(1 − t/T) + peak would round
+    # a small start (SimMIM: 5e-7 per 512 images) to ulps of the peak
+    return warm_start + (peak_lr - warm_start) * step / max(warmup_steps, 1)
+
+  if schedule == "cosine":
+    cosine = optax.cosine_decay_schedule(peak_lr - min_lr, max(total_steps - warmup_steps, 1))
+    after_warmup = lambda step: min_lr + cosine(step)  # noqa: E731  (any peak_lr, 0 too)
+  else:
+    scales = {}  # milestone, counted from the warmup's end -> its decay (repeats compound)
+    for m in decay_steps:
+      scales[m - warmup_steps] = scales.get(m - warmup_steps, 1.0) * decay_rate
+    after_warmup = optax.piecewise_constant_schedule(peak_lr, scales)
+  schedule_fn = optax.join_schedules([warmup, after_warmup], [warmup_steps])
+  return lambda step: schedule_fn(jnp.asarray(step, jnp.float32))
 
 
 def lr_schedule_from_config(config, peak_lr: float, total_steps: int, warmup_steps: int,

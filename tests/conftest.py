@@ -26,12 +26,13 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mim_jax import config_files, data, methods, optim, sharding, train  # noqa: E402
+from mim_jax import config_files, data, methods, optim, sharding  # noqa: E402
 from mim_jax.evaluation.pretrained import checkpoint_steps  # noqa: E402,F401
 from mim_jax.events import event_tags, scalar_series  # noqa: E402,F401
+from mim_jax.training import state as train_state, train_step  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_small.npz"
+CIFAR_NPZ = pathlib.Path(config_files.load(str(REPO / "configs" / "mae.py:cifar")).data.path)
 
 
 def config_file(name, arg=None, overrides=None):
@@ -41,10 +42,40 @@ def config_file(name, arg=None, overrides=None):
   return config
 
 
+def shrunk_config(name, arg=None, **overrides):
+  """configs/<name>'s get_config(arg) at test size: `config_files.shrink` with its
+  keywords `overrides` (sizes, steps, batch, keep_data, flattened fields)."""
+  return config_files.shrink(config_file(name, arg), **overrides)
+
+
 def tiny_mae_config(**overrides):
-  """configs/mae.py:tiny (MAE on 16 px synthetic images, a 2-block, 32-wide encoder:
-  compiles in seconds) with top-level `overrides`."""
-  return config_file("mae.py", "tiny", overrides)
+  """MAE's ViT-B recipe (configs/mae.py) shrunk: 16 px synthetic images, a 2-block,
+  32-wide encoder (compiles in seconds), decoder 16×1; `overrides` as `shrunk_config`'s."""
+  return shrunk_config("mae.py", **overrides)
+
+
+# The learning checks (tests/methods/): each method's CIFAR-10 recipe (configs/<m>.py:cifar)
+# shrunk on its data with these sizes, steps, batch and lr (and fields); every check warms
+# up 10 steps, logs the loss every 10, writes no image summary, no checkpoint before the end.
+LEARNING_CHECKS = {
+    "mae": dict(width=64, num_train_steps=150, batch_size=64, **{"optimizer.base_lr": 1e-3}),
+    "simmim": dict(width=64, num_train_steps=200, batch_size=32, **{
+        "optimizer.base_lr": 1e-2, "optimizer.lr_scaling": "absolute",
+        "optimizer.decay_steps": (180,), "model.layer_scale_init": 0.1,
+        "model.pos_embedding": "shared_rel_bias"}),  # the published encoder options
+    "cae": dict(num_train_steps=200, batch_size=32, **{
+        "optimizer.base_lr": 2e-3, "method.min_block_patches": 16}),
+    "multiview_mae": dict(width=64, num_train_steps=150, batch_size=32, **{
+        "optimizer.base_lr": 1e-3 * 256 / 32, "method.proj_hidden_dim": 32,
+        "method.proj_dim": 16}),
+}
+
+
+def learning_config(method, npz):
+  """LEARNING_CHECKS[method] on the CIFAR-10 subset at `npz`."""
+  return shrunk_config(f"{method}.py", "cifar", keep_data=True, **LEARNING_CHECKS[method],
+                       warmup_steps=10, log_every_steps=10, checkpoint_every_steps=1000,
+                       image_summary_every_steps=0, **{"data.path": str(npz)})
 
 
 def pytest_unconfigure(config):
@@ -78,9 +109,8 @@ def run_train_steps(config, devices, batch, num_steps=2, total_steps=10):
   method = methods.create(config, total_steps)
   lr_fn = optim.lr_schedule(1e-3, total_steps=total_steps, warmup_steps=1)
   tx = optim.create_optimizer(config, lr_fn)
-  sample = {k: v[:1] for k, v in batch.items()}
-  state, shardings = train.create_train_state(method, tx, config, mesh, sample)
-  step_fn = train.jit_train_step(method, tx, lr_fn, config, total_steps, mesh, shardings)
+  state, shardings = train_state.create_train_state(method, tx, config, mesh)
+  step_fn = train_step.jit_train_step(method, tx, lr_fn, config, mesh, shardings)
   global_batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
   states, metrics = [jax.device_get(state)], []
   for _ in range(num_steps):

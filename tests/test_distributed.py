@@ -9,31 +9,31 @@ SLURM_2_TASKS = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]",
                  "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
 
 
-def plan(mode="auto", environ=None, cloud_tpu=False, **layout):
-  return distributed.plan(mode, environ={} if environ is None else environ,
-                          cloud_tpu=cloud_tpu, **layout)
+def init_kwargs(mode="auto", environ=None, cloud_tpu=False, **layout):
+  return distributed.initialize_kwargs(mode, environ={} if environ is None else environ,
+                                       cloud_tpu=cloud_tpu, **layout)
 
 
 def test_a_laptop_run_is_one_process():
-  assert plan() is None
-  assert plan("off", environ=SLURM_2_TASKS, cloud_tpu=True) is None
-  assert plan(environ=dict(SLURM_2_TASKS, SLURM_NTASKS="1")) is None
+  assert init_kwargs() is None
+  assert init_kwargs("off", environ=SLURM_2_TASKS, cloud_tpu=True) is None
+  assert init_kwargs(environ=dict(SLURM_2_TASKS, SLURM_NTASKS="1")) is None
 
 
 def test_explicit_flags_are_passed_to_jax():
-  assert plan(coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3,
-              local_device_ids=["0", "1"]) == {
+  assert init_kwargs(coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3,
+                     local_device_ids=["0", "1"]) == {
                   "coordinator_address": "10.0.0.2:1234", "num_processes": 4,
                   "process_id": 3, "local_device_ids": [0, 1]}
 
 
 def test_cluster_environments_leave_the_layout_to_jax():
-  assert plan(environ=SLURM_2_TASKS) == {}
-  assert plan(cloud_tpu=True) == {}
-  assert plan("on") == {}
-  assert plan(environ=SLURM_2_TASKS, process_id=1) == {"process_id": 1}
-  assert plan(environ={"JAX_COORDINATOR_ADDRESS": "h:1"}, num_processes=2,
-              process_id=0) == {"num_processes": 2, "process_id": 0}
+  assert init_kwargs(environ=SLURM_2_TASKS) == {}
+  assert init_kwargs(cloud_tpu=True) == {}
+  assert init_kwargs("on") == {}
+  assert init_kwargs(environ=SLURM_2_TASKS, process_id=1) == {"process_id": 1}
+  assert init_kwargs(environ={"JAX_COORDINATOR_ADDRESS": "h:1"}, num_processes=2,
+                     process_id=0) == {"num_processes": 2, "process_id": 0}
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -50,4 +50,4 @@ def test_cluster_environments_leave_the_layout_to_jax():
 ])
 def test_layout_errors_name_the_flag(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    plan(**kwargs)
+    init_kwargs(**kwargs)

@@ -34,3 +34,23 @@ def test_the_path_finder_reads_specs_and_skips_patterns():
           "configs/<method>.py, mim_jax/methods/*.py and docs/figures/a.png.")
   assert list(named_paths(text)) == ["configs/mae.py", "tests/test_lock.py",
                                      "docs/figures/a.png"]
+
+
+def layout_entries():
+  """(top-level entries, entries under mim_jax/) of README.md's Layout tree: a path at
+  the start of each line of its code block, indented two spaces under mim_jax/."""
+  text = (REPO / "README.md").read_text()
+  block = text[text.index("## Layout"):].split("```")[1]
+  lines = [line for line in block.splitlines() if line.strip()]
+  top = [line.split()[0] for line in lines if not line.startswith(" ")]
+  inner = [line.split()[0] for line in lines if line.startswith("  ")]
+  return top, inner
+
+
+def test_the_readme_layout_matches_the_tree():
+  top, inner = layout_entries()
+  assert top[0] == "mim_jax/" and all((REPO / entry).exists() for entry in top)
+  package = REPO / "mim_jax"
+  files = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+           if p.name != "__init__.py" and not p.name.startswith((".", "__pycache__"))}
+  assert sorted(inner) == sorted(files)

@@ -35,3 +35,19 @@ def test_a_record_cut_short_ends_the_file(tmp_path):
     f.write(data[:-5])  # the image event loses its tail, as in a file being written
   assert list(events.records(path)) == complete[:-1]
   assert events.scalars(str(tmp_path))["loss"] == [(1, 0.75), (2, 0.5)]
+
+
+def test_a_corrupted_record_ends_the_file(tmp_path):
+  """tensorboard's loader checks each record's CRC: a flipped byte stops the reading at
+  that record, so what came before it is kept and nothing after it is read."""
+  write_run(tmp_path)
+  (path,) = events.event_files(str(tmp_path))
+  complete = list(events.records(path))  # file version, loss@2, lr@2, loss@1, image@2
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  data[data.index(complete[3]) + 3] ^= 1  # a byte inside loss@1
+  with open(path, "wb") as f:
+    f.write(data)
+  assert list(events.records(path)) == complete[:3]
+  assert events.scalars(str(tmp_path)) == {"loss": [(2, 0.5)], "lr": [(2, 0.125)]}
+  assert events.last_step(str(tmp_path)) == 2

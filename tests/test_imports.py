@@ -93,7 +93,7 @@ def test_the_walk_finds_a_planted_cycle():
   assert find_cycle({"a": {"b"}, "b": set()}) is None
   graph = import_graph()
   assert "mim_jax.methods.base" in graph["mim_jax.methods.mae"]
-  assert "mim_jax.evaluation.monitor" in graph["mim_jax.pretrain"]
+  assert "mim_jax.evaluation.protocols" in graph["mim_jax.pretrain"]
 
 
 def test_no_import_cycle_among_mim_jax_modules():
@@ -101,10 +101,21 @@ def test_no_import_cycle_among_mim_jax_modules():
 
 
 def test_the_trainer_imports_no_method_and_no_evaluation_module():
-  imported = import_graph()["mim_jax.train"]
+  graph = import_graph()
+  trainer = [name for name in graph if name.startswith("mim_jax.training")]
+  assert {"mim_jax.training.loop", "mim_jax.training.train_step"} <= set(trainer)
+  imported = set().union(*(graph[name] for name in trainer))
   assert not {m for m in imported if m.startswith("mim_jax.evaluation")}, imported
   # the interface only (mim_jax/methods/base.py), no method and not the registry
   assert {m for m in imported if m.startswith("mim_jax.methods")} == {"mim_jax.methods.base"}
+
+
+def test_the_library_imports_nothing_from_the_tools():
+  graph = import_graph()
+  library = [name for name in graph if not name.startswith("mim_jax.tools")]
+  assert len(library) > 40 and len(graph) > len(library)
+  for name in library:
+    assert not {m for m in graph[name] if m.startswith("mim_jax.tools")}, name
 
 
 def test_outside_methods_no_code_guesses_a_method_or_its_parameter_tree():
@@ -124,11 +135,11 @@ def test_outside_methods_no_code_guesses_a_method_or_its_parameter_tree():
 def test_no_flag_is_defined_twice_in_a_test_process():
   """absl flags live in one process-wide registry, so two modules that define the same
   flag when imported cannot both be loaded ('The flag 'config' is defined twice', as when
-  the pod planner imported benchmarks/train_step.py and a test imported both it and
+  the pod planner imported the train-step benchmark and a test imported both it and
   mim_jax.main). Every module a pytest worker may load (the tests' imports anywhere in
   their files, followed through module-level imports) defines each flag at most once;
-  programs that tests import define theirs under `__main__` (mim_jax.compare,
-  benchmarks/aot.py, benchmarks/profile_step.py)."""
+  the programs of mim_jax/tools define theirs under `__main__` (mim_jax.tools.compare,
+  tools/aot.py, tools/profile_step.py)."""
   files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
   loaded = set().union(*(imports_of(p, files) for p in (REPO / "tests").rglob("*.py")))
   todo = list(loaded)
@@ -136,9 +147,10 @@ def test_no_flag_is_defined_twice_in_a_test_process():
     for name in module_level_imports(files[todo.pop()], files) - loaded:
       loaded.add(name)
       todo.append(name)
-  assert {"mim_jax.main", "mim_jax.compare", "mim_jax.benchmarks.aot",
-          "mim_jax.benchmarks.profile_step"} <= loaded
-  assert "config" in flags_defined_on_import(files["mim_jax.benchmarks.train_step"])
+  assert {"mim_jax.main", "mim_jax.tools.compare", "mim_jax.tools.aot",
+          "mim_jax.tools.profile_step"} <= loaded
+  assert not {name for name in files if name.startswith("mim_jax.tools.")
+              and flags_defined_on_import(files[name])}
   definers = {}
   for name in sorted(loaded):
     for flag in flags_defined_on_import(files[name]):

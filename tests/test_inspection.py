@@ -6,7 +6,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from conftest import config_file, tiny_mae_config
+from conftest import shrunk_config, tiny_mae_config
 from mim_jax import inspection, methods
 from mim_jax.models import vit
 
@@ -107,7 +107,7 @@ def test_encoder_inputs_of_mae_latent_mim_and_multiview_mae():
   images, mask = mae.encoder_inputs(batch, masks)
   assert images is batch["image"] and mask is masks["mask"]
 
-  config = config_file("latent_mim.py", "tiny")  # 4×4 cells of 4 px, 1 px gap: 20 px
+  config = shrunk_config("latent_mim.py", "cifar")  # 4×4 cells of 4 px, 1 px gap: 20 px
   lmim = methods.create(config)
   batch = {"image": jax.random.normal(rng, (3, 20, 20, 3))}
   masks = jax.jit(lmim.make_masks)(rng, batch)
@@ -116,7 +116,7 @@ def test_encoder_inputs_of_mae_latent_mim_and_multiview_mae():
   np.testing.assert_array_equal(images, lmim.sampled_images(batch["image"], masks))
   np.testing.assert_array_equal(mask.sum(-1), [12, 12, 12])  # targets: all but 4 visible
 
-  config = config_file("multiview_mae.py", "tiny")
+  config = shrunk_config("multiview_mae.py")
   mv = methods.create(config)
   batch = {"image": jax.random.normal(rng, (3, 2, 16, 16, 3))}
   masks = jax.jit(mv.make_masks)(rng, batch)
@@ -127,7 +127,7 @@ def test_encoder_inputs_of_mae_latent_mim_and_multiview_mae():
 
 
 def test_encoder_of_a_simmim_run_drops_the_mask_token_and_encodes_every_patch():
-  config = config_file("simmim.py", "tiny")
+  config = shrunk_config("simmim.py")
   method = methods.create(config)
   batch = {"image": jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))}
   state = types.SimpleNamespace(params=jax.jit(method.init)(jax.random.PRNGKey(1), batch))
@@ -164,7 +164,7 @@ def test_run_images_come_from_the_train_and_eval_pipelines():
   np.testing.assert_array_equal(batch["image"], images)
   images, labels = inspection.eval_images(config, 8)  # only 6 in the split
   assert images.shape == (6, 16, 16, 3) and labels.shape == (6,)
-  config = config_file("multiview_mae.py", "tiny", {"data.synthetic_eval_size": 6})
+  config = shrunk_config("multiview_mae.py", **{"data.synthetic_eval_size": 6})
   batch = inspection.method_batch(config, methods.create(config), 3)
   assert sorted(batch) == ["crop_box", "flip", "image"]
   assert batch["image"].shape == (3, 2, 16, 16, 3) and batch["crop_box"].shape == (3, 2, 4)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_steps, config_file, scalar_series
+from conftest import REPO, checkpoint_steps, config_file, scalar_series, tiny_mae_config
 from mim_jax import lock
 
 FAST = dict(settle_s=0.05)  # claims in-process: no need to wait for racing hosts
@@ -68,7 +68,7 @@ def test_claim_refuse_renew_release_and_claim_again(tmp_path):
   claim.release()
   claim.release()  # idempotent
   assert os.listdir(tmp_path) == []
-  for _ in range(2):  # sequential runs in one process (mim_jax/compare.py)
+  for _ in range(2):  # sequential runs in one process (mim_jax/tools/compare.py)
     with lock.hold(str(tmp_path), **FAST) as again:
       assert lock.read_claim(str(tmp_path))["token"] == again.token
     assert os.listdir(tmp_path) == []
@@ -222,7 +222,7 @@ def test_every_process_follows_process_0(tmp_path, monkeypatch):
 
 # --- real processes ----------------------------------------------------------------------
 
-# configs/mae.py:tiny, logging every step, for as long as the test lets it run: SIGTERM
+# configs/mae.py:vit_base,shrink, logging every step, for as long as the test lets it run: SIGTERM
 # ends it with its only checkpoint, so that the workdir's files stay the same while it runs.
 LONG_RUN = {"num_train_steps": 100000, "checkpoint_every_steps": 100000,
             "image_summary_every_steps": 0}
@@ -235,7 +235,7 @@ class Main:
   STARTED = []
 
   def __init__(self, workdir, overrides=LONG_RUN):
-    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:tiny",
+    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:vit_base,shrink",
            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -310,8 +310,8 @@ def test_two_mains_on_one_workdir(tmp_path, kill_mains_at_the_end):
   from mim_jax import pretrain
   from mim_jax.evaluation import pretrained, run
   workdir, host = tmp_path / "run", socket.gethostname()
-  config = config_file("mae.py", "tiny", LONG_RUN)
-  # Checkpoint 0 first (as mim_jax/compare.py starts a run), in this process: acquired and
+  config = tiny_mae_config(**LONG_RUN)
+  # Checkpoint 0 first (as mim_jax/tools/compare.py starts a run), in this process: acquired and
   # released; the readers below read it while the run holds the workdir.
   pretrain.run(config, str(workdir), stop_after_step=0)
   assert checkpoint_steps(workdir) == [0] and not (workdir / "lock.json").exists()

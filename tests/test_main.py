@@ -37,8 +37,7 @@ def test_a_misspelled_config_field_is_one_line_with_the_suggestion(tmp_path, mon
 
 
 def test_main_keeps_orbax_warnings_but_drops_background_tracebacks():
-  from mim_jax import main
-  quiet = main.QuietOrbax()
+  quiet = checkpoint.QuietOrbax()
 
   def record(name, path, level, msg="x", exc_info=None):
     return logging.LogRecord(name, level, path, 1, msg, (), exc_info)
@@ -48,7 +47,7 @@ def test_main_keeps_orbax_warnings_but_drops_background_tracebacks():
   assert not quiet.filter(record("absl", orbax, logging.INFO))
   assert quiet.filter(record("absl", orbax, logging.WARNING))
   assert not quiet.filter(record("absl", orbax, logging.ERROR, exc_info=failure))
-  assert quiet.filter(record("absl", "/mim_jax/train.py", logging.ERROR, exc_info=failure))
+  assert quiet.filter(record("absl", "/mim_jax/training/loop.py", logging.ERROR, exc_info=failure))
   never = record("asyncio", "/asyncio/base_events.py", logging.ERROR,
                  "Future exception was never retrieved", failure)
   assert quiet.filter(never)
@@ -63,8 +62,9 @@ def test_main_keeps_orbax_warnings_but_drops_background_tracebacks():
   assert not quiet.filter(never)
   seen = []
   unraisable = lambda error: type("U", (), {"exc_value": error})()
-  main.ignore_closed_event_loops(unraisable(RuntimeError("Event loop is closed")), seen.append)
-  main.ignore_closed_event_loops(unraisable(RuntimeError("other")), seen.append)
+  checkpoint.ignore_closed_event_loops(unraisable(RuntimeError("Event loop is closed")),
+                                       seen.append)
+  checkpoint.ignore_closed_event_loops(unraisable(RuntimeError("other")), seen.append)
   assert [str(u.exc_value) for u in seen] == ["other"]
 
 
@@ -106,7 +106,7 @@ def run_main(argv, monkeypatch, caplog):
 
 def test_a_bad_field_value_or_data_file_is_one_line_before_anything_is_written(
     tmp_path, monkeypatch, caplog):
-  config = f"--config={REPO / 'configs/mae.py'}:tiny"
+  config = f"--config={REPO / 'configs/mae.py'}:vit_base,shrink"
   status, errors = run_main(["main", config, f"--workdir={tmp_path}/a",
                              "--config.model.width=33"], monkeypatch, caplog)
   assert status == 2 and errors == [
@@ -159,7 +159,7 @@ def read_only_dir(tmp_path):
 
 def test_a_workdir_that_cannot_be_written_is_one_line_with_status_1(read_only_dir, monkeypatch,
                                                                      caplog):
-  status, errors = run_main(["main", f"--config={REPO / 'configs/mae.py'}:tiny",
+  status, errors = run_main(["main", f"--config={REPO / 'configs/mae.py'}:vit_base,shrink",
                              f"--workdir={read_only_dir / 'run'}"], monkeypatch, caplog)
   assert status == 1 and len(errors) == 1
   assert errors[0].startswith("OSError: [Errno 30] Read-only file system: ") and (
@@ -169,7 +169,7 @@ def test_a_workdir_that_cannot_be_written_is_one_line_with_status_1(read_only_di
 def test_ctrl_c_before_training_exits_130_without_a_traceback(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.Popen([sys.executable, "-m", "mim_jax.main",
-                           "--config=configs/mae.py:tiny", f"--workdir={tmp_path}/run"],
+                           "--config=configs/mae.py:vit_base,shrink", f"--workdir={tmp_path}/run"],
                           cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
   time.sleep(2.0)  # importing jax and tensorflow, or later: any moment before the loop
   proc.send_signal(signal.SIGINT)
@@ -189,7 +189,7 @@ def test_ctrl_c_in_the_train_loop_saves_the_step_then_exits_130(tmp_path, monkey
       return super().should_stop(step)
 
   monkeypatch.setattr(preemption, "PreemptionWatch", CtrlCAtStep2)
-  status, errors = run_main(["main", f"--config={REPO / 'configs/mae.py'}:tiny",
+  status, errors = run_main(["main", f"--config={REPO / 'configs/mae.py'}:vit_base,shrink",
                              f"--workdir={tmp_path}", "--config.image_summary_every_steps=0"],
                             monkeypatch, caplog)
   assert status == 130 and errors == []

@@ -6,7 +6,8 @@ import optax
 import pytest
 
 from conftest import config_file
-from mim_jax import defaults, methods, optim, train
+from mim_jax import defaults, methods, optim
+from mim_jax.training import state as train_state
 from mim_jax.evaluation import finetune
 from mim_jax.models import vit
 
@@ -107,6 +108,79 @@ def test_schedule_from_config_milestones_in_epochs_or_steps():
   assert float(lr(29)) == pytest.approx(2.0) and float(lr(30)) == pytest.approx(1.0)
 
 
+def closed_form_lr(step, peak_lr, total_steps, warmup_steps, min_lr=0.0, schedule="cosine",
+                   decay_steps=(), decay_rate=0.1, warmup_start_ratio=0.0):
+  """The schedule written out in float64: linear warmup over steps [0, warmup_steps), then
+  a half-cosine over max(total − warmup, 1) steps held at min_lr after it, or the peak
+  times decay_rate per milestone ≤ step."""
+  step = np.asarray(step, np.float64)
+  start = warmup_start_ratio * peak_lr
+  warm = start + (peak_lr - start) * step / max(warmup_steps, 1)
+  if schedule == "multistep":
+    after = peak_lr * decay_rate ** np.sum(np.asarray(decay_steps)[:, None] <= step, axis=0)
+  else:
+    progress = np.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    after = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + np.cos(np.pi * progress))
+  return np.where(step < warmup_steps, warm, after)
+
+
+SCHEDULE_CASES = [
+    dict(peak_lr=1.0, total_steps=110, warmup_steps=10),
+    dict(peak_lr=2.4e-3, total_steps=100, warmup_steps=0),  # no warmup
+    dict(peak_lr=1.5e-4, total_steps=20, warmup_steps=20, min_lr=1e-6),  # warmup == total
+    dict(peak_lr=1.5e-4, total_steps=10, warmup_steps=20, min_lr=1e-6),  # warmup > total
+    dict(peak_lr=0.5, total_steps=1, warmup_steps=0, min_lr=0.1),
+    dict(peak_lr=0.5, total_steps=0, warmup_steps=0, min_lr=0.1),
+    dict(peak_lr=3.0, total_steps=1000, warmup_steps=37, min_lr=0.3),
+    dict(peak_lr=2.0, total_steps=110, warmup_steps=10, min_lr=0.5, warmup_start_ratio=0.25),
+    dict(peak_lr=2.0, total_steps=110, warmup_steps=10, warmup_start_ratio=1.0),
+    dict(peak_lr=1.5e-4, total_steps=800 * 1250, warmup_steps=40 * 1250, min_lr=1e-6),
+    dict(peak_lr=1.0, total_steps=100, warmup_steps=10, schedule="multistep",
+         decay_steps=(70, 90)),
+    dict(peak_lr=4e-4, total_steps=8000, warmup_steps=100, schedule="multistep",
+         decay_steps=(7000,), warmup_start_ratio=0.005),  # SimMIM: from 5e-7 per 512 images
+    dict(peak_lr=4e-4, total_steps=100, warmup_steps=10, schedule="multistep",
+         decay_steps=(90, 10, 50, 50), decay_rate=0.5),  # unsorted, at warmup's end, repeated
+    dict(peak_lr=1.0, total_steps=100, warmup_steps=0, schedule="multistep",
+         decay_steps=(0,)),
+    dict(peak_lr=1.0, total_steps=100, warmup_steps=10, schedule="multistep"),
+    dict(peak_lr=1.0, total_steps=100, warmup_steps=10, schedule="multistep",
+         decay_steps=(200,), warmup_start_ratio=0.25),  # a milestone after the end
+]
+
+
+@pytest.mark.parametrize("case", SCHEDULE_CASES, ids=str)
+def test_lr_schedule_equals_its_closed_form(case):
+  """Every step of the warmup, its end, the whole decay, the total and well past it."""
+  t, w = case["total_steps"], case["warmup_steps"]
+  steps = np.unique(np.concatenate([np.arange(min(max(t, w) + 5, 5000)),
+                                    np.linspace(0, max(t, w) + 5, 2001).astype(int),
+                                    [w - 1, w, w + 1, t - 1, t, t + 1, 10**7]]))
+  steps = steps[steps >= 0].astype(np.int32)
+  got = np.asarray(jax.jit(jax.vmap(optim.lr_schedule(**case)))(steps))
+  want = closed_form_lr(steps, **case)
+  assert got.dtype == np.float32
+  relative = (steps < w) | (case.get("schedule") == "multistep")
+  np.testing.assert_allclose(got[relative], want[relative], rtol=1e-6)
+  # float32: the cosine's small values near its end carry ulps of the peak (cos(π·t) ≈ −1)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=2**-22 * case["peak_lr"])
+
+
+def test_lr_schedule_from_config_equals_the_closed_form():
+  """min_lr = max(min_lr, min_lr_ratio·peak); milestones in epochs × steps per epoch."""
+  config = defaults.base_config()
+  config.optimizer.update(min_lr=1e-6, min_lr_ratio=0.25, warmup_start_ratio=0.25)
+  steps = np.arange(0, 130)
+  got = optim.lr_schedule_from_config(config, 2.0, 110, 10, steps_per_epoch=5)(steps)
+  want = closed_form_lr(steps, 2.0, 110, 10, min_lr=0.5, warmup_start_ratio=0.25)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=2**-22 * 2.0)
+  config.optimizer.update(schedule="multistep", decay_epochs=(7.0, 9.5), decay_rate=0.5)
+  got = optim.lr_schedule_from_config(config, 2.0, 110, 10, steps_per_epoch=10)(steps)
+  want = closed_form_lr(steps, 2.0, 110, 10, schedule="multistep", decay_steps=(70, 95),
+                        decay_rate=0.5, warmup_start_ratio=0.25)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=2**-22 * 2.0)
+
+
 # Each official code's weight-decay rule, written out over its torch parameter names
 # (our '/'-joined paths read the same way: biases end in 'bias', LayerNorm scales and
 # LayerScale gammas are 1-D):
@@ -147,7 +221,7 @@ def test_weight_decay_follows_each_official_optimizer(name):
       **extra.get(name, {})})
   method = methods.create(config)
   params = jax.eval_shape(method.init, jax.random.PRNGKey(0),
-                          train.sample_batch(config, method))
+                          train_state.sample_batch(config, method))
   official = {optim.path_name(p) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
               if OFFICIAL_NO_DECAY[name](optim.path_name(p), leaf.shape)}
   assert no_decay_leaves(params, config) == official

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_sharded_equals_one_device, random_images, tiny_mae_config
-from mim_jax import methods, optim, sharding, train
+from mim_jax import methods, optim, sharding
+from mim_jax.training import state as train_state, train_step
 
 
 @pytest.mark.parametrize("mode", ["data_parallel", "fsdp"])
@@ -31,7 +32,7 @@ def test_gradient_accumulation_matches_one_big_batch_without_masking_noise():
   method = methods.create(config)
   lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=1)
   tx = optim.create_optimizer(config, lr_fn)
-  state, _ = train.create_train_state(method, tx, config, mesh, {"image": images[:1]})
+  state, _ = train_state.create_train_state(method, tx, config, mesh)
   fixed_mask = method.make_masks(jax.random.PRNGKey(0), {"image": images})["mask"]
   index = {"image": np.arange(16, dtype=np.float32)}
 
@@ -44,7 +45,7 @@ def test_gradient_accumulation_matches_one_big_batch_without_masking_noise():
   grads = {}
   for accum in (1, 2):
     config.grad_accum_steps = accum
-    step = jax.jit(train.make_train_step(fixed, tx, lr_fn, config, 10, mesh))
+    step = jax.jit(train_step.make_train_step(fixed, tx, lr_fn, config, mesh))
     new_state, metrics = step(state, batch)
     grads[accum] = (float(metrics["loss"]), new_state.params)
   np.testing.assert_allclose(grads[1][0], grads[2][0], rtol=1e-5)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import checkpoint_steps, event_tags, scalar_series, tiny_mae_config
-from mim_jax import checkpoint, masking, methods, optim, pretrain, sharding, train
+from mim_jax import checkpoint, masking, methods, optim, pretrain, sharding
+from mim_jax.training import config as train_config, progress as progress_lib
+from mim_jax.training import state as train_state, train_step
 from mim_jax.evaluation import pretrained
 from mim_jax.methods import mae
 from mim_jax.methods.base import TARGET_UPDATES, Method
@@ -41,9 +43,9 @@ def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
 
 def test_progress_leaves_out_the_compiling_step_and_paused_time(monkeypatch, caplog):
   clock = [100.0]
-  monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(progress_lib.time, "perf_counter", lambda: clock[0])
   caplog.set_level(logging.INFO, logger="absl")
-  progress = train.Progress(total_steps=100, batch_size=64)
+  progress = progress_lib.Progress(total_steps=100, batch_size=64)
   assert progress.measure(10) == {}  # not started: step 10 was the first, compiling one
   progress.start(10)
   clock[0] += 8.0  # steps 11..14, 2 s each
@@ -56,7 +58,7 @@ def test_progress_leaves_out_the_compiling_step_and_paused_time(monkeypatch, cap
       "Step 20/100 (20.0%): 0.5 steps/s, 2 s/step, ETA 0:02:40")
   clock[0] += 3.0
   assert progress.measure(21)["step_time"] == 3.0  # the pause is not carried over
-  assert train.format_duration(3725.4) == "1:02:05"
+  assert progress_lib.format_duration(3725.4) == "1:02:05"
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
@@ -121,7 +123,7 @@ def test_bad_model_config_messages(tmp_path):
   config = tiny_mae_config()
   config.model.num_heads = 3
   with pytest.raises(ValueError, match="num_heads"):
-    train.validate_config(config, 8, 1)
+    train_config.validate(config, 8, 1)
 
 
 class MAEWithTargets(mae.MAE):
@@ -131,7 +133,7 @@ class MAEWithTargets(mae.MAE):
   def target_source(self, params):
     return params["encoder"]
 
-  def target_momentum(self, step, total_steps):
+  def target_momentum(self, step):
     return jnp.float32(0.5)
 
   def loss(self, params, target_params, batch, masks, rng, step):
@@ -148,11 +150,11 @@ def test_target_params_follow_the_ema_and_get_no_gradient():
   images = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
   batch = {"image": images}
   with_targets, plain = MAEWithTargets(config), mae.MAE(config)
-  state0, _ = train.create_train_state(with_targets, tx, config, mesh, batch)
+  state0, _ = train_state.create_train_state(with_targets, tx, config, mesh)
   assert jax.tree.structure(state0.target_params) == jax.tree.structure(
       state0.params["encoder"])
-  step = jax.jit(train.make_train_step(with_targets, tx, lr_fn, config, 10, mesh))
-  plain_step = jax.jit(train.make_train_step(plain, tx, lr_fn, config, 10, mesh))
+  step = jax.jit(train_step.make_train_step(with_targets, tx, lr_fn, config, mesh))
+  plain_step = jax.jit(train_step.make_train_step(plain, tx, lr_fn, config, mesh))
   state1, metrics = step(state0, batch)
   assert float(metrics["target_momentum"]) == 0.5
   state2, _ = step(state1, batch)
@@ -200,14 +202,14 @@ def test_loss_side_target_updates_average_over_micro_batches_and_skip_with_the_s
     lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=0)
     tx = optim.create_optimizer(config, lr_fn)
     method = RunningMean(config)
-    state, _ = train.create_train_state(method, tx, config, mesh, {"image": images})
-    step = jax.jit(train.make_train_step(method, tx, lr_fn, config, 10, mesh))
+    state, _ = train_state.create_train_state(method, tx, config, mesh)
+    step = jax.jit(train_step.make_train_step(method, tx, lr_fn, config, mesh))
     state, metrics = step(state, {"image": images})
     assert TARGET_UPDATES not in metrics  # stored, not logged
     np.testing.assert_allclose(float(state.target_params["running"]["mean"]), expected,
                                rtol=1e-5)
   method.scale = np.inf  # a skipped step keeps the targets it had
-  bad_step = jax.jit(train.make_train_step(method, tx, lr_fn, config, 10, mesh))
+  bad_step = jax.jit(train_step.make_train_step(method, tx, lr_fn, config, mesh))
   skipped, metrics = bad_step(state, {"image": images})
   assert int(metrics["skipped_steps"]) == 1
   assert float(skipped.target_params["running"]["mean"]) == float(
@@ -250,19 +252,19 @@ def test_trainer_feeds_several_views_per_image(tmp_path, monkeypatch):
 def test_a_train_step_runs_with_every_option_and_donation_is_a_choice():
   config = tiny_mae_config(donate_state=False)
   config.model.update(dtype="bfloat16", remat="dots_saveable", scan_layers=True)
-  train.validate_config(config, jax.device_count(), 1)
+  train_config.validate(config, jax.device_count(), 1)
   mesh = sharding.create_mesh(config)
   method = methods.create(config)
   lr_fn = optim.lr_schedule(1e-3, 10, 0)
   tx = optim.create_optimizer(config, lr_fn)
   images = np.asarray(jax.random.normal(jax.random.PRNGKey(12), (16, 16, 16, 3)))
-  state, shardings = train.create_train_state(method, tx, config, mesh, {"image": images[:1]})
+  state, shardings = train_state.create_train_state(method, tx, config, mesh)
   batch = sharding.global_batch({"image": images}, sharding.batch_sharding(mesh))
 
   def step(donate):
     donating = config.copy_and_resolve_references()
     donating.donate_state = donate
-    return train.jit_train_step(method, tx, lr_fn, donating, 10, mesh, shardings)
+    return train_step.jit_train_step(method, tx, lr_fn, donating, mesh, shardings)
 
   # donation shows in the lowered program as input/output buffer aliases
   assert "tf.aliasing_output" in step(True).lower(state, batch).as_text()
@@ -280,12 +282,13 @@ def test_a_train_step_runs_with_every_option_and_donation_is_a_choice():
     ("attention_impl", "flash", "config.model.attention_impl"),
     ("attention_impl", "cudnn", "needs a GPU"),
     ("dtype", "float64", "config.model.dtype"),
+    ("dtype", "float16", "without loss scaling.*use 'bfloat16'"),
 ])
 def test_bad_speed_options_name_the_field(field, value, message):
   config = tiny_mae_config()
   config.model[field] = value
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config, jax.device_count(), 1)
+    train_config.validate(config, jax.device_count(), 1)
 
 
 # --- non-finite steps --------------------------------------------------------------------
@@ -307,8 +310,8 @@ def test_a_non_finite_step_is_skipped_and_counted():
   lr_fn = optim.lr_schedule(1e-3, total_steps=10, warmup_steps=0)
   tx = optim.create_optimizer(config, lr_fn)
   images = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
-  state, _ = train.create_train_state(method, tx, config, mesh, {"image": images})
-  step = jax.jit(train.make_train_step(method, tx, lr_fn, config, 10, mesh))
+  state, _ = train_state.create_train_state(method, tx, config, mesh)
+  step = jax.jit(train_step.make_train_step(method, tx, lr_fn, config, mesh))
   state1, _ = step(state, {"image": images})
   state2, metrics2 = step(state1, {"image": images})  # step index 1: NaN
   state3, metrics3 = step(state2, {"image": images})

@@ -5,14 +5,13 @@ own dataset unless config.data fields say otherwise.
 python -m mim_jax.main --config=configs/eval/attentive_probe.py \
   --config.pretrained=PRETRAIN_DIR --workdir=EVAL_DIR
 """
-from mim_jax import config_files
-from mim_jax.evaluation import run
+from mim_jax import config_files, defaults
 
 
 def published():
   """Attentive probe, CAE tools/run_attentive.py: one learned query over all tokens → BN
   without affine → Linear, SGD Nesterov 0.9, lr 0.4, batch 8192, 90 epochs (10 warmup)."""
-  config = run.base_config("attentive_probe")
+  config = defaults.eval_config("attentive_probe")
   config.attentive_probe = dict(epochs=90, batch_size=8192, lr=0.4, warmup_epochs=10.0,
                                 min_lr=1e-6, num_heads=config_files.placeholder(int))
   return config

@@ -6,8 +6,7 @@ mim_jax/evaluation/finetune.py and downstream.py.
 python -m mim_jax.main --config=configs/eval/finetune.py:vit_base \
   --config.pretrained=PRETRAIN_DIR --workdir=FINETUNE_DIR --config.num_classes=1000
 """
-from mim_jax import config_files
-from mim_jax.evaluation import downstream
+from mim_jax import config_files, defaults
 
 
 def finetune(base_lr, layer_decay, drop_path, epochs):
@@ -18,8 +17,7 @@ def finetune(base_lr, layer_decay, drop_path, epochs):
   decay, lr·batch/256, batch 1024, warmup 5 epochs, cosine to 1e-6, RandomResizedCrop
   (0.08–1, bicubic) + flip + RandAugment rand-m9-mstd0.5-inc1 + random erasing 0.25
   (pixel, one box); evaluated at Resize 256 + CenterCrop 224, bicubic."""
-  config = downstream.base_config("finetune")
-  config.features = "streamed"
+  config = defaults.streamed_eval_config("finetune")
   config.data.update(crop_scale=(0.08, 1.0), flip=True, interpolation="bicubic",
                      eval_crop_fraction=0.875,  # timm's RandomResizedCrop default; 224/256
                      randaugment="rand-m9-mstd0.5-inc1", random_erasing_prob=0.25,
@@ -69,18 +67,8 @@ def cae_vit_base():
   return config
 
 
-def tiny():
-  """Fine-tuning for the tests: ViT-B's recipe, 4 steps of batch 16 (warmup 1), top-1
-  every 2 steps."""
-  config = vit_base()
-  config.update(batch_size=16, num_train_steps=4, warmup_steps=1, eval_every_steps=2,
-                eval_batch_size=16, log_every_steps=1, checkpoint_every_steps=100)
-  config.sharding.fsdp_min_size = 64
-  return config
-
-
 VARIANTS = {"vit_base": vit_base, "vit_large": vit_large, "vit_huge": vit_huge,
-            "simmim_vit_base": simmim_vit_base, "cae_vit_base": cae_vit_base, "tiny": tiny}
+            "simmim_vit_base": simmim_vit_base, "cae_vit_base": cae_vit_base}
 
 
 def get_config(arg="vit_base"):

@@ -6,13 +6,12 @@ queries) unless config.data fields say otherwise.
 python -m mim_jax.main --config=configs/eval/knn.py --config.pretrained=PRETRAIN_DIR \
   --workdir=EVAL_DIR [--config.pool=mean] [--config.block=8]
 """
-from mim_jax import config_files
-from mim_jax.evaluation import run
+from mim_jax import config_files, defaults
 
 
 def train_bank():
   """k-NN: cosine similarity, k = 20, T = 0.07 (solo-learn / mmselfsup), and 1-NN."""
-  config = run.base_config("knn")
+  config = defaults.eval_config("knn")
   config.knn = dict(k=20, temperature=0.07, chunk_size=1024, leave_one_out=False)
   return config
 

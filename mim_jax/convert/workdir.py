@@ -9,7 +9,6 @@ checkpoint step 0 with `config.json`. Parameters the checkpoint does not provide
 CAE's regressor and decoder, MAE's decoder for encoder-only checkpoints) keep their
 initial values; they are listed in the log.
 """
-import functools
 from typing import Any, Mapping, Optional
 
 import jax
@@ -18,7 +17,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mim_jax import checkpoint, methods, optim, train
+from mim_jax import checkpoint, methods, optim
+from mim_jax.training.state import initializer
 
 
 def converted_config(config: ml_collections.ConfigDict, dims: Mapping[str, Any],
@@ -76,9 +76,8 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, encoder: Mapp
     raise FileExistsError(f"{manager.directory} already holds checkpoints "
                           f"{manager.all_steps()}; choose a new --output directory.")
   tx = optim.create_optimizer(config, lambda count: 0.0)
-  init_fn = functools.partial(train.init_state, method, tx)
-  batch = train.sample_batch(config, method)
-  state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed), batch)
+  init_fn, rng, batch = initializer(method, tx, config)
+  state = jax.jit(init_fn)(rng, batch)
   online = method.eval_encoder().nest(dict(encoder))["params"]  # e.g. {'encoder': ...}
   new_params = _overlay(state.params, {**online, **(other_params or {})})
   state = state.replace(params=new_params,

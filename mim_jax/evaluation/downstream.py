@@ -1,65 +1,30 @@
 """Protocols that train on a pretraining run's encoder with the generic trainer
-(mim_jax/train.py), each as one more `Method`: fine-tuning (finetune.py `FineTune`) and
+(mim_jax/training/), each as one more `Method`: fine-tuning (finetune.py `FineTune`) and
 the streamed linear probe (linear_probe.py `StreamedLinearProbe`).
 
-What they share is here: the fields of their configs (`base_config`), the trainer config
-of a run (`resolve_config`: the pretraining run's model, seed and data, and the pooling
-its method declares), the pretrained encoder (`EncoderMethod`), top-1 on the eval split
-during and after training (`TopOneEvaluation`) and the run itself (`run`). The trainer
-gives them sharding, gradient accumulation, checkpoints with exact resume, TensorBoard
-and preemption handling; a fresh run starts from the pretrained encoder (`warm_start`),
-top-1 on `data.eval_split` is logged every `eval_every_steps` and at the end, and the
-final figures go to `workdir/metrics.json`.
+What they share is here: the trainer config of a run (`resolve_config`: the pretraining
+run's model, seed and data, and the pooling its method declares), the pretrained encoder
+(`EncoderMethod`) and top-1 on the eval split during and after training
+(`TopOneEvaluation`); their config fields are mim_jax/defaults.py `streamed_eval_config`,
+the run itself run.py `train_on_encoder`. The trainer gives them sharding, gradient
+accumulation, checkpoints with exact resume, TensorBoard and preemption handling; a
+fresh run starts from the pretrained encoder (`warm_start`), top-1 on `data.eval_split`
+is logged every `eval_every_steps` and at the end, and the final figures go to
+`workdir/metrics.json`.
 """
-import json
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
 
-from mim_jax import checkpoint, data, defaults, methods, optim, sharding, train
-from mim_jax.evaluation import monitor, pretrained
+from mim_jax import data, methods, optim, sharding
+from mim_jax.evaluation import pretrained
 from mim_jax.methods.base import Method
+from mim_jax.training import config as train_config
 
 PyTree = Any
 METRICS_FILE = "metrics.json"
-_placeholder = ml_collections.config_dict.placeholder
-
-
-def data_overrides() -> ml_collections.ConfigDict:
-  """Every `config.data` field as None (= take the pretraining run's value)."""
-  return ml_collections.ConfigDict({
-      name: _placeholder(tuple if isinstance(value, (tuple, list)) else
-                         str if name in ("path", "data_dir") else type(value))
-      for name, value in data.default_data_config().items()})
-
-
-def base_config(protocol: str) -> ml_collections.ConfigDict:
-  """The trainer's fields (defaults.base_config) and those of a run on a pretrained
-  encoder: `pretrained` (its workdir), `pretrained_step` (None: the newest checkpoint),
-  `use_target` (the EMA target encoder of Latent MIM or PCAE), `num_classes` (None: the
-  data's classes), `pool` (None: what the pretraining method declares for
-  `protocol`, `Method.eval_defaults`), `data` and `sharding` (every field None: as in the
-  pretraining run, whose sharding suits its model: FSDP in groups of 16 for the ImageNet
-  recipes), `eval_every_steps` / `eval_batch_size` (top-1 on data.eval_split). The
-  protocol's config file adds `method` and the recipe."""
-  config = defaults.base_config()
-  del config["seed"]  # the pretraining run's (the same synthetic set)
-  config.protocol = protocol
-  config.pretrained = _placeholder(str)
-  config.pretrained_step = _placeholder(int)
-  config.use_target = False
-  config.num_classes = _placeholder(int)
-  config.pool = _placeholder(str)
-  config.data = data_overrides()
-  config.sharding = ml_collections.ConfigDict({
-      name: _placeholder(type(value)) for name, value in config.sharding.items()})
-  config.eval_every_steps = 0  # 0: only at the end
-  config.eval_batch_size = 1024
-  config.image_summary_every_steps = 0
-  return config
 
 
 def resolve_config(config: ml_collections.ConfigDict,
@@ -128,7 +93,7 @@ class EncoderMethod(Method):
     self.pretrain_config = (pretrained.read_pretrain_config(config.pretrained)
                             if pretrain_config is None else pretrain_config)
     self.pretrain_method = methods.create(self.pretrain_config)
-    self.eval_defaults = self.pretrain_method.eval_defaults  # the k-NN monitor's
+    self.eval_defaults = self.pretrain_method.eval_defaults  # the evaluators'
     self.pretrained_encoder = self.pretrain_method.eval_encoder(
         config.use_target, config.data.image_size, **encoder_fields)
 
@@ -218,41 +183,11 @@ class TopOneEvaluation:
 
 
 def planned_size_warnings(resolved: ml_collections.ConfigDict,
-                          method_class: Type[EncoderMethod]) -> List[str]:
+                          method_class: Type[EncoderMethod],
+                          schedule: Optional[train_config.Schedule] = None) -> List[str]:
   """`method_class.size_warnings` of a run of `resolved` (`resolve_config`'s output) on its
-  train split."""
+  train split, for `schedule` (default: the config's)."""
+  schedule = schedule or train_config.schedule(resolved)
   return method_class.size_warnings(resolved,
                                     data.num_examples(resolved, resolved.data.train_split),
-                                    train.schedule_lengths(resolved)[0])
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, method_class: Type[EncoderMethod],
-        stop_after_step: Optional[int] = None) -> Optional[Dict[str, Any]]:
-  """Train `method_class` on `config.pretrained`'s encoder under `workdir` (resuming from
-  its checkpoints) and return the final metrics (with the method's `size_warnings`, also
-  logged at the start), also written to `workdir/metrics.json`; None when the run stopped
-  early (`stop_after_step`, preemption)."""
-  config = resolve_config(config)
-  warnings = planned_size_warnings(config, method_class)
-  for warning in warnings:
-    logging.warning("%s", warning)
-  total_steps = train.schedule_lengths(config)[0]
-  method = method_class(config, total_steps)
-  evaluation = TopOneEvaluation(method, config, config.eval_every_steps or total_steps)
-  state = train.train_and_evaluate(config, workdir, method, stop_after_step,
-                                   evaluations=[evaluation] + monitor.knn_monitors(config,
-                                                                                  method),
-                                   description=method.description)
-  if int(state.step) < total_steps:
-    logging.info("%s stopped at step %d of %d; run again to continue.", method.description,
-                 int(state.step), total_steps)
-    return None
-  scalars = evaluation.results.get(total_steps) or evaluation(state)
-  metrics = {"protocol": config.protocol, "top1": scalars["eval_top1"],
-             "loss": scalars["eval_loss"], "step": total_steps,
-             "pretrained": config.pretrained, "pool": config.pool,
-             "warnings": warnings}
-  checkpoint.write_text(workdir, METRICS_FILE, json.dumps(metrics, indent=2))
-  logging.info("%s top-1 %.2f%% on %s", method.description, metrics["top1"],
-               config.data.eval_split)
-  return metrics
+                                    schedule.total_steps)

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from mim_jax import sharding
 from mim_jax.models import vit
-from mim_jax.train import format_duration
+from mim_jax.training.progress import format_duration
 
 POOLS = ("cls", "mean", "tokens")
 

@@ -53,8 +53,8 @@ class FineTune(downstream.EncoderMethod):
   """Config (configs/eval/finetune.py): `pool`; `method.head_init_std`,
   `method.drop_path_rate`, `method.mixup_alpha`, `method.cutmix_alpha`,
   `method.mix_prob`, `method.switch_prob`, `method.label_smoothing`; the fields of
-  downstream.base_config. The encoder is the pretraining method's `eval_encoder` with
-  drop path; params {'encoder', 'fc_norm', 'head'}."""
+  defaults.streamed_eval_config. The encoder is the pretraining method's `eval_encoder`
+  with drop path; params {'encoder', 'fc_norm', 'head'}."""
 
   description = "Fine-tuning"
   pools = ("mean", "cls")

@@ -102,12 +102,9 @@ def probe_arrays(train_x, train_y, test_x, test_y, *, ndim: int, shape_hint: str
 
 def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int,
                   min_lr: float = 0.0) -> optax.Schedule:
-  """0 -> peak_lr linearly over warmup_steps, then half-cosine to min_lr at total_steps
-  (mae/util/lr_sched.py adjust_learning_rate per iteration; CAE utils.cosine_scheduler)."""
-  warmup_steps = min(warmup_steps, total_steps)
-  if warmup_steps == total_steps:
-    return optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
-  return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, min_lr)
+  """`optim.lr_schedule` with the warmup cut to the run (mae/util/lr_sched.py
+  adjust_learning_rate per iteration; CAE utils.cosine_scheduler)."""
+  return optim.lr_schedule(peak_lr, total_steps, min(warmup_steps, total_steps), min_lr)
 
 
 def fit_classifier(model: nn.Module, tx: optax.GradientTransformation,
@@ -219,7 +216,7 @@ class StreamedLinearProbe(downstream.EncoderMethod):
   ({'encoder', 'batch_stats'}): the trainer takes no gradient through them, shards the
   encoder like pretraining's, checkpoints both and stores the statistics each step
   (`TARGET_UPDATES`). Config (configs/eval/linear_probe.py): `pool`, `block`,
-  `method.bn_eps`, `method.bn_momentum`, and downstream.base_config's fields.
+  `method.bn_eps`, `method.bn_momentum`, and defaults.streamed_eval_config's fields.
 
   Differs from main_linprobe.py: the BatchNorm statistics are those of the global batch
   (torch: each GPU's share, without SyncBatchNorm), and its running variance is updated
@@ -270,7 +267,7 @@ class StreamedLinearProbe(downstream.EncoderMethod):
                             x, train=False)
 
   def eval_encoder(self, use_target=False, image_size=None, **module_fields):
-    """The frozen encoder, where this run keeps it (for the k-NN monitor)."""
+    """The frozen encoder, where this run keeps it (for the evaluators of `config.evals`)."""
     del use_target, image_size, module_fields
     return EvalEncoder(self.pretrained_encoder.module, path=("target_params", "encoder"))
 

@@ -1,7 +1,6 @@
 """A pretraining run read back from its workdir: its config, its method, and only the
 parameters a reader needs (the method's `eval_encoder` for evaluation, fine-tuning and
 export; the method's parameters for inspection), never the optimizer state."""
-import functools
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -9,9 +8,9 @@ import ml_collections
 import optax
 from absl import logging
 
-from mim_jax import checkpoint, methods, optim, train
+from mim_jax import checkpoint, methods, optim
 from mim_jax.methods.base import EvalEncoder, Method
-from mim_jax.state import TrainState
+from mim_jax.training.state import TrainState, abstract_state
 
 PyTree = Any
 
@@ -54,13 +53,9 @@ def pretrained_step(workdir: str, step: Optional[int],
 def abstract_params(config: ml_collections.ConfigDict, method: Method) -> Dict[str, PyTree]:
   """{'params', 'target_params'} of `method` as ShapeDtypeStructs on the default device:
   the parameter fields of the TrainState its run saves."""
-  def init(rng):
-    state = train.init_state(method, optax.identity(), rng, train.sample_batch(config, method))
-    return {"params": state.params, "target_params": state.target_params}
-
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      jax.eval_shape(init, jax.random.PRNGKey(0)))
+  state = abstract_state(method, optax.identity(), config,
+                         jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  return {"params": state.params, "target_params": state.target_params}
 
 
 def _read(workdir: str, step: Optional[int], wanted: PyTree) -> Tuple[PyTree, int]:
@@ -127,11 +122,8 @@ def restore_state(workdir: str, step: Optional[int] = None
   config = checkpoint.read_config(workdir)
   method = methods.create(config)
   tx = optim.create_optimizer(config, lambda count: 0.0)  # lr values are not part of state
-  init_fn = functools.partial(train.init_state, method, tx)
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0), train.sample_batch(config, method))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device,
-                                                                      abstract))
+  abstract = abstract_state(method, tx, config,
+                            jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   manager = checkpoint.open_for_reading(workdir)
   if step is None:
     restored = checkpoint.restore_latest(manager, abstract)

@@ -1,17 +1,17 @@
 """Evaluate a pretraining run's encoder: `python -m mim_jax.main
 --config=configs/eval/<protocol>.py --config.pretrained=PRETRAIN_WORKDIR --workdir=EVAL_DIR`.
 
-Protocols (../shared/docs/METHODS.md "Evaluation protocols"): 'knn' (weighted k-NN,
-k=20, T=0.07, and 1-NN), 'linear_probe' (BN -> Linear, LARS), 'attentive_probe' (CAE)
-and 'finetune'. `config.features` says how the encoder is fed:
+Protocols (the registry: protocols.py; ../shared/docs/METHODS.md "Evaluation protocols"):
+'knn' (weighted k-NN, k=20, T=0.07, and 1-NN), 'linear_probe' (BN -> Linear, LARS),
+'attentive_probe' (CAE) and 'finetune'. `config.features` says how the encoder is fed:
 - 'precomputed' (k-NN, the attentive probe, the small-data linear probe): both splits are
   read through the data pipeline with eval preprocessing (resize, centre crop, normalise;
   no augmentation), encoded once on the mesh, and the protocol runs on those features.
   Writes `config.json`, TensorBoard scalars and `metrics.json` into the eval workdir.
 - 'streamed' (fine-tuning, the published linear probe): the generic trainer trains on
-  freshly augmented batches through the encoder (mim_jax/evaluation/downstream.py).
+  freshly augmented batches through the encoder (`train_on_encoder`, downstream.py).
 
-Config fields of the precomputed protocols (`base_config` holds the defaults):
+Config fields of the precomputed protocols (defaults: mim_jax/defaults.py `eval_config`):
   pretrained: workdir of the pretraining run (config.json + checkpoints/).
   pretrained_step: checkpoint step to evaluate (None: the newest).
   use_target: evaluate the EMA target encoder (Latent MIM, PCAE) instead of the online one.
@@ -41,7 +41,7 @@ say anything (`linear_probe.size_warnings`) is logged and listed in metrics.json
 """
 import json
 import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Optional, Type
 
 import jax
 import ml_collections
@@ -49,37 +49,10 @@ from absl import logging
 from clu import metric_writers
 
 from mim_jax import checkpoint, data, lock, methods
-from mim_jax.evaluation import (attentive_probe, downstream, features, finetune, knn,
-                                linear_probe, pretrained)
+from mim_jax.evaluation import downstream, features, pretrained, protocols
 from mim_jax.methods.base import EvalEncoder, Method
-
-PROTOCOLS = ("knn", "linear_probe", "attentive_probe")
-PROTOCOL_POOLS = {"knn": ("cls", "mean"), "linear_probe": ("cls", "mean"),
-                  "attentive_probe": ("tokens",)}
-# The protocols the generic trainer runs on freshly augmented batches ('streamed').
-STREAMED = {"finetune": finetune.FineTune, "linear_probe": linear_probe.StreamedLinearProbe}
-_placeholder = ml_collections.config_dict.placeholder
-
-
-def base_config(protocol: str) -> ml_collections.ConfigDict:
-  """The generic fields of an evaluation config for `protocol` (see the module
-  docstring); configs/eval/<protocol>.py adds the protocol's hyper-parameters
-  (`config.knn`, `config.linear_probe`, `config.attentive_probe`)."""
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"Unknown protocol {protocol!r}; choose one of {PROTOCOLS}.")
-  config = ml_collections.ConfigDict()
-  config.pretrained = _placeholder(str)
-  config.pretrained_step = _placeholder(int)
-  config.use_target = False
-  config.protocol = protocol
-  config.features = "precomputed"
-  config.pool = _placeholder(str)
-  config.block = _placeholder(int)
-  config.data = downstream.data_overrides()
-  config.num_classes = _placeholder(int)
-  config.eval_batch_size = 256
-  config.seed = 0
-  return config
+from mim_jax.training import config as train_config
+from mim_jax.training.loop import train_and_evaluate
 
 
 def pipeline_config(config, pretrain_config, image_size: int) -> ml_collections.ConfigDict:
@@ -96,7 +69,7 @@ def validate(config, encoder: EvalEncoder) -> int:
   """Errors a user can fix in the eval config (its pool and block resolved), raised
   before anything is compiled (the image size and use_target are checked when `encoder`
   is built). Returns the pretraining checkpoint step to evaluate."""
-  features.check_pool(config.pool, PROTOCOL_POOLS[config.protocol], "config.pool")
+  features.check_pool(config.pool, protocols.get(config.protocol).pools, "config.pool")
   depth = encoder.module.depth
   if config.block is not None and not 1 <= config.block <= depth:
     raise ValueError(f"config.block={config.block} must be None (the last block) or in "
@@ -136,25 +109,15 @@ def count_classes(config, data_config, train_labels, test_labels) -> int:
 def run_protocol(config, train, test, num_classes: int, log_fn, num_heads: int
                  ) -> Dict[str, Any]:
   """The protocol's metrics from (features, labels) of both splits."""
-  (train_x, train_y), (test_x, test_y) = train, test
-  if config.protocol == "knn":
-    return knn.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                            **config.knn.to_dict())
-  if config.protocol == "linear_probe":
-    return linear_probe.train_linear_probe(train_x, train_y, test_x, test_y,
-                                           num_classes=num_classes, seed=config.seed,
-                                           log_fn=log_fn, **config.linear_probe.to_dict())
-  kwargs = config.attentive_probe.to_dict()
-  kwargs["num_heads"] = kwargs["num_heads"] or num_heads
-  return attentive_probe.train_attentive_probe(train_x, train_y, test_x, test_y,
-                                               num_classes=num_classes, seed=config.seed,
-                                               log_fn=log_fn, **kwargs)
+  return protocols.get(config.protocol).precomputed(config, train, test, num_classes, log_fn,
+                                                    num_heads)
 
 
-class Plan(NamedTuple):
-  """What an evaluation reads: its config (pool and block resolved), the pretraining run's
-  config and method, the encoder it evaluates (`method.eval_encoder`), the input
-  pipeline's config and the checkpoint step."""
+class ResolvedEvaluation(NamedTuple):
+  """A precomputed evaluation config resolved against its pretraining run: the config
+  (pool and block resolved), the pretraining run's config and method, the encoder it
+  evaluates (`method.eval_encoder`), the input pipeline's config and the checkpoint
+  step."""
   config: ml_collections.ConfigDict
   pretrain_config: ml_collections.ConfigDict
   method: Method
@@ -173,36 +136,72 @@ def resolve_defaults(config: ml_collections.ConfigDict,
   return config
 
 
-def plan(config: ml_collections.ConfigDict) -> Plan:
-  """The `Plan` of a precomputed knn / linear_probe / attentive_probe config (`config`
-  with its pool and block resolved), with every error a user can fix in it raised before
-  anything is compiled or written."""
-  if config.protocol not in PROTOCOLS:
-    raise ValueError(f"Unknown config.protocol={config.protocol!r}; choose one of "
-                     f"{PROTOCOLS + ('finetune',)}.")
+def resolve_evaluation(config: ml_collections.ConfigDict) -> ResolvedEvaluation:
+  """The `ResolvedEvaluation` of a precomputed knn / linear_probe / attentive_probe config
+  (`config` with its pool and block resolved), with every error a user can fix in it
+  raised before anything is compiled or written."""
   pretrain_config = pretrained.read_pretrain_config(config.pretrained)
   method = methods.create(pretrain_config)
   config = resolve_defaults(config, method)
   encoder = method.eval_encoder(config.use_target, config.data.image_size)
   data_config = pipeline_config(config, pretrain_config, encoder.image_size)
-  return Plan(config, pretrain_config, method, encoder, data_config,
-              validate(config, encoder))
+  return ResolvedEvaluation(config, pretrain_config, method, encoder, data_config,
+                            validate(config, encoder))
+
+
+def train_on_encoder(config: ml_collections.ConfigDict, workdir: str,
+                     method_class: Type[downstream.EncoderMethod],
+                     stop_after_step: Optional[int] = None) -> Optional[Dict[str, Any]]:
+  """Train `method_class` (a streamed protocol) on `config.pretrained`'s encoder under
+  `workdir` (resuming from its checkpoints), with top-1 on the eval split every
+  `config.eval_every_steps` and the evaluators `config.evals` asks for; return the final
+  metrics (with the method's `size_warnings`, also logged at the start), also written to
+  `workdir/metrics.json`; None when the run stopped early (`stop_after_step`,
+  preemption)."""
+  config = downstream.resolve_config(config)
+  schedule = train_config.schedule(config)
+  warnings = downstream.planned_size_warnings(config, method_class, schedule)
+  for warning in warnings:
+    logging.warning("%s", warning)
+  total_steps = schedule.total_steps
+  method = method_class(config, total_steps)
+  evaluation = downstream.TopOneEvaluation(method, config,
+                                           config.eval_every_steps or total_steps)
+  state = train_and_evaluate(
+      config, workdir, method, schedule, stop_after_step,
+      evaluations=[evaluation] + protocols.during_training(config, method),
+      description=method.description)
+  if int(state.step) < total_steps:
+    logging.info("%s stopped at step %d of %d; run again to continue.", method.description,
+                 int(state.step), total_steps)
+    return None
+  scalars = evaluation.results.get(total_steps) or evaluation(state)
+  metrics = {"protocol": config.protocol, "top1": scalars["eval_top1"],
+             "loss": scalars["eval_loss"], "step": total_steps,
+             "pretrained": config.pretrained, "pool": config.pool,
+             "warnings": warnings}
+  checkpoint.write_text(workdir, downstream.METRICS_FILE, json.dumps(metrics, indent=2))
+  logging.info("%s top-1 %.2f%% on %s", method.description, metrics["top1"],
+               config.data.eval_split)
+  return metrics
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Run `config.protocol` on `config.pretrained`'s encoder; returns the metrics written
-  to `workdir/metrics.json`. The streamed protocols (`STREAMED`: fine-tuning, the
-  published linear probe) train with the generic trainer: downstream.run."""
+  """Run `config.protocol` on `config.pretrained`'s encoder as `config.features` says;
+  returns the metrics written to `workdir/metrics.json`."""
+  protocol = protocols.get(config.protocol)
+  if config.features not in protocol.features:
+    raise ValueError(f"config.features={config.features!r} is not offered by "
+                     f"config.protocol={config.protocol!r}; choose one of "
+                     f"{protocol.features}.")
   if config.features == "streamed":
-    if config.protocol not in STREAMED:
-      raise ValueError(f"config.features='streamed' is for {sorted(STREAMED)}, not "
-                       f"config.protocol={config.protocol!r}: set config.features="
-                       "'precomputed'.")
-    return downstream.run(config, workdir, STREAMED[config.protocol])
-  if config.features != "precomputed":
-    raise ValueError(f"Unknown config.features={config.features!r}; choose 'precomputed' "
-                     "or 'streamed'.")
-  config, pretrain_config, method, encoder, data_config, _ = plan(config)
+    return train_on_encoder(config, workdir, protocol.streamed)
+  return evaluate_precomputed(config, workdir)
+
+
+def evaluate_precomputed(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """`evaluate` on features computed once (knn, linear_probe, attentive_probe)."""
+  config, pretrain_config, method, encoder, data_config, _ = resolve_evaluation(config)
   splits = (data_config.data.train_split, data_config.data.eval_split)
   if config.protocol == "knn" and config.knn.leave_one_out:
     splits = splits[1:]  # the eval split is its own memory bank
@@ -227,24 +226,34 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                for split, batches in zip(splits, iterators)]
     train, test = encoded[0], encoded[-1]  # the same split when leaving one out
     feature_seconds = time.perf_counter() - start
-    num_classes = count_classes(config, data_config, train[1], test[1])
+    return probe_on_features(
+        config, data_config, splits, train, test, workdir, pretrained_step,
+        encoder.module.num_heads, pretrained=config.pretrained,
+        pretrained_step=pretrained_step, method=pretrain_config.method.name,
+        use_target=config.use_target, pool=config.pool, block=config.block,
+        feature_seconds=feature_seconds)
 
-    writer, log_fn = probe_writer(workdir)
-    start = time.perf_counter()
-    try:
-      results = run_protocol(config, train, test, num_classes, log_fn, encoder.module.num_heads)
-      writer.write_scalars(pretrained_step, {k: v for k, v in results.items()
-                                             if k.endswith("top1")})
-    finally:
-      writer.flush()
-    metrics = dict(results, protocol=config.protocol, pretrained=config.pretrained,
-                   pretrained_step=pretrained_step, method=pretrain_config.method.name,
-                   use_target=config.use_target, pool=config.pool, block=config.block,
-                   data_source=data_config.data.source, splits=list(splits),
-                   image_size=data_config.data.image_size,
-                   num_train=len(train[1]), num_test=len(test[1]), num_classes=num_classes,
-                   feature_shape=list(train[0].shape[1:]), feature_seconds=feature_seconds,
-                   protocol_seconds=time.perf_counter() - start)
-    logging.info("Evaluation results: %s", metrics)
-    checkpoint.write_text(workdir, "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
+
+def probe_on_features(config, data_config, splits, train, test, workdir: str, step: int,
+                      num_heads: int, **fields) -> Dict[str, Any]:
+  """`config.protocol` on (features, labels) of the train and test `splits` read with
+  `data_config`: its top-1 scalars written to TensorBoard at `step`, the probe's curves
+  per epoch, and workdir/metrics.json: the results, what was evaluated on what, and
+  `fields` (e.g. the pretraining run and checkpoint). Returns the metrics."""
+  num_classes = count_classes(config, data_config, train[1], test[1])
+  writer, log_fn = probe_writer(workdir)
+  start = time.perf_counter()
+  try:
+    results = run_protocol(config, train, test, num_classes, log_fn, num_heads)
+    writer.write_scalars(step, {k: v for k, v in results.items() if k.endswith("top1")})
+  finally:
+    writer.flush()
+  metrics = dict(results, protocol=config.protocol, **fields,
+                 data_source=data_config.data.source, splits=list(splits),
+                 image_size=data_config.data.image_size, num_train=len(train[1]),
+                 num_test=len(test[1]), num_classes=num_classes,
+                 feature_shape=list(train[0].shape[1:]),
+                 protocol_seconds=time.perf_counter() - start)
+  logging.info("Evaluation results: %s", metrics)
+  checkpoint.write_text(workdir, "metrics.json", json.dumps(metrics, indent=2))
+  return metrics

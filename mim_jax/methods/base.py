@@ -1,4 +1,4 @@
-"""The interface between the generic trainer (mim_jax/train.py) and a method, and between
+"""The interface between the generic trainer (mim_jax/training/) and a method, and between
 a method and everything that reads its trained encoder back.
 
 A method says only what is specific to it: its model parts, how its masks are drawn,
@@ -133,6 +133,14 @@ class Method:
     self.config = config
     self.total_steps = total_steps
 
+  @classmethod
+  def shrink_config(cls, config: ml_collections.ConfigDict, old_patch_size: int,
+                    old_depth: int, resize_data: bool) -> None:
+    """Fit the method's own geometry fields of `config` to the test-size encoder that
+    `config_files.shrink` made of a `old_patch_size`, `old_depth` one (`resize_data`: the
+    images were resized to it too). Default: none to fit."""
+    del config, old_patch_size, old_depth, resize_data
+
   def init(self, rng: jax.Array, batch: Batch) -> PyTree:
     """Online parameters (the only ones the optimizer updates)."""
     raise NotImplementedError
@@ -167,8 +175,9 @@ class Method:
     """The part of the online params that the target params track (None: no targets)."""
     return None
 
-  def target_momentum(self, step: jax.Array, total_steps: int) -> jax.Array:
-    """EMA momentum m for `target = m·target + (1 − m)·source`, evaluated every step."""
+  def target_momentum(self, step: jax.Array) -> jax.Array:
+    """EMA momentum m for `target = m·target + (1 − m)·source`, evaluated every step (of
+    the run's `total_steps`)."""
     return jnp.zeros((), jnp.float32)
 
   # What the encoder is, for everything that reads it back.

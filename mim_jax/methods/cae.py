@@ -114,6 +114,12 @@ class CAE(Method):
              "run_attentive.py --use_cls: the cls token, all tokens, after the final "
              "norm), scripts/cae_base_finetune.sh (mean pooling)")
 
+  @classmethod
+  def shrink_config(cls, config, old_patch_size, old_depth, resize_data):
+    """A block of hidden patches is at most a quarter of the smaller grid."""
+    grid = config.data.image_size // config.model.patch_size
+    config.method.min_block_patches = min(config.method.min_block_patches, grid * grid // 4)
+
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)
     m, meth = config.model, config.method

@@ -22,10 +22,10 @@ def build_encoder(config: ml_collections.ConfigDict, image_size: Optional[int] =
                      f"config.model.patch_size={m.patch_size}.")
   kwargs = dict(image_size=size, patch_size=m.patch_size, width=m.width, depth=m.depth,
                 num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                drop_path_rate=m.drop_path_rate, layer_scale_init=m.get("layer_scale_init"),
-                pos_embedding=m.get("pos_embedding", "sincos"), remat=m.remat,
-                dtype=jnp.dtype(m.dtype), scan_layers=m.get("scan_layers", False),
-                attention_impl=m.get("attention_impl", "xla"))
+                drop_path_rate=m.drop_path_rate, layer_scale_init=m.layer_scale_init,
+                pos_embedding=m.pos_embedding, remat=m.remat,
+                dtype=jnp.dtype(m.dtype), scan_layers=m.scan_layers,
+                attention_impl=m.attention_impl)
   kwargs.update(overrides)
   return vit.ViTEncoder(**kwargs)
 

@@ -102,6 +102,14 @@ class LatentMIM(Method):
              "configs/eval/knn.py:latent_mim_nn); no linear-probe or fine-tuning code, the "
              "same feature assumed")
 
+  @classmethod
+  def shrink_config(cls, config, old_patch_size, old_depth, resize_data):
+    """The gap keeps its size in patches, and resized images its grid·(patch + gap)."""
+    p, method = config.model.patch_size, config.method
+    method.patch_gap = method.patch_gap * p // old_patch_size
+    if resize_data:
+      config.data.image_size = config.data.image_size // p * (p + method.patch_gap)
+
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)
     mc, m = config.method, config.model
@@ -194,9 +202,9 @@ class LatentMIM(Method):
   def target_source(self, params):
     return self.online(params) if self.target_mode == "momentum" else None
 
-  def target_momentum(self, step, total_steps):
+  def target_momentum(self, step):
     """m = 1 − (1 − m₀)·(1 + cos(π·t/T))/2 (LatentMIM `adjust_target_momentum`)."""
-    return optim.cosine_momentum(step, total_steps, self.config.method.target_momentum)
+    return optim.cosine_momentum(step, self.total_steps, self.config.method.target_momentum)
 
   def eval_encoder(self, use_target=False, image_size=None, **module_fields):
     """The encoder at grid·p px, without gaps (main_lmim.py builds its encoder at

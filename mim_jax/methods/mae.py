@@ -52,8 +52,8 @@ class MAE(Method):
     self.decoder = decoders.MAEDecoder(
         grid_hw=self.grid_hw, out_dim=self.patch_size**2 * 3, width=m.decoder_width,
         depth=m.decoder_depth, num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio,
-        remat=m.remat, dtype=jnp.dtype(m.dtype), scan_layers=m.get("scan_layers", False),
-        attention_impl=m.get("attention_impl", "xla"))
+        remat=m.remat, dtype=jnp.dtype(m.dtype), scan_layers=m.scan_layers,
+        attention_impl=m.attention_impl)
 
   def init(self, rng, batch):
     enc_rng, dec_rng, mask_rng = jax.random.split(rng, 3)

@@ -83,6 +83,13 @@ class PCAE(Method):
       source="caddyless/PCAE main_linprobe.py, main_finetune.py (MAE's, on the student "
              "encoder: use_target=False)")
 
+  @classmethod
+  def shrink_config(cls, config, old_patch_size, old_depth, resize_data):
+    """The teacher drops tokens after the blocks at the same depth fractions."""
+    depth = config.model.depth
+    config.method.drop_layers = tuple(sorted({i * depth // old_depth
+                                              for i in config.method.drop_layers}))
+
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)
     mc, m = config.method, config.model
@@ -142,9 +149,9 @@ class PCAE(Method):
   def target_source(self, params):
     return params["encoder"]
 
-  def target_momentum(self, step, total_steps):
+  def target_momentum(self, step):
     """Cosine from 0.9999 to 1 per step (caddyless/PCAE `cosine_scheduler`)."""
-    return optim.cosine_momentum(step, total_steps, self.config.method.target_momentum)
+    return optim.cosine_momentum(step, self.total_steps, self.config.method.target_momentum)
 
   def eval_encoder(self, use_target=False, image_size=None, **module_fields):
     """`use_target`: the EMA teacher, whose target tree is the bare encoder."""

@@ -42,6 +42,12 @@ class SimMIM(Method):
              "tokens; no probe code released), configs/vit_base__800ep/"
              "simmim_finetune__vit_base__img224__800ep.yaml (USE_MEAN_POOLING)")
 
+  @classmethod
+  def shrink_config(cls, config, old_patch_size, old_depth, resize_data):
+    """Mask cells keep their size in patches."""
+    config.method.mask_patch_size = (config.method.mask_patch_size * config.model.patch_size
+                                     // old_patch_size)
+
   def __init__(self, config, total_steps=None):
     super().__init__(config, total_steps)
     common.check_mask_ratio(config.method.mask_ratio)

@@ -21,7 +21,7 @@ token_init = nn.initializers.normal(stddev=0.02)
 POS_EMBEDDINGS = ("sincos", "shared_rel_bias")
 # Attention implementations: 'xla' (einsum-softmax-einsum through XLA, any backend and
 # dtype: `attention_weights`, then the weighted sum of values) or 'cudnn'
-# (jax.nn.dot_product_attention's cuDNN flash attention: GPU, bf16/fp16).
+# (jax.nn.dot_product_attention's cuDNN flash attention: GPU, bfloat16).
 ATTENTION_IMPLS = ("xla", "cudnn")
 # Activation rematerialisation of each transformer block (jax.checkpoint_policies): 'none'
 # keeps every activation, 'full' recomputes the whole block in the backward pass, the
@@ -42,6 +42,32 @@ def remat_policy_name(remat) -> str:
     raise ValueError(f"Unknown remat policy config.model.remat={remat!r}; choose one of "
                      f"{sorted(REMAT_POLICIES)} (or a bool).")
   return remat
+
+
+def check_model_config(model) -> None:
+  """Errors a user can cause in `config.model`'s encoder and speed fields, raised before
+  anything is compiled (a method checks its decoder fields when it is built)."""
+  if model.width % model.num_heads or model.width % 4:
+    raise ValueError(f"config.model.width={model.width} must be divisible by 4 (sin-cos "
+                     f"position embedding) and by config.model.num_heads={model.num_heads}.")
+  if model.dtype == "float16":
+    raise ValueError("config.model.dtype='float16' trains without loss scaling here, so "
+                     "small gradients underflow to zero: use 'bfloat16' (same speed on "
+                     "TPUs and Ampere or newer GPUs, float32's range) or 'float32'.")
+  if model.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype={model.dtype!r}: choose 'float32' or 'bfloat16' "
+                     "(the compute dtype; params stay float32).")
+  remat_policy_name(model.remat)
+  if model.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"Unknown config.model.attention_impl={model.attention_impl!r}; choose "
+                     f"one of {ATTENTION_IMPLS}.")
+  if model.attention_impl == "cudnn" and (jax.default_backend() != "gpu"
+                                          or model.dtype == "float32"):
+    raise ValueError(f"config.model.attention_impl='cudnn' needs a GPU and "
+                     f"config.model.dtype 'bfloat16' (have {jax.default_backend()}, "
+                     f"{model.dtype!r}); use 'xla'.")
+  if not isinstance(model.scan_layers, bool):
+    raise ValueError(f"config.model.scan_layers={model.scan_layers!r} must be True or False.")
 
 
 def maybe_remat(module_cls, remat, static_argnums=()):

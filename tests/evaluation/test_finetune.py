@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import checkpoint_steps, config_file, scalar_series, tiny_mae_config
+from conftest import checkpoint_steps, scalar_series, shrunk_config, tiny_mae_config
 from mim_jax import pretrain
-from mim_jax.evaluation import downstream, finetune, pretrained
+from mim_jax.evaluation import downstream, finetune, pretrained, run
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,10 @@ def pretrain_dir(tmp_path_factory):
 
 
 def tiny_finetune_config(pretrain_dir):
-  """configs/eval/finetune.py:tiny on the pretraining run's data (synthetic, 10 classes)."""
-  return config_file("eval/finetune.py", "tiny", {"pretrained": str(pretrain_dir)})
+  """Fine-tuning's ViT-B recipe shrunk (no checkpoint before the end) on the pretraining
+  run's data (synthetic, 10 classes)."""
+  return shrunk_config("eval/finetune.py", "vit_base", checkpoint_every_steps=100,
+                       pretrained=str(pretrain_dir))
 
 
 def checkpointed_params(workdir, step):
@@ -46,7 +48,8 @@ def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
   assert resolved.model.drop_path_rate == pytest.approx(0.1)
 
   workdir = tmp_path / "finetune"
-  assert downstream.run(config, str(workdir), finetune.FineTune, stop_after_step=1) is None
+  assert run.train_on_encoder(config, str(workdir), finetune.FineTune,
+                              stop_after_step=1) is None
   assert any(r.getMessage().startswith("Fine-tuning: 4 steps") for r in caplog.records)
   assert not any("Pretraining" in r.getMessage() for r in caplog.records)
   assert checkpoint_steps(workdir) == [1]
@@ -61,7 +64,7 @@ def test_finetune_starts_from_the_pretrained_encoder_writes_metrics_and_resumes(
   head = np.asarray(start["head"]["kernel"])
   assert 0 < np.abs(head).max() < 1e-4 and not np.asarray(start["head"]["bias"]).any()
 
-  metrics = downstream.run(config, str(workdir), finetune.FineTune)
+  metrics = run.train_on_encoder(config, str(workdir), finetune.FineTune)
   assert metrics["step"] == 4 and 0.0 <= metrics["top1"] <= 100.0
   assert json.loads((workdir / downstream.METRICS_FILE).read_text()) == metrics
   # resumed, not restarted: each step logged once, top-1 at steps 2 and 4
@@ -80,18 +83,18 @@ def test_finetune_config_errors_name_the_field(tmp_path, pretrain_dir):
   config = tiny_finetune_config(pretrain_dir)
   config.pretrained = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="config.pretrained"):
-    downstream.run(config, str(tmp_path / "a"), finetune.FineTune)
+    run.train_on_encoder(config, str(tmp_path / "a"), finetune.FineTune)
   config = tiny_finetune_config(pretrain_dir)
   config.pool = "max"
   with pytest.raises(ValueError, match="config.pool"):
-    downstream.run(config, str(tmp_path / "b"), finetune.FineTune)
+    run.train_on_encoder(config, str(tmp_path / "b"), finetune.FineTune)
   config = tiny_finetune_config(pretrain_dir)
   config.eval_batch_size = 12
   with pytest.raises(ValueError, match="config.eval_batch_size"):
-    downstream.run(config, str(tmp_path / "c"), finetune.FineTune)
+    run.train_on_encoder(config, str(tmp_path / "c"), finetune.FineTune)
   (tmp_path / "no_checkpoints").mkdir()
   shutil.copy(os.path.join(pretrain_dir, "config.json"), tmp_path / "no_checkpoints")
   config = tiny_finetune_config(str(tmp_path / "no_checkpoints"))
   with pytest.raises(FileNotFoundError, match="config.pretrained=.* has no checkpoints"):
-    downstream.run(config, str(tmp_path / "d"), finetune.FineTune)
+    run.train_on_encoder(config, str(tmp_path / "d"), finetune.FineTune)
   assert not any((tmp_path / d).exists() for d in "abcd")  # nothing written

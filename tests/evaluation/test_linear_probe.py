@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import config_file, scalar_series, tiny_mae_config
-from mim_jax import optim, pretrain, sharding, train
+from mim_jax import optim, pretrain, sharding
+from mim_jax.training import state as train_state
 from mim_jax.evaluation import downstream, linear_probe, pretrained, run
 
 
@@ -86,8 +87,7 @@ def test_streamed_probe_trains_only_the_head_on_the_frozen_encoder_and_resumes_e
   method = linear_probe.StreamedLinearProbe(resolved, 4)
   mesh = sharding.create_mesh(resolved)
   tx = optim.create_optimizer(resolved, lambda count: 0.1)
-  state, _ = train.create_train_state(method, tx, resolved, mesh,
-                                      train.sample_batch(resolved, method))
+  state, _ = train_state.create_train_state(method, tx, resolved, mesh)
   assert set(state.params) == {"head"}
   assert set(state.target_params) == {"encoder", "batch_stats"}
   kernel = state.target_params["encoder"]["patch_embed"]["kernel"]  # [48, 32]
@@ -96,8 +96,8 @@ def test_streamed_probe_trains_only_the_head_on_the_frozen_encoder_and_resumes_e
 
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   metrics = run.evaluate(config, str(straight))
-  assert downstream.run(config, str(resumed), linear_probe.StreamedLinearProbe,
-                        stop_after_step=2) is None
+  assert run.train_on_encoder(config, str(resumed), linear_probe.StreamedLinearProbe,
+                              stop_after_step=2) is None
   assert run.evaluate(config, str(resumed)) == metrics
   assert metrics["protocol"] == "linear_probe" and metrics["step"] == 4
   assert 0.0 <= metrics["top1"] <= 100.0 and np.isfinite(metrics["loss"])

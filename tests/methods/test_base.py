@@ -1,8 +1,9 @@
 """A method owns its encoder (`Method.eval_encoder`, mim_jax/methods/base.py): every reader
-of a trained encoder (the evaluation protocols, the k-NN monitor, fine-tuning's warm start,
-the timm export, inspection) gets the module, the image size and grid it is evaluated at,
-and only the parameters it needs, for every method and for its EMA target where it keeps
-one, at the published ViT-B geometry (tiny width and depth; real image size, patch, gap)."""
+of a trained encoder (the evaluation protocols, the evaluators during training,
+fine-tuning's warm start, the timm export, inspection) gets the module, the image size and
+grid it is evaluated at, and only the parameters it needs, for every method and for its
+EMA target where it keeps one, at the published ViT-B geometry (tiny width and depth; real
+image size, patch, gap)."""
 import functools
 import sys
 
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import config_file
-from mim_jax import checkpoint, data, methods, optim, train
+from mim_jax import checkpoint, data, methods, optim
+from mim_jax.training import state as train_state
 from mim_jax.convert import load_torch_state_dict
 from mim_jax.convert.__main__ import main as convert_main
-from mim_jax.evaluation import features, monitor, pretrained, run
+from mim_jax.evaluation import features, pretrained, protocols, run
 from mim_jax.evaluation.downstream import resolve_config
 from mim_jax.evaluation.finetune import FineTune
 
@@ -77,8 +79,8 @@ def save_random_run(config, workdir):
   target encoders differ in every entry. Returns the state."""
   method = methods.create(config, total_steps=1)
   tx = optim.create_optimizer(config, lambda count: 0.0)
-  shapes = jax.eval_shape(functools.partial(train.init_state, method, tx),
-                          jax.random.PRNGKey(0), train.sample_batch(config, method))
+  shapes = jax.eval_shape(functools.partial(train_state.init_state, method, tx),
+                          jax.random.PRNGKey(0), train_state.sample_batch(config, method))
   rng = np.random.default_rng(0)
   state = jax.tree.map(lambda s: (rng.normal(0.0, 0.1, s.shape).astype(s.dtype)
                                   if np.issubdtype(s.dtype, np.floating)
@@ -125,13 +127,16 @@ def test_every_reader_sees_the_trained_grid_and_reads_only_the_encoder(
 
   # 2. every evaluation protocol plans 224 px images for the 14×14 encoder, whose
   # features have 1 + 196 tokens (the attentive probe's input)
-  for protocol in run.PROTOCOLS:
+  for protocol in protocols.names("precomputed"):
     eval_config = config_file(f"eval/{protocol}.py", overrides={
         "pretrained": workdir, "use_target": use_target, "eval_batch_size": 8})
-    plan = run.plan(eval_config)
-    assert plan.encoder.grid_hw == (14, 14) and plan.data_config.data.image_size == 224
-  batches = data.create_eval_iterator(plan.data_config, "validation", global_batch_size=8)
-  tokens, _ = features.extract_features(plan.encoder.module, params, batches, pool="tokens")
+    resolved = run.resolve_evaluation(eval_config)
+    assert resolved.encoder.grid_hw == (14, 14)
+    assert resolved.data_config.data.image_size == 224
+  batches = data.create_eval_iterator(resolved.data_config, "validation",
+                                      global_batch_size=8)
+  tokens, _ = features.extract_features(resolved.encoder.module, params, batches,
+                                        pool="tokens")
   assert tokens.shape == (8, 197, 16)
   # ... and a whole evaluation runs on them
   eval_config = config_file("eval/knn.py", overrides={
@@ -150,7 +155,7 @@ def test_every_reader_sees_the_trained_grid_and_reads_only_the_encoder(
     assert convert_main(args) == 0
     assert load_torch_state_dict(out)["pos_embed"].shape == (1, 197, 16)
 
-  # 4. the k-NN monitor of the online encoder embeds 224 px images
+  # 4. the k-NN evaluator (config.evals.knn) of the online encoder embeds 224 px images
   if not use_target:
     seen = []
     extract = features.extract_features
@@ -160,9 +165,9 @@ def test_every_reader_sees_the_trained_grid_and_reads_only_the_encoder(
       seen.extend(b["image"].shape for b in batches)
       return extract(module, params, iter(batches), **kwargs)
     monkeypatch.setattr(features, "extract_features", spy)
-    config.knn_monitor.update(every_steps=1, num_train=16, num_eval=8, batch_size=8)
-    (knn_monitor,) = monitor.knn_monitors(config, method)
-    result = knn_monitor(state, step=0)
+    config.evals.knn.update(every_steps=1, num_train=16, num_eval=8, batch_size=8)
+    (knn_evaluator,) = protocols.during_training(config, method)
+    result = knn_evaluator(state, step=0)
     assert 0.0 <= result["knn_top1"] <= 100.0
     assert seen and all(shape[1:] == (224, 224, 3) for shape in seen)
 
@@ -174,10 +179,10 @@ def test_latent_mim_cifar_config_is_evaluated_on_8x8_patches_of_32px(tmp_path):
   encoder = methods.create(config).eval_encoder()
   assert (encoder.image_size, encoder.grid_hw) == (32, (8, 8))
   save_random_run(config, str(tmp_path / "run"))
-  for protocol in run.PROTOCOLS:
+  for protocol in protocols.names("precomputed"):
     eval_config = config_file(f"eval/{protocol}.py", overrides={
         "pretrained": str(tmp_path / "run"), "eval_batch_size": 8})
-    assert run.plan(eval_config).data_config.data.image_size == 32
+    assert run.resolve_evaluation(eval_config).data_config.data.image_size == 32
 
 
 @pytest.mark.parametrize("name,use_target", [("latent_mim", False), ("pcae", True)])
@@ -192,7 +197,7 @@ def test_fine_tuning_warm_starts_from_the_eval_encoder_and_reads_only_it(
   assert config.data.image_size == 224  # Latent MIM: not its 280 px training size
   method = FineTune(config)
   params = jax.eval_shape(method.init, jax.random.PRNGKey(0),
-                          train.sample_batch(config, method))
+                          train_state.sample_batch(config, method))
   started, _ = method.warm_start(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params),
                                  {})
   want = methods.create(pretrain_config).eval_encoder(use_target).params(state)

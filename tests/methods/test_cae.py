@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from conftest import assert_sharded_equals_one_device, config_file, random_images, scalar_series
-from mim_jax import methods, optim, pretrain, train
+from conftest import (assert_sharded_equals_one_device, config_file, learning_config,
+                      random_images, scalar_series, shrunk_config)
+from mim_jax import methods, optim, pretrain
+from mim_jax.training import config as train_config
 from mim_jax.models import cae as cae_models
 from mim_jax.models import vit
 
 
 def tiny_cae_config(**overrides):
-  """configs/cae.py:tiny: 16 px images, patch 4: 8 of 16 patches hidden in blocks of >= 4;
+  """CAE's ViT-B recipe shrunk: 16 px images, patch 4: 8 of 16 patches hidden in blocks of >= 4;
   encoder 32 wide, regressor and decoder (1 block each) 16 wide, so latents pass the
   projection."""
-  return config_file("cae.py", "tiny", overrides)
+  return shrunk_config("cae.py", **overrides)
 
 
 def toy_tokenizer(images):
@@ -244,7 +246,7 @@ def test_published_vit_base_recipe_and_tiny_config():
   assert decay["encoder"]["cls_token"] and decay["regressor"]["mask_token"]
   assert not decay["regressor"]["regressor_blocks_0"]["gamma_1_cross"]
   small = config_file("cae.py", "cifar")  # 64 patches of 32 px images
-  train.validate_config(small, 8, 1)
+  train_config.validate(small, 8, 1)
   assert methods.create(small).num_masking == 32
 
 
@@ -259,7 +261,7 @@ def test_cae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """200 steps on CIFAR-10 (32 of 64 patches hidden in blocks of >= 16): the loss falls
   by over 40%, and its reconstruction part (MSE on standardised patches, ≈1 for a
   constant prediction) by over 20%."""
-  config = config_file("cae.py", "tiny_cifar", {"data.path": str(cifar_npz)})
+  config = learning_config("cae", cifar_npz)
   pretrain.run(config, str(tmp_path))
   losses, recon = (scalar_series(str(tmp_path), tag) for tag in ("loss", "loss_main"))
   assert len(losses) == len(recon) == 20

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import config_file, numpy_mae_loss, scalar_series, tiny_mae_config
+from conftest import learning_config, numpy_mae_loss, scalar_series, tiny_mae_config
 from mim_jax import masking, methods, pretrain
 from mim_jax.methods import common, mae
 from mim_jax.models import vit
@@ -82,7 +82,7 @@ def test_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """150 steps on CIFAR-10 images: the hidden-patch loss falls well below its start and
   below the loss of predicting each patch's mean, (p²·3 − 1)/(p²·3) = 0.979 for
   standardised targets."""
-  config = config_file("mae.py", "tiny_cifar", {"data.path": str(cifar_npz)})
+  config = learning_config("mae", cifar_npz)
   pretrain.run(config, str(tmp_path))
   losses = scalar_series(str(tmp_path), "loss")
   assert len(losses) == 15

@@ -8,16 +8,18 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import (REPO, assert_sharded_equals_one_device, config_file, coordinate_ramp,
-                      data_config, numpy_mae_loss, scalar_series, tiny_mae_config, write_npz)
-from mim_jax import data, methods, pretrain, sharding, train
+                      data_config, learning_config, numpy_mae_loss, scalar_series,
+                      shrunk_config, tiny_mae_config, write_npz)
+from mim_jax import data, methods, pretrain, sharding
+from mim_jax.training import config as train_config
 from mim_jax.methods import multiview_mae as mv
 from mim_jax.models import vit
 
 
 def tiny_multiview_config(**method_fields):
-  """configs/multiview_mae.py:tiny with `method_fields`."""
-  return config_file("multiview_mae.py", "tiny",
-                     {f"method.{k}": v for k, v in method_fields.items()})
+  """Multi-View MAE's ViT-B recipe shrunk, with `method_fields`."""
+  return shrunk_config("multiview_mae.py",
+                       **{f"method.{k}": v for k, v in method_fields.items()})
 
 
 def random_batch(config, b=8, seed=0):
@@ -241,10 +243,10 @@ def test_configs_hold_the_paper_defaults():
       "multiview_mae", 0.8, 2.0, True, True)
   assert (config.model.width, config.model.decoder_depth, config.data.image_size) == (
       768, 8, 224)
-  train.validate_config(config, 8, 1)
+  train_config.validate(config, 8, 1)
   assert isinstance(methods.create(config), mv.MultiViewMAE)
   small = config_file("multiview_mae.py", "cifar")
-  train.validate_config(small, 8, 1)
+  train_config.validate(small, 8, 1)
   assert small.method.mask_ratio == 0.8 and (REPO / small.data.path).resolve() == (
       REPO.parent / "shared" / "data" / "cifar10_small.npz")
 
@@ -269,7 +271,7 @@ def test_multiview_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """150 steps on CIFAR-10 through the trainer and the two-view pipeline: the contrastive
   loss ends far below chance, log(2B − 1), and both reconstruction losses below the
   loss of predicting each standardised patch's mean, (p²·3 − 1)/(p²·3) = 0.979."""
-  config = config_file("multiview_mae.py", "tiny_cifar", {"data.path": str(cifar_npz)})
+  config = learning_config("multiview_mae", cifar_npz)
   pretrain.run(config, str(tmp_path))
   series = {k: scalar_series(str(tmp_path), k)
             for k in ("loss", "mae_loss", "cross_loss", "contrastive_loss", "overlap_fraction")}

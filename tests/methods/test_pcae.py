@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import (assert_sharded_equals_one_device, assert_trees_close, config_file,
-                      random_images)
+                      random_images, shrunk_config)
 from mim_jax import methods
 from mim_jax.methods import pcae
 
 
 def tiny_pcae_config(**method):
   """16 px images, 16 patches: 4 visible, 12 hidden → 6 → 3 after blocks 0 and 1."""
-  return config_file("pcae.py", "tiny", {f"method.{k}": v for k, v in method.items()})
+  return shrunk_config("pcae.py", **{f"method.{k}": v for k, v in method.items()})
 
 
 def test_token_dropping_keeps_exactly_the_least_similar_tokens():
@@ -123,7 +123,7 @@ def test_pcae_loss_matches_numpy():
 
 def test_no_gradient_reaches_the_teacher_and_momentum_schedule():
   config = tiny_pcae_config()
-  method = methods.create(config)
+  method = methods.create(config, total_steps=100)
   batch = {"image": jnp.asarray(random_images(config)[:4])}
   params = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
   teacher = jax.tree.map(lambda x: 0.9 * x, method.target_source(params))
@@ -135,7 +135,7 @@ def test_no_gradient_reaches_the_teacher_and_momentum_schedule():
     assert any(np.asarray(g).any() for g in jax.tree.leaves(grads[0][part])), part
   for step, want in ((0, 0.9999), (50, 0.99995), (100, 1.0),
                      (25, 1 - 1e-4 * (1 + math.cos(math.pi / 4)) / 2)):
-    np.testing.assert_allclose(float(method.target_momentum(step, 100)), want, rtol=1e-7)
+    np.testing.assert_allclose(float(method.target_momentum(step)), want, rtol=1e-7)
 
 
 def test_sharded_fsdp_step_equals_one_device_and_teacher_follows_the_ema():

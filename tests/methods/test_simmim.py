@@ -6,14 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_sharded_equals_one_device, config_file, random_images, scalar_series
-from mim_jax import masking, methods, optim, pretrain, train
+from conftest import (assert_sharded_equals_one_device, config_file, learning_config,
+                      random_images, scalar_series, shrunk_config)
+from mim_jax import masking, methods, optim, pretrain
+from mim_jax.training import config as train_config
 from mim_jax.methods import common, simmim
 
 
 def tiny_simmim_config(**overrides):
   """16 px images, patch 4, 8 px mask cells: 4 cells, ceil(4·0.6) = 3 hidden."""
-  return config_file("simmim.py", "tiny", overrides)
+  return shrunk_config("simmim.py", **overrides)
 
 
 def numpy_simmim_loss(images, recon, mask, p):
@@ -96,7 +98,7 @@ def test_published_vit_base_recipe_and_tiny_config():
       "relative_position_bias_table"]  # as optimizer.py `get_pretrain_param_groups`
   assert not decay["encoder"]["cls_token"] and not decay["encoder"]["blocks_0"]["gamma_1"]
   tiny = tiny_simmim_config()
-  train.validate_config(tiny, 8, 1)
+  train_config.validate(tiny, 8, 1)
   assert methods.create(tiny).encoder.pos_embedding == "shared_rel_bias"
 
 
@@ -112,7 +114,7 @@ def test_simmim_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """200 steps on CIFAR-10 with the published encoder options: the hidden-pixel L1 falls
   from ≈0.8 (what predicting the mean colour scores on standardised pixels) to under
   0.65, and by over 20%."""
-  config = config_file("simmim.py", "tiny_cifar", {"data.path": str(cifar_npz)})
+  config = learning_config("simmim", cifar_npz)
   pretrain.run(config, str(tmp_path))
   losses = scalar_series(str(tmp_path), "loss")
   assert len(losses) == 20

@@ -15,12 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_steps, config_file, scalar_series
+from conftest import REPO, checkpoint_steps, scalar_series, tiny_mae_config
 from mim_jax import pretrain
 from mim_jax.evaluation import pretrained
 
 STEPS = 4
-# configs/mae.py:tiny (batch 16, logs every step) for STEPS steps with checkpoints every 2,
+# configs/mae.py:vit_base,shrink (batch 16, logs every step), STEPS steps, checkpoints every 2,
 # no image summaries, and Adam's eps raised (below)
 TINY = {"num_train_steps": STEPS, "checkpoint_every_steps": 2, "image_summary_every_steps": 0,
         "optimizer.eps": 1e-6}
@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 def tiny_config():
-  return config_file("mae.py", "tiny", TINY)
+  return tiny_mae_config(**TINY)
 
 
 def start_processes(workdir, overrides=TINY, count=2):
@@ -54,7 +54,7 @@ def start_processes(workdir, overrides=TINY, count=2):
              JAX_PLATFORMS="cpu")
   started = []
   for index in range(count):
-    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:tiny",
+    cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:vit_base,shrink",
            f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
            f"--num_processes={count}", f"--process_id={index}"]
     cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
@@ -152,7 +152,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp
   for text in texts:
     assert f"Reached preemption sync point, step={stopped[0]}" in text
     assert f"Stopped at step {stopped[0]};" in text
-  config = config_file("mae.py", "tiny", dict(overrides, num_train_steps=stopped[0] + 2))
+  config = tiny_mae_config(**dict(overrides, num_train_steps=stopped[0] + 2))
   state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == stopped[0] + 2
   logged = [s for s, _ in scalar_series(str(tmp_path), "loss", with_steps=True)]

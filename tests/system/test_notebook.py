@@ -6,11 +6,11 @@ import sys
 import nbclient
 import nbformat
 
-from conftest import REPO, config_file
+from conftest import REPO, tiny_mae_config
 from mim_jax import pretrain
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
-# configs/mae.py:tiny (16 patches of 4 px, 64 eval images) for 4 steps, checkpointed at
+# configs/mae.py:vit_base,shrink (16 patches of 4 px, 64 eval images), 4 steps, checkpointed at
 # the last, without image summaries (the notebook draws its own)
 TINY = {"num_train_steps": 4, "checkpoint_every_steps": 4, "image_summary_every_steps": 0}
 
@@ -33,7 +33,7 @@ def outputs_of(cell):
 
 def test_the_inspection_notebook_runs_on_a_tiny_mae_checkpoint(tmp_path, monkeypatch):
   workdir = tmp_path / "run"
-  pretrain.run(config_file("mae.py", "tiny", TINY), str(workdir))
+  pretrain.run(tiny_mae_config(**TINY), str(workdir))
   monkeypatch.setenv("MIM_WORKDIR", str(workdir))
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(  # this checkout's mim_jax

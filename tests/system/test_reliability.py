@@ -14,16 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_steps, config_file, scalar_series, tiny_mae_config
+from conftest import REPO, checkpoint_steps, scalar_series, tiny_mae_config
 from mim_jax import checkpoint, pretrain
 
-# configs/mae.py:tiny (logs every step) without its image summaries: no test here reads them
+# configs/mae.py:vit_base,shrink (logs every step) without image summaries: no test reads them
 NO_IMAGES = {"image_summary_every_steps": 0}
 
 
 def start_main(workdir, overrides):
   """main.py in a subprocess, 8 fake devices like this process; stderr is a pipe."""
-  cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:tiny",
+  cmd = [sys.executable, "-m", "mim_jax.main", "--config=configs/mae.py:vit_base,shrink",
          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   return subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -65,7 +65,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
   stopped = checkpoint_steps(tmp_path)
   assert len(stopped) == 1 and 3 <= stopped[0] < 400, stopped
   assert f"Stopped at step {stopped[0]}" in err
-  config = config_file("mae.py", "tiny", dict(overrides, num_train_steps=stopped[0] + 3))
+  config = tiny_mae_config(**dict(overrides, num_train_steps=stopped[0] + 3))
   state = pretrain.run(config, str(tmp_path))
   assert int(state.step) == stopped[0] + 3
   logged = scalar_series(str(tmp_path), "loss", with_steps=True)
@@ -74,7 +74,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_from_it(tmp_path):
 
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
   overrides = dict(NO_IMAGES, num_train_steps=30, checkpoint_every_steps=2)
-  config = config_file("mae.py", "tiny", overrides)
+  config = tiny_mae_config(**overrides)
   reference = pretrain.run(config, str(tmp_path / "reference"))
   kill_at = random.Random().randint(3, 20)
   proc = start_main(tmp_path / "killed", overrides)

@@ -1,6 +1,6 @@
 """TPU chips and topologies, and a step-time estimate read from a compiled TPU program.
 
-The planner behind `python -m mim_jax.benchmarks.aot`; pure Python (no libtpu needed), so
+The planner behind `python -m mim_jax.tools.aot`; pure Python (no libtpu needed), so
 its arithmetic is tested on any machine.
 
 Step-time model (`estimate_step_time`), applied to the scheduled HLO that

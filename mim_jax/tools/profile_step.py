@@ -1,20 +1,21 @@
 """Where a train step's time goes on this host, by operation class: ours, and the official
 MAE step beside it.
 
-python -m mim_jax.benchmarks.profile_step [--methods=mae] [--batch_size=8] [--steps=3] \
-    [--config=configs/<method>.py:<variant>] [--mae_repo=PATH [--timm_path=DIR]] \
-    [--results=docs/RESULTS.md]
+python -m mim_jax.tools.profile_step [--methods=mae] [--batch_size=8] [--steps=10] \
+    [--config=configs/<method>.py:<variant>] [--dtype=...] [--remat=...] [--scan_layers] \
+    [--attention_impl=...] [--mae_repo=PATH [--timm_path=DIR]] [--results=docs/RESULTS.md]
 
-Takes the flags of mim_jax.benchmarks.train_step (the first of --methods, or --config).
-Ours: `--steps` steps under jax.profiler (host tracer only, no Python tracer: it adds no
-measurable time), whose trace names each executed HLO instruction. Each instant of the
-steps is shared equally among the instructions running then (XLA's CPU runtime runs
-independent ones concurrently), so that the classes add up to the time instructions ran;
-the rest of the step is the runtime's own (dispatch, waits). An instruction's class comes
-from its ops and the model code that emitted it (HLO metadata op_name): CLASSES.
-The official step (mim_jax/benchmarks/torch_mae_step.py): torch.profiler over the same
-number of steps, each op's self time by its aten name, in the same classes. With
---results, the table replaces that document's 'cpu_profile' section (or
+Profiles the step of `--config`, else of the first of `--methods`'s ViT-B recipe
+(configs/<method>.py:vit_base) at `--batch_size`, with the speed options of
+mim_jax/tools/step_flags.py. Ours: `--steps` steps under jax.profiler (host tracer only, no
+Python tracer: it adds no measurable time), whose trace names each executed HLO
+instruction. Each instant of the steps is shared equally among the instructions running
+then (XLA's CPU runtime runs independent ones concurrently), so that the classes add up to
+the time instructions ran; the rest of the step is the runtime's own (dispatch, waits). An
+instruction's class comes from its ops and the model code that emitted it (HLO metadata
+op_name): CLASSES. The official step (mim_jax/tools/torch_mae_step.py): torch.profiler
+over the same number of steps, each op's self time by its aten name, in the same classes.
+With --results, the table replaces that document's 'cpu_profile' section (or
 --results_section's).
 """
 import collections
@@ -30,10 +31,23 @@ import numpy as np
 from absl import app, flags
 
 from mim_jax import host
-from mim_jax.benchmarks import results, torch_mae_step
-from mim_jax.benchmarks.compiled_step import CompiledStep
+from mim_jax.tools import results_doc, step_flags, torch_mae_step
+from mim_jax.tools.compiled_step import CompiledStep
+from mim_jax.tools.step_flags import apply_overrides, describe, method_config
 
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This program's flags (mim_jax/tools/__init__.py says why a function defines them)."""
+  step_flags.define_config_flags("One experiment config file (overrides --methods).")
+  flags.DEFINE_list("methods", ["mae"], "The first method's configs/<method>.py:vit_base is "
+                    "profiled.")
+  flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods config.")
+  flags.DEFINE_integer("steps", 10, "Profiled steps.")
+  torch_mae_step.define_flags()
+  results_doc.define_flags("cpu_profile")
+
 
 CLASSES = ("matmul", "attention softmax", "GELU", "LayerNorm", "masking gather/scatter",
            "optimizer update", "copies/transposes", "other")
@@ -218,16 +232,9 @@ def markdown_table(tables: Dict[str, Dict[str, Dict[str, float]]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def define_flags() -> None:
-  """mim_jax.benchmarks.train_step's flags, defined when this runs as a program (tests
-  import this module beside mim_jax.main, which defines --config too)."""
-  from mim_jax.benchmarks import train_step  # noqa: F401  pylint: disable=all (defines them)
-
-
 def main(argv):
   del argv
-  from mim_jax.benchmarks.train_step import (  # pylint: disable=all
-      apply_overrides, describe, method_config)
+  results_doc.requested_section()  # a bad --results_section fails first
   # CPU only: with libtpu installed (the [tpu] extra) and no TPU, its profiler would add
   # half a step to every profiled one.
   jax.config.update("jax_platforms", "cpu")
@@ -236,7 +243,7 @@ def main(argv):
     config = FLAGS.config
     apply_overrides(config)
   else:
-    config = method_config(FLAGS.methods[0])
+    config = method_config(FLAGS.methods[0], FLAGS.batch_size)
   print(describe(config), flush=True)
   step = CompiledStep(config, count_model_flops=False)
   tables = {"ours": profile_ours(step, FLAGS.steps)}
@@ -246,15 +253,10 @@ def main(argv):
         torch_mae_step.official_step(models_mae, config.batch_size), FLAGS.steps)
   table = markdown_table(tables)
   print(table, flush=True)
-  if results.requested_section() is not None:
-    # Its own section unless --results_section names one (the flag's default is
-    # train_step's).
-    name = ("cpu_profile" if FLAGS["results_section"].using_default_value
-            else FLAGS.results_section)
-    results.write_section(FLAGS.results, name, "Where the CPU train step's time goes",
-                          f"{describe(config)}, {FLAGS.steps} profiled steps.\n\n{table}\n"
-                          f"{LEGEND}\n",
-                          results.command_line("mim_jax.benchmarks.profile_step"))
+  results_doc.write_from_flags("mim_jax.tools.profile_step",
+                               "Where the CPU train step's time goes",
+                               f"{describe(config)}, {FLAGS.steps} profiled steps.\n\n"
+                               f"{table}\n{LEGEND}\n")
 
 
 if __name__ == "__main__":

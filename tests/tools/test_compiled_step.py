@@ -1,17 +1,17 @@
-"""mim_jax/benchmarks/compiled_step.py's evaluation steps: the streamed linear probe and
+"""mim_jax/tools/compiled_step.py's evaluation steps: the streamed linear probe and
 fine-tuning on a tiny MAE's encoder, built, compiled and timed like a pretraining step,
-with FLOP counts that match what each step computes."""
+with FLOP counts that match what each step computes; the table of timed steps."""
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, tiny_mae_config
+from conftest import REPO, config_file, tiny_mae_config
 
-from mim_jax.benchmarks import compiled_step
-from mim_jax.benchmarks.compiled_step import CompiledStep, evaluation_config
+from mim_jax.tools import compiled_step
+from mim_jax.tools.compiled_step import CompiledStep, evaluation_config
 
 
 def eval_step(protocol, **model):
-  """`protocol`'s ViT-B recipe on configs/mae.py:tiny's encoder, batch 16, one step run."""
+  """`protocol`'s ViT-B recipe on MAE's shrunk ViT-B encoder, batch 16, one step run."""
   config = evaluation_config(protocol, tiny_mae_config())
   config.batch_size = 16
   config.model.update(model)
@@ -62,3 +62,13 @@ def test_an_unknown_or_precomputed_evaluation_is_refused_with_what_to_name_inste
   with pytest.raises(ValueError, match="not a streamed evaluation.*finetune"):
     evaluation_config(str(REPO / "configs" / "eval" / "linear_probe.py") + ":cifar",
                       tiny_mae_config())
+
+
+def test_the_table_has_a_row_per_timed_step():
+  config = config_file("quickstart.py")
+  summary = dict(compile_s=8.04, step_s=0.04353, images_per_s=183.8,
+                 model_gflops_per_image=0.2318, step_gflops_per_image=0.2318, mfu=0.4123)
+  table = compiled_step.results_table([(config, summary)], steps=5)
+  assert ("| mae 192w×12, patch 4 | 32 | 64 | float32 / none / False / xla | 8 × cpu | 8.0 | "
+          "0.04353 | 184 | 0.232 | 0.232 | 41.2% |") in table
+  assert table.endswith("Median of 5 timed steps after one warm-up step.\n")

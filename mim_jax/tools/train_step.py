@@ -1,11 +1,11 @@
 """Train-step throughput of the pretraining (and evaluation) configs on the local devices.
 
-python -m mim_jax.benchmarks.train_step [--methods=mae,simmim,...] \
+python -m mim_jax.tools.train_step [--methods=mae,simmim,...] \
     [--evals=linear_probe,finetune] [--batch_size=8] [--steps=10] \
     [--peak_tflops=... | --measure_peak] [--dtype=float32|bfloat16] \
     [--remat=none|full|...] [--scan_layers] [--attention_impl=xla|cudnn] \
     [--mae_repo=PATH [--timm_path=DIR] [--rounds=5]] [--results=docs/RESULTS.md]
-python -m mim_jax.benchmarks.train_step --config=configs/mae.py:vit_base [--config.x=...]
+python -m mim_jax.tools.train_step --config=configs/mae.py:vit_base [--config.x=...]
 
 For each method's ViT-B/16 config (configs/<method>.py:vit_base, at its own image size:
 224 px, 280 px for Latent MIM's grid with gaps), or for `--config` alone, prints compile
@@ -20,15 +20,15 @@ together) or, with --measure_peak, the host's own: the best rate of XLA's fp32
 square matmuls (compiled_step.MATMUL_SIZES), so that on a CPU the MFU says how close the
 step comes to the matmul speed this host can reach.
 
-With --mae_repo (a facebookresearch/mae checkout; mim_jax/benchmarks/torch_mae_step.py),
+With --mae_repo (a facebookresearch/mae checkout; mim_jax/tools/torch_mae_step.py),
 MAE's step is timed in `--rounds` rounds interleaved with the official PyTorch step at the
 same batch and fp32, and torch's matmul rate on the same sizes is printed beside XLA's:
 the ratio of images/s, and each step's MFU against its own framework's matmul peak.
 
 With --results, the same figures replace the 'train_step' section (--results_section) of
-that document, with the command, machine and date (mim_jax/benchmarks/results.py).
+that document, with the command, machine and date (mim_jax/tools/results_doc.py).
 
-FLOPs (`step`, `model`: with and without remat) as mim_jax/benchmarks/compiled_step.py
+FLOPs (`step`, `model`: with and without remat) as mim_jax/tools/compiled_step.py
 counts them; MFU = model FLOPs · images/s / peak (the official MAE step does the same work
 as ours: our MAE count). (3 × the forward loss would overcount methods with a
 stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pipeline
@@ -36,67 +36,36 @@ stop-gradient target encoder: Latent MIM, PCAE, CAE.) Random images, no input pi
 """
 from typing import Any, Dict, List
 
-import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from mim_jax import host
-from mim_jax.benchmarks import results, torch_mae_step
-from mim_jax.benchmarks.compiled_step import (CompiledStep, evaluation_config, matmul_tflops,
-                                              results_table, step_name, vit_base_config)
+from mim_jax import host, methods
+from mim_jax.tools import results_doc, step_flags, torch_mae_step
+from mim_jax.tools.compiled_step import (CompiledStep, evaluation_config, matmul_tflops,
+                                         results_table)
+from mim_jax.tools.step_flags import apply_overrides, describe, method_config
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "One experiment config file (overrides "
-                                "--methods).")
-flags.DEFINE_list("methods", ["mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae"],
-                  "Methods whose configs/<method>.py:vit_base to time.")
-flags.DEFINE_list("evals", [], "Streamed evaluations to time on the pretraining encoder "
-                  "(--config's, else configs/mae.py:vit_base's): names of "
-                  "compiled_step.EVAL_CONFIGS (linear_probe, finetune: the ViT-B recipes) or "
-                  "configs/eval/ specs.")
-flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods and --evals configs.")
-flags.DEFINE_integer("steps", 10, "Timed steps.")
-flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all local devices together, for "
-                   "MFU (e.g. 989 for one H100 SXM in bf16).")
-flags.DEFINE_string("dtype", None, "Overrides config.model.dtype (float32 | bfloat16).")
-flags.DEFINE_string("remat", None, "Overrides config.model.remat (a policy name).")
-flags.DEFINE_bool("scan_layers", None, "Overrides config.model.scan_layers.")
-flags.DEFINE_string("attention_impl", None, "Overrides config.model.attention_impl.")
-flags.DEFINE_bool("measure_peak", False, "MFU against the host's measured fp32 matmul peak "
-                  "(overrides --peak_tflops).")
-flags.DEFINE_string("mae_repo", None, "A facebookresearch/mae checkout: time MAE's step "
-                    "interleaved with the official one.")
-flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")
-flags.DEFINE_integer("rounds", 5, "Alternating rounds of ours and the official step.")
-results.define_flags("train_step")
-
-def apply_overrides(config, batch_size=None) -> None:
-  """The command-line speed options and batch size onto `config`."""
-  if batch_size is not None:
-    config.batch_size = batch_size
-  for field in ("dtype", "remat", "scan_layers", "attention_impl"):
-    value = getattr(FLAGS, field)
-    if value is not None:
-      config.model[field] = value
 
 
-def method_config(method: str):
-  """configs/<method>.py:vit_base on random images (no dataset needed), with the
-  command-line batch size and speed options."""
-  config = vit_base_config(method)
-  config.data.source = "synthetic"
-  apply_overrides(config, FLAGS.batch_size)
-  return config
-
-
-def describe(config) -> str:
-  m = config.model
-  return (f"method={step_name(config)} width={m.width} depth={m.depth} patch={m.patch_size} "
-          f"image={config.data.image_size} batch={config.batch_size} dtype={m.dtype} "
-          f"remat={m.get('remat')} scan_layers={m.get('scan_layers')} "
-          f"attention_impl={m.get('attention_impl')} devices={jax.device_count()} "
-          f"({jax.devices()[0].platform})")
+def define_flags() -> None:
+  """This program's flags (mim_jax/tools/__init__.py says why a function defines them)."""
+  step_flags.define_config_flags("One experiment config file (overrides --methods).")
+  flags.DEFINE_list("methods", list(methods.METHODS),
+                    "Methods whose configs/<method>.py:vit_base to time.")
+  flags.DEFINE_list("evals", [], "Streamed evaluations to time on the pretraining encoder "
+                    "(--config's, else configs/mae.py:vit_base's): names of "
+                    "compiled_step.EVAL_CONFIGS (linear_probe, finetune: the ViT-B recipes) or "
+                    "configs/eval/ specs.")
+  flags.DEFINE_integer("batch_size", 8, "Global batch of the --methods and --evals configs.")
+  flags.DEFINE_integer("steps", 10, "Timed steps.")
+  flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of all local devices together, for "
+                     "MFU (e.g. 989 for one H100 SXM in bf16).")
+  flags.DEFINE_bool("measure_peak", False, "MFU against the host's measured fp32 matmul peak "
+                    "(overrides --peak_tflops).")
+  torch_mae_step.define_flags()
+  flags.DEFINE_integer("rounds", 5, "Alternating rounds of ours and the official step.")
+  results_doc.define_flags("train_step")
 
 
 def print_summary(config, result: Dict[str, Any]) -> None:
@@ -148,7 +117,7 @@ def compare_official(ours: CompiledStep, peak_tflops: float) -> List[str]:
 def main(argv):
   del argv
   host.configure_from_flags()  # before JAX starts its threads
-  results.requested_section()  # a bad --results_section fails first
+  results_doc.requested_section()  # a bad --results_section fails first
   peak = FLAGS.peak_tflops
   notes = []
   if FLAGS.measure_peak:
@@ -160,9 +129,10 @@ def main(argv):
     configs = [FLAGS.config]
     apply_overrides(FLAGS.config)
   else:
-    configs = [method_config(name) for name in FLAGS.methods]
+    configs = [method_config(name, FLAGS.batch_size) for name in FLAGS.methods]
   if FLAGS.evals:
-    pretrain = FLAGS.config if FLAGS.config is not None else method_config("mae")
+    pretrain = (FLAGS.config if FLAGS.config is not None else
+                method_config("mae", FLAGS.batch_size))
     for name in FLAGS.evals:
       configs.append(evaluation_config(name, pretrain))
       configs[-1].batch_size = FLAGS.batch_size
@@ -175,13 +145,15 @@ def main(argv):
     del step  # one step's state in memory at a time
   if FLAGS.mae_repo:
     # configs/mae.py:vit_base, the official model's size
-    notes += [""] + compare_official(CompiledStep(method_config("mae")), peak)
+    notes += [""] + compare_official(CompiledStep(method_config("mae", FLAGS.batch_size)),
+                                     peak)
   label = "MFU of the XLA matmul peak" if FLAGS.measure_peak else "MFU"
   title = "Train-step throughput" + (": pretraining and evaluation" if FLAGS.evals else "")
-  results.write_from_flags("mim_jax.benchmarks.train_step", title,
-                           results_table(measured, FLAGS.steps, label) + "\n" +
-                           "\n".join(notes) + "\n")
+  results_doc.write_from_flags("mim_jax.tools.train_step", title,
+                               results_table(measured, FLAGS.steps, label) + "\n" +
+                               "\n".join(notes) + "\n")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

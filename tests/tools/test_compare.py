@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from absl import app
 
-from conftest import REPO, config_file, scalar_series
-from mim_jax import compare, train
-from mim_jax.benchmarks import compiled_step
+from conftest import REPO, config_file, scalar_series, shrunk_config
+from mim_jax.tools import compare, compiled_step
+from mim_jax.training import config as train_config
 
-# Two tiny variants: the tests' configs/<method>.py:tiny without image summaries.
+# Two tiny variants: configs/<method>.py's recipe shrunk, without image summaries.
 TINY_VARIANTS_FILE = f'''
 from mim_jax import config_files
 
 
 def get_config(arg):
-  config = config_files.load("{REPO}/configs/" + arg + ".py:tiny")
+  config = config_files.load("{REPO}/configs/" + arg + ".py:vit_base,shrink")
   config.image_summary_every_steps = 0
   return config
 '''
@@ -52,7 +52,7 @@ def compare_args(root):
 
 
 def command_line(args, results_doc):
-  """The same comparison as `python -m mim_jax.compare` flags."""
+  """The same comparison as `python -m mim_jax.tools.compare` flags."""
   return ([f"--configs={','.join(args['specs'])}", f"--workdir={args['workdir']}",
            f"--budget={args['budget']}", f"--num_checkpoints={args['num_checkpoints']}",
            f"--protocols={','.join(args['protocol_names'])}", f"--results={results_doc}"] +
@@ -66,7 +66,7 @@ def setup(tmp_path_factory):
   write_npz(root / "tiny.npz")
   (root / "tiny_variants.py").write_text(TINY_VARIANTS_FILE)
   args = compare_args(root)
-  report = compare.compare(**args, command="python -m mim_jax.compare (the test)")
+  report = compare.compare(**args, command="python -m mim_jax.tools.compare (the test)")
   return root, args, report
 
 
@@ -77,15 +77,16 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
   labels = PROTOCOLS
   assert [p["label"] for p in report["protocols"]] == labels
   for variant in report["variants"]:
-    plan = variant["plan"]
+    budget_steps = variant["budget_steps"]
     # 64 train images // batch 16 = 4 steps per epoch, from the data
-    assert (plan["steps"], plan["num_examples"], plan["steps_per_epoch"]) == (4, 64, 4)
-    assert plan["checkpoint_steps"] == [0, 4] and plan["flops_per_step"] > 0
+    assert (budget_steps["steps"], budget_steps["num_examples"],
+            budget_steps["steps_per_epoch"]) == (4, 64, 4)
+    assert budget_steps["checkpoint_steps"] == [0, 4] and budget_steps["flops_per_step"] > 0
     steps = [row["step"] for row in variant["checkpoints"]]
     assert steps == [0, 4]
     assert [row["epochs"] for row in variant["checkpoints"]] == [0.0, 1.0]
     assert [row["flops"] for row in variant["checkpoints"]] == [
-        s * plan["flops_per_step"] for s in steps]
+        s * budget_steps["flops_per_step"] for s in steps]
     for row in variant["checkpoints"]:
       for protocol in report["protocols"]:
         metrics = json.loads(
@@ -136,7 +137,7 @@ def test_the_command_line_rerun_redoes_nothing_and_replaces_its_results_section(
   doc.parent.mkdir()
   other = "# Measured results\n\n<!-- results:other -->\nkept\n<!-- /results:other -->\n"
   doc.write_text(other)
-  cmd = [sys.executable, "-m", "mim_jax.compare"] + command_line(args, doc)
+  cmd = [sys.executable, "-m", "mim_jax.tools.compare"] + command_line(args, doc)
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   # no pretraining (it writes event files and checkpoints) and no evaluation
@@ -159,16 +160,16 @@ def test_a_rerun_with_another_budget_or_data_is_refused(setup):
   root, args, _ = setup
   for changed in (dict(budget="steps:6"),
                   dict(data_overrides=args["data_overrides"] + ["flip=False"])):
-    with pytest.raises(app.UsageError, match="planned for"):
+    with pytest.raises(app.UsageError, match="holds the budget for"):
       compare.compare(**dict(args, **changed))
 
 
 def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch):
   root, args, _ = setup
   (variant,) = compare.load_variants(args["specs"][:1], args["data_overrides"],
-                                     str(root / "plans"))
-  done = json.loads((root / "work" / "tiny_variants_mae" / "plan.json").read_text())
-  cpu = compare.make_plan(variant, "cpu_seconds:1000", 2, 2)
+                                     str(root / "budgets"))
+  done = json.loads((root / "work" / "tiny_variants_mae" / "budget_steps.json").read_text())
+  cpu = compare.convert_budget(variant, compare.Budget.parse("cpu_seconds:1000"), 2, 2)
   assert cpu["flops_per_step"] == done["flops_per_step"]  # the same compiled step
   assert cpu["steps"] == math.floor(1000 / cpu["cpu_seconds_per_step"]) > 0
   assert "time.process_time" in cpu["how"]
@@ -180,29 +181,29 @@ def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch
       del config, count_model_flops
 
   monkeypatch.setattr(compiled_step, "CompiledStep", Step)
-  flops = compare.make_plan(variant, "flops:2.5e7", 2, 2)
+  flops = compare.convert_budget(variant, compare.Budget.parse("flops:2.5e7"), 2, 2)
   assert (flops["flops_per_step"], flops["steps"]) == (8e6, 3)  # floor(2.5e7 / 8e6)
   assert flops["checkpoint_steps"] == [0, 2, 3]
 
 
 def test_budget_arithmetic_and_checkpoint_steps_by_hand():
-  assert compare.parse_budget("flops:1e12") == ("flops", 1e12)
+  assert compare.Budget.parse("flops:1e12") == compare.Budget("flops", 1e12, "flops:1e12")
   for bad in ("steps:1.5", "weeks:2", "epochs:-1", "epochs", None):
     with pytest.raises(app.UsageError, match="--budget"):
-      compare.parse_budget(bad)
-  steps = lambda kind, amount: compare.budget_steps(
-      kind, amount, steps_per_epoch=78, flops_per_step=3e9, cpu_seconds_per_step=0.8)
-  assert steps("steps", 200) == 200
-  assert steps("epochs", 2.5) == 195  # round(2.5 × 78)
-  assert steps("flops", 1e12) == 333  # floor(1e12 / 3e9)
-  assert steps("cpu_seconds", 480) == 600  # floor(480 / 0.8)
+      compare.Budget.parse(bad)
+  steps = lambda text: compare.Budget.parse(text).steps(
+      steps_per_epoch=78, flops_per_step=3e9, cpu_seconds_per_step=0.8)
+  assert steps("steps:200") == 200
+  assert steps("epochs:2.5") == 195  # round(2.5 × 78)
+  assert steps("flops:1e12") == 333  # floor(1e12 / 3e9)
+  assert steps("cpu_seconds:480") == 600  # floor(480 / 0.8)
   assert compare.checkpoint_steps(10, 4) == [0, 3, 6, 9, 10]
   assert compare.checkpoint_steps(9, 4) == [0, 3, 6, 9]
   assert compare.checkpoint_steps(3, 5) == [0, 1, 2, 3]
 
 
 def test_the_schedule_keeps_its_shape_at_the_budget():
-  simmim = config_file("simmim.py", "tiny", {  # 400 steps, warmup 40, ×0.1 at step 350
+  simmim = shrunk_config("simmim.py", **{  # 400 steps, warmup 40, ×0.1 at step 350
       "num_train_steps": 400, "warmup_steps": 40, "optimizer.decay_steps": (350,)})
   config = compare.scheduled_config(simmim, 200, 4)
   assert (config.num_train_steps, config.warmup_steps) == (200, 20)
@@ -210,7 +211,7 @@ def test_the_schedule_keeps_its_shape_at_the_budget():
   assert (config.checkpoint_every_steps, config.keep_checkpoints) == (50, 201)
   by_epochs = config_file("quickstart.py", overrides={
       "num_train_steps": -1, "num_epochs": 10.0, "warmup_steps": -1, "warmup_epochs": 1.0})
-  assert train.schedule_lengths(by_epochs) == (1560, 156, 156)  # 10k synthetic // 64
+  assert train_config.schedule(by_epochs)[:3] == (1560, 156, 156)  # 10k synthetic // 64
   config = compare.scheduled_config(by_epochs, 100, 3)
   assert (config.num_train_steps, config.warmup_steps, config.checkpoint_every_steps) == (
       100, 10, 34)
@@ -257,3 +258,29 @@ def test_the_published_linear_probe_gives_way_to_its_small_data_variant(tmp_path
   large = compare.load_variants([quickstart], ["synthetic_train_size=1000000"], str(tmp_path))
   (kept,) = compare.load_protocols(["linear_probe"], [], large)
   assert kept.spec == "configs/eval/linear_probe.py" and kept.config.features == "streamed"
+
+
+def test_overrides_are_parsed_as_ml_collections_parses_config_flags(tmp_path):
+  quickstart = str(REPO / "configs" / "quickstart.py")
+  (variant,) = compare.load_variants(
+      [quickstart], ["flip=false", "source=npz", "path=../x.npz", "crop_scale=(0.5, 1.0)"],
+      str(tmp_path))
+  data = variant.config.data
+  assert (data.flip, data.source, data.path, tuple(data.crop_scale)) == (
+      False, "npz", "../x.npz", (0.5, 1.0))
+  for bad in ("flip=maybe", "synthetic_train_size=1.5", "flip"):
+    with pytest.raises(app.UsageError, match="--data"):
+      compare.load_variants([quickstart], [bad], str(tmp_path))
+
+
+def test_a_workdir_from_before_the_rename_resumes_from_its_plan_json(tmp_path):
+  quickstart = str(REPO / "configs" / "quickstart.py")
+  (variant,) = compare.load_variants([quickstart], [], str(tmp_path))
+  budget = compare.Budget.parse("steps:3")
+  written = dict(compare.budget_key(variant, budget, 2), steps=3)
+  os.makedirs(variant.workdir)
+  with open(os.path.join(variant.workdir, "plan.json"), "w") as f:
+    json.dump(written, f)
+  assert compare.read_budget_steps(variant, budget, 2) == written
+  with pytest.raises(app.UsageError, match="holds the budget for"):
+    compare.read_budget_steps(variant, budget, 3)

@@ -1,10 +1,10 @@
 """A config's train step compiled on random images, without flags: compile time, XLA's
-FLOPs count, timed steps and their summary (used by benchmarks/train_step.py and the
-scripts built on it, and by mim_jax/compare.py for FLOPs and CPU time per step).
+FLOPs count, timed steps and their summary (used by the step programs train_step,
+profile_step and aot, and by compare for FLOPs and CPU time per step).
 
 Evaluation steps: `evaluation_config` turns a streamed evaluation protocol (fine-tuning,
-the published linear probe: mim_jax/evaluation/run.py STREAMED) on a pretraining config
-into a trainer config whose step is built and timed like a pretraining method's.
+the published linear probe: mim_jax/evaluation/protocols.py) on a pretraining config into
+a trainer config whose step is built and timed like a pretraining method's.
 
 FLOPs: `step_flops` is XLA's cost-analysis count of the compiled train step
 (recomputation under remat included); `model_flops` is the same count for the step
@@ -23,16 +23,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mim_jax import config_files, methods, optim, sharding, train
-from mim_jax.evaluation import downstream, run
+from mim_jax import config_files, methods, optim, sharding
+from mim_jax.evaluation import downstream, protocols
 from mim_jax.models import vit
+from mim_jax.training import config as train_config
+from mim_jax.training.state import create_train_state
+from mim_jax.training.train_step import jit_train_step
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
 
 def vit_base_config(method: str):
-  """configs/<method>.py:vit_base, wherever the benchmark runs from."""
+  """configs/<method>.py:vit_base, wherever the program runs from."""
   return config_files.load(os.path.join(CONFIG_DIR, f"{method}.py") + ":vit_base")
 
 
@@ -57,10 +60,11 @@ def evaluation_config(evaluation: str, pretrain_config) -> ml_collections.Config
     raise ValueError(f"Unknown evaluation {evaluation!r}: name one of {sorted(EVAL_CONFIGS)} "
                      "or give a config spec (configs/eval/finetune.py:vit_large).")
   config = config_files.load(spec)
-  if config.get("features") != "streamed" or config.protocol not in run.STREAMED:
+  streamed = protocols.names("streamed")
+  if config.get("features") != "streamed" or config.protocol not in streamed:
     raise ValueError(f"{evaluation!r} is not a streamed evaluation: name one of "
                      f"{sorted(EVAL_CONFIGS)} or a configs/eval/ spec with features="
-                     f"'streamed' and a protocol in {sorted(run.STREAMED)}.")
+                     f"'streamed' and a protocol in {sorted(streamed)}.")
   if config.num_classes is None:
     config.num_classes = IMAGENET_CLASSES
   pretrain = pretrain_config.copy_and_resolve_references()
@@ -84,7 +88,7 @@ def xla_flops(compiled) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-# Square matmul sizes whose best fp32 rate is taken as the host's peak (mim_jax/benchmarks/
+# Square matmul sizes whose best fp32 rate is taken as the host's peak (mim_jax/tools/
 # train_step.py --measure_peak): large enough for the GEMM kernels' full speed, small
 # enough to time in seconds.
 MATMUL_SIZES = (1024, 2048, 4096)
@@ -126,18 +130,18 @@ TOTAL_STEPS = 1000
 
 def create_method(config):
   """`config`'s method for TOTAL_STEPS steps: the pretraining method, or for an
-  `evaluation_config` its protocol (run.STREAMED) on the pretraining config's encoder
+  `evaluation_config` its protocol's streamed method on the pretraining config's encoder
   with `config.model` (so that the speed options and remat set on `config` reach the
   encoder)."""
   if "pretrain_config" not in config:
     return methods.create(config, TOTAL_STEPS)
   pretrain = ml_collections.ConfigDict(config.pretrain_config.to_dict())
   pretrain.model = ml_collections.ConfigDict(config.model.to_dict())
-  return run.STREAMED[config.protocol](config, TOTAL_STEPS, pretrain)
+  return protocols.get(config.protocol).streamed(config, TOTAL_STEPS, pretrain)
 
 
 def step_parts(config):
-  """(method, optimizer, lr schedule) of `config`'s train step as the benchmarks build it:
+  """(method, optimizer, lr schedule) of `config`'s train step as the tools build it:
   the config's method (`create_method`) and optimizer, on the nominal TOTAL_STEPS
   schedule."""
   lr_fn = optim.lr_schedule(1e-4, TOTAL_STEPS, 10)
@@ -166,14 +170,13 @@ class CompiledStep:
   `count_model_flops`)."""
 
   def __init__(self, config, count_model_flops: bool = True):
-    train.validate_config(config, jax.device_count(), jax.process_count())
+    train_config.validate(config, jax.device_count(), jax.process_count())
     self.config = config
     mesh = sharding.create_mesh(config)
     method, tx, lr_fn = step_parts(config)
     batch = random_batch(config, method, config.batch_size)
-    self.state, shardings = train.create_train_state(
-        method, tx, config, mesh, train.sample_batch(config, method))
-    step_fn = train.jit_train_step(method, tx, lr_fn, config, TOTAL_STEPS, mesh, shardings)
+    self.state, shardings = create_train_state(method, tx, config, mesh)
+    step_fn = jit_train_step(method, tx, lr_fn, config, mesh, shardings)
     self.batch = sharding.global_batch(batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
     self.compiled = step_fn.lower(self.state, self.batch).compile()
@@ -182,13 +185,12 @@ class CompiledStep:
     self.model_flops = float("nan")
     if count_model_flops:
       self.model_flops = self.step_flops
-      if vit.remat_policy_name(config.model.get("remat", False)) != "none":
+      if vit.remat_policy_name(config.model.remat) != "none":
         plain = config.copy_and_resolve_references()
         plain.model.remat = "none"
         self.model_flops = xla_flops(
-            train.jit_train_step(create_method(plain), tx, lr_fn, plain,
-                                 TOTAL_STEPS, mesh,
-                                 shardings).lower(self.state, self.batch).compile())
+            jit_train_step(create_method(plain), tx, lr_fn, plain, mesh,
+                           shardings).lower(self.state, self.batch).compile())
     self.times: List[float] = []
     self.loss = float("nan")
     self.run(1, record=False)  # warm-up
@@ -215,16 +217,6 @@ class CompiledStep:
     if peak_tflops > 0:
       out["mfu"] = model_flops * batch / step_s / (peak_tflops * 1e12)
     return out
-
-
-def measure_train_step(config, steps: int) -> Dict[str, Any]:
-  """Compile and time the train step of `config` on random images: compile_s, step_s
-  (median of `steps` timed steps after one warm-up step), times, flops (XLA's count for
-  one step) and the last loss."""
-  step = CompiledStep(config, count_model_flops=False)
-  step.run(steps)
-  return dict(compile_s=step.compile_s, step_s=float(np.median(step.times)), times=step.times,
-              flops=step.step_flops, final_loss=step.loss)
 
 
 def results_table(measured, steps: int, mfu_label: str = "MFU") -> str:

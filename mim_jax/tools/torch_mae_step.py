@@ -1,6 +1,6 @@
-"""The official facebookresearch/mae PyTorch training step, for
-`python -m mim_jax.benchmarks.train_step --mae_repo=PATH [--timm_path=DIR] [--rounds=5]`,
-which times it interleaved with ours.
+"""The official facebookresearch/mae PyTorch training step, for the programs that run it
+beside ours with `--mae_repo=PATH [--timm_path=DIR]` (`define_flags`): train_step times it
+interleaved with ours, profile_step profiles it.
 
 PATH is a checkout of facebookresearch/mae; its `models_mae.py` needs timm's `Block` and
 `PatchEmbed`, from an installed timm or from `--timm_path` (e.g. a
@@ -20,8 +20,16 @@ import types
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
+from absl import flags
 
-from mim_jax.benchmarks.compiled_step import MATMUL_SIZES, matmul_rates
+from mim_jax.tools.compiled_step import MATMUL_SIZES, matmul_rates
+
+
+def define_flags() -> None:
+  """--mae_repo and --timm_path."""
+  flags.DEFINE_string("mae_repo", None, "A facebookresearch/mae checkout: run MAE's official "
+                      "step beside ours.")
+  flags.DEFINE_string("timm_path", None, "Directory to put first on sys.path for timm.")
 
 
 class _PermissiveModule(types.ModuleType):

@@ -114,7 +114,7 @@ def define_flags(default_section: str) -> None:
   """--results and --results_section (default `default_section`) of a tool."""
   flags.DEFINE_string("results", None, "Results document (e.g. docs/RESULTS.md) whose "
                       "section --results_section to replace with this run's figures, command, "
-                      "machine and date (mim_jax/benchmarks/results.py).")
+                      "machine and date (mim_jax/tools/results_doc.py).")
   flags.DEFINE_string("results_section", default_section, "Section of --results to replace; "
                       "another name keeps an earlier run's section.")
 

@@ -2,7 +2,7 @@
 encoder at checkpoints along the way, and tabulate and plot probe top-1 against
 pretraining FLOPs and wall time, with the random-init and raw-pixel baselines.
 
-python -m mim_jax.compare --workdir=/tmp/compare --budget=epochs:8 \
+python -m mim_jax.tools.compare --workdir=/tmp/compare --budget=epochs:8 \
     [--configs=configs/mae.py:cifar,configs/pcae.py:cifar,...] \
     [--data=source=npz --data=path=../shared/data/cifar10_small.npz] \
     [--num_checkpoints=4] [--protocols=knn,linear_probe,attentive_probe] \
@@ -10,31 +10,33 @@ python -m mim_jax.compare --workdir=/tmp/compare --budget=epochs:8 \
     [--results=docs/RESULTS.md [--results_section=compare]]
 
 Inputs:
-  --configs: config specs `path[:variant]` (default: the six methods' `:cifar` variants).
-    Each variant keeps its own recipe and image size.
+  --configs: config specs `path[:variant]` (default: the `:cifar` variant of every method
+    of mim_jax.methods.METHODS). Each variant keeps its own recipe and image size.
   --data: `field=value` overrides of `config.data` for every variant (any source: npz,
-    image_folder, tfds, synthetic; not image_size, which stays each config's). The number
-    of examples comes from the data, the number of classes from its labels.
+    image_folder, tfds, synthetic; not image_size, which stays each config's), each value
+    parsed as ml_collections parses `--config.data.field=value`. The number of examples
+    comes from the data, the number of classes from its labels.
   --budget: per variant, `steps:N`, `epochs:E` (E × steps per epoch, steps per epoch =
     train examples // the config's batch size, rounded), `flops:F` (floor of F / FLOPs per
     step) or `cpu_seconds:S` (floor of S / CPU-seconds per step).
   --protocols: `knn`, `linear_probe`, `attentive_probe` (configs/eval/<name>.py) or eval
     config specs (default: knn and the `:cifar` variants of the two probes, sized for
-    10k-image sets on a CPU); --eval_override `[PROTOCOL:]field=value` changes their fields (e.g.
-    fewer attentive-probe epochs on a CPU), for every protocol with that field or only
-    the one named. A streamed protocol too large for the data (the published linear
-    probe's batch of 16384 on 10k images: `linear_probe.size_warnings`) is replaced by
-    its small-data variant (SMALL_DATA), logged and noted in the table.
+    10k-image sets on a CPU); --eval_override `[PROTOCOL:]field=value` changes their
+    fields (e.g. fewer attentive-probe epochs on a CPU; values parsed as --data's), for
+    every protocol with that field or only the one named. A streamed protocol too large
+    for the data (the published linear probe's batch of 16384 on 10k images:
+    `linear_probe.size_warnings`) is replaced by its small-data variant (SMALL_DATA),
+    logged and noted in the table.
 
 What it does, per variant (everything under --workdir/<variant>/):
-  1. plan.json: the budget in steps. FLOPs per step = XLA's cost analysis of the
-     compiled train step (train.jit_train_step of the config, on a random batch of its
-     shape: benchmarks/compiled_step.CompiledStep) × the device count (the count is per
+  1. budget_steps.json: the budget in steps. FLOPs per step = XLA's cost analysis of the
+     compiled train step (training/train_step.py's, of the config, on a random batch of
+     its shape: tools/compiled_step.CompiledStep) × the device count (the count is per
      device). For `cpu_seconds`, the process CPU time (time.process_time, all threads)
      of --measure_steps steps of that compiled step after its warm-up step, divided by
-     the steps: the train step alone, without compilation and input pipeline. The plan
-     is kept: a rerun reuses it, and refuses another config (file or --data), --budget
-     or --num_checkpoints.
+     the steps: the train step alone, without compilation and input pipeline. The file
+     is kept: a rerun reuses it (or the plan.json of a workdir written before it was
+     renamed), and refuses another config (file or --data), --budget or --num_checkpoints.
   2. Pretraining with mim_jax.pretrain.run in pretrain/ for N steps: the recipe's warmup
      and lr milestones scaled by N / its own length (the schedule keeps its shape), a
      checkpoint every ceil(N / --num_checkpoints) steps and at N, none deleted, and the
@@ -60,9 +62,8 @@ top1_vs_flops.png and top1_vs_wall_time.png (one panel per protocol, one line pe
 variant; dotted horizontal lines: each variant's random init; dashed: raw pixels).
 With --results, the section --results_section (default 'compare') of that document is
 replaced by the tables, the command, the machine and the date, with the plots copied to
-figures/<section>_top1_vs_*.png beside it (mim_jax/benchmarks/results.py).
+figures/<section>_top1_vs_*.png beside it (mim_jax/tools/results_doc.py).
 """
-import ast
 import dataclasses
 import hashlib
 import json
@@ -70,25 +71,31 @@ import math
 import os
 import re
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain, train
-from mim_jax.benchmarks import compiled_step, results
+from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain
 from mim_jax.evaluation import downstream, features, pretrained, run
+from mim_jax.evaluation import protocols as registry
+from mim_jax.tools import compiled_step, results_doc
+from mim_jax.training import config as train_config
 
-METHOD_NAMES = ("mae", "simmim", "cae", "latent_mim", "pcae", "multiview_mae")
-DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in METHOD_NAMES]
+DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in methods.METHODS]
+# The protocols it runs: those that can run on features computed once (the small-data
+# variants; a streamed config of one of them is run as such).
+COMPARED = tuple(registry.names("precomputed"))
 DEFAULT_PROTOCOLS = ["knn", "configs/eval/linear_probe.py:cifar",
                      "configs/eval/attentive_probe.py:cifar"]
 # A streamed protocol's variant for data too small for its published recipe (fit_to_data).
 SMALL_DATA = {"linear_probe": "configs/eval/linear_probe.py:cifar"}
 BUDGET_KINDS = ("steps", "epochs", "flops", "cpu_seconds")
-TOP1 = {"knn": "knn_top1", "linear_probe": "top1", "attentive_probe": "top1"}
+BUDGET_FILE = "budget_steps.json"
+LEGACY_BUDGET_FILE = "plan.json"  # its name before 2026-12-06: read, never written
 FIGURES = {"flops": ("top1_vs_flops.png", "pretraining FLOPs"),
            "wall_seconds": ("top1_vs_wall_time.png", "training wall time (s)")}
 
@@ -96,8 +103,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The command line's flags, defined when the module runs as a program (importing it
-  defines none: its flag names would clash with mim_jax.main's)."""
+  """This program's flags (mim_jax/tools/__init__.py says why a function defines them)."""
   flags.DEFINE_list("configs", DEFAULT_CONFIGS, "Config specs path[:variant] to compare.")
   flags.DEFINE_string("workdir", None, "Pretraining, evaluation and output directory.")
   flags.DEFINE_string("budget", None, "Per variant: steps:N, epochs:E, flops:F or "
@@ -112,70 +118,69 @@ def define_flags() -> None:
   flags.DEFINE_multi_string("eval_override", [], "[PROTOCOL:]field=value on the protocols' "
                             "eval configs (repeat the flag).")
   flags.DEFINE_integer("measure_steps", 5, "Steps timed for the cpu_seconds budget.")
-  results.define_flags("compare")
+  results_doc.define_flags("compare")
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _parse_value(node: ml_collections.ConfigDict, name: str, text: str):
-  """`text` as a value for field `name` of `node`: as is for string fields, else a
-  Python literal."""
-  try:
-    field_type = node.get_ref(name).get_type()
-  except ValueError:  # a None value without a declared type
-    field_type = None
-  if field_type is str:
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+def has_field(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  node = config
+  for name in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      return False
+    node = node[name]
+  return True
 
 
 def set_field(config: ml_collections.ConfigDict, assignment: str, flag: str) -> bool:
-  """Apply 'dotted.field=value' to `config`; False when it has no such field."""
+  """Apply 'dotted.field=value' to `config` as ml_collections applies the command line's
+  `--config.dotted.field=value` (the value parsed for the field's type); False when it has
+  no such field."""
   dotted, sep, text = assignment.partition("=")
   if not sep or not dotted:
     raise app.UsageError(f"{flag}={assignment!r}: write field=value.")
-  *parents, name = dotted.split(".")
-  node = config
-  for parent in parents:
-    if not isinstance(node, ml_collections.ConfigDict) or parent not in node:
-      return False
-    node = node[parent]
-  if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+  if not has_field(config, dotted):
     return False
+  argv = ["", f"--config.{dotted}={text}"]
+  parser = flags.FlagValues()
   try:
-    node[name] = _parse_value(node, name, text)
-  except (TypeError, ValueError) as e:
+    config_flags.DEFINE_config_dict("config", config, flag_values=parser, lock_config=False,
+                                    sys_argv=argv)
+    parser(argv)
+  except (flags.Error, TypeError, ValueError) as e:
     raise app.UsageError(f"{flag}={assignment!r}: {e}") from None
   return True
 
 
-def parse_budget(text: Optional[str]) -> Tuple[str, float]:
-  """'kind:amount' -> (kind, amount) with kind in BUDGET_KINDS and amount > 0."""
-  kind, _, amount = (text or "").partition(":")
-  try:
-    value = float(amount)
-  except ValueError:
-    value = float("nan")
-  if kind not in BUDGET_KINDS or not value > 0 or (kind == "steps" and value != int(value)):
-    raise app.UsageError(f"--budget={text!r}: give steps:N, epochs:E, flops:F or "
-                         "cpu_seconds:S with a positive amount (N an integer).")
-  return kind, value
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """--budget, parsed: `kind` of BUDGET_KINDS, `amount` > 0, and the text as given."""
+  kind: str
+  amount: float
+  text: str
 
+  @classmethod
+  def parse(cls, text: Optional[str]) -> "Budget":
+    kind, _, amount = (text or "").partition(":")
+    try:
+      value = float(amount)
+    except ValueError:
+      value = float("nan")
+    if kind not in BUDGET_KINDS or not value > 0 or (kind == "steps" and value != int(value)):
+      raise app.UsageError(f"--budget={text!r}: give steps:N, epochs:E, flops:F or "
+                           "cpu_seconds:S with a positive amount (N an integer).")
+    return cls(kind, value, text)
 
-def budget_steps(kind: str, amount: float, *, steps_per_epoch: int,
-                 flops_per_step: Optional[float] = None,
-                 cpu_seconds_per_step: Optional[float] = None) -> int:
-  """Training steps that the budget buys (see the module docstring)."""
-  if kind == "steps":
-    return int(amount)
-  if kind == "epochs":
-    return int(round(amount * steps_per_epoch))
-  per_step = flops_per_step if kind == "flops" else cpu_seconds_per_step
-  return int(math.floor(amount / per_step))
+  def steps(self, *, steps_per_epoch: int, flops_per_step: Optional[float] = None,
+            cpu_seconds_per_step: Optional[float] = None) -> int:
+    """Training steps that the budget buys (see the module docstring)."""
+    if self.kind == "steps":
+      return int(self.amount)
+    if self.kind == "epochs":
+      return int(round(self.amount * steps_per_epoch))
+    per_step = flops_per_step if self.kind == "flops" else cpu_seconds_per_step
+    return int(math.floor(self.amount / per_step))
 
 
 def checkpoint_steps(steps: int, num_checkpoints: int) -> List[int]:
@@ -208,8 +213,8 @@ class Variant:
     return os.path.join(self.workdir, "pretrain")
 
   @property
-  def plan_path(self) -> str:
-    return os.path.join(self.workdir, "plan.json")
+  def budget_path(self) -> str:
+    return os.path.join(self.workdir, BUDGET_FILE)
 
 
 @dataclasses.dataclass
@@ -228,7 +233,7 @@ class Protocol:
 
   @property
   def top1(self) -> str:
-    return TOP1[self.config.protocol]
+    return registry.get(self.config.protocol).top1
 
 
 def load_variants(specs: Sequence[str], data_overrides: Sequence[str],
@@ -262,7 +267,7 @@ def fit_to_data(protocol: Protocol, variants: Sequence[Variant]) -> Protocol:
   if config.features != "streamed":
     return protocol
   warnings = [w for v in variants for w in downstream.planned_size_warnings(
-      downstream.resolve_config(config, v.config), run.STREAMED[config.protocol])]
+      downstream.resolve_config(config, v.config), registry.get(config.protocol).streamed)]
   if not warnings or config.protocol not in SMALL_DATA:
     return protocol
   spec = SMALL_DATA[config.protocol]
@@ -283,10 +288,10 @@ def load_protocols(names: Sequence[str], overrides: Sequence[str],
   `overrides` applied, or a UsageError."""
   protocols = []
   for name in names:
-    spec = f"configs/eval/{name}.py" if name in run.PROTOCOLS else name
+    spec = f"configs/eval/{name}.py" if name in COMPARED else name
     config = config_files.load(spec)
-    if config.get("protocol") not in run.PROTOCOLS:
-      raise app.UsageError(f"--protocols: {spec} is not a {'/'.join(run.PROTOCOLS)} config.")
+    if config.get("protocol") not in COMPARED:
+      raise app.UsageError(f"--protocols: {spec} is not a {'/'.join(COMPARED)} config.")
     protocols.append(Protocol(spec_name(spec), spec, config))
   if len({p.label for p in protocols}) < len(protocols):
     raise app.UsageError(f"--protocols names one config twice: {list(names)}.")
@@ -304,9 +309,9 @@ def load_protocols(names: Sequence[str], overrides: Sequence[str],
     if not applied:
       raise app.UsageError(f"--eval_override={override!r}: no such field in the eval "
                            f"config of {[p.label for p in chosen]}.")
-  for p in protocols:  # what run.plan checks that needs no pretrained encoder
+  for p in protocols:  # what run.resolve_evaluation checks without a pretrained encoder
     if p.config.pool is not None:
-      features.check_pool(p.config.pool, run.PROTOCOL_POOLS[p.config.protocol],
+      features.check_pool(p.config.pool, registry.get(p.config.protocol).pools,
                           f"{p.label} pool")
     data.check_batch_size(p.config.eval_batch_size, jax.device_count(), jax.process_count(),
                           field=f"{p.label} eval_batch_size")
@@ -317,71 +322,74 @@ def load_protocols(names: Sequence[str], overrides: Sequence[str],
 
 
 def steps_per_epoch(config) -> int:
-  return train.schedule_lengths(config)[2]
+  return train_config.schedule(config).steps_per_epoch
 
 
-def read_plan(variant: Variant, budget: str, num_checkpoints: int) -> Optional[dict]:
-  """The variant's plan.json, or None; an error if it was made for other flags."""
-  if not os.path.exists(variant.plan_path):
+def read_budget_steps(variant: Variant, budget: Budget,
+                      num_checkpoints: int) -> Optional[dict]:
+  """The variant's budget_steps.json (or plan.json), or None; an error if it was made for
+  other flags."""
+  paths = [variant.budget_path, os.path.join(variant.workdir, LEGACY_BUDGET_FILE)]
+  path = next((p for p in paths if os.path.exists(p)), None)
+  if path is None:
     return None
-  with open(variant.plan_path) as f:
-    plan = json.load(f)
-  asked = plan_key(variant, budget, num_checkpoints)
-  if {k: plan.get(k) for k in asked} != asked:
-    raise app.UsageError(f"{variant.plan_path} was planned for "
-                         f"{({k: plan.get(k) for k in asked})}, not {asked} (config_hash: "
+  with open(path) as f:
+    budget_steps = json.load(f)
+  asked = budget_key(variant, budget, num_checkpoints)
+  found = {k: budget_steps.get(k) for k in asked}
+  if found != asked:
+    raise app.UsageError(f"{path} holds the budget for {found}, not {asked} (config_hash: "
                          "of the config with --data applied): use another --workdir, or the "
                          "same config, --data, --budget and --num_checkpoints.")
-  return plan
+  return budget_steps
 
 
-def plan_key(variant: Variant, budget: str, num_checkpoints: int) -> dict:
-  """What a plan is made for: a rerun with other values would not continue the same run."""
-  return {"spec": variant.spec, "config_hash": config_hash(variant.config), "budget": budget,
-          "num_checkpoints": num_checkpoints}
+def budget_key(variant: Variant, budget: Budget, num_checkpoints: int) -> dict:
+  """What the budget in steps is for: a rerun with other values would not continue the
+  same run."""
+  return {"spec": variant.spec, "config_hash": config_hash(variant.config),
+          "budget": budget.text, "num_checkpoints": num_checkpoints}
 
 
-def validate(variant: Variant, budget: str, num_checkpoints: int) -> None:
+def validate(variant: Variant, budget: Budget, num_checkpoints: int) -> None:
   """Errors a user can fix, raised before anything is compiled or written."""
   config = variant.config
   methods.create(config, total_steps=1)
-  train.validate_config(config, jax.device_count(), jax.process_count())
-  kind, amount = parse_budget(budget)
-  if kind in ("steps", "epochs") and budget_steps(
-      kind, amount, steps_per_epoch=steps_per_epoch(config)) < 1:
-    raise app.UsageError(f"--budget={budget} buys no training step for {variant.spec} "
+  train_config.validate(config, jax.device_count(), jax.process_count())
+  if budget.kind in ("steps", "epochs") and budget.steps(
+      steps_per_epoch=steps_per_epoch(config)) < 1:
+    raise app.UsageError(f"--budget={budget.text} buys no training step for {variant.spec} "
                          f"({steps_per_epoch(config)} steps per epoch).")
-  read_plan(variant, budget, num_checkpoints)
+  read_budget_steps(variant, budget, num_checkpoints)
 
 
-def make_plan(variant: Variant, budget: str, num_checkpoints: int,
-              measure_steps: int) -> dict:
+def convert_budget(variant: Variant, budget: Budget, num_checkpoints: int,
+                   measure_steps: int) -> dict:
   """The budget in steps, FLOPs per step and (cpu_seconds) CPU-seconds per step."""
   config = variant.config
-  kind, amount = parse_budget(budget)
   per_epoch = steps_per_epoch(config)
   compiled = compiled_step.CompiledStep(config, count_model_flops=False)
   flops_per_step = compiled.step_flops * jax.device_count()
-  how = f"{kind}:{amount:g}"
+  how = f"{budget.kind}:{budget.amount:g}"
   cpu_per_step = None
-  if kind == "cpu_seconds":
+  if budget.kind == "cpu_seconds":
     start = time.process_time()
     compiled.run(measure_steps)
     cpu_per_step = (time.process_time() - start) / measure_steps
     how += (f" / {cpu_per_step:.4g} CPU-s per step (time.process_time of the whole process "
             f"over {measure_steps} steps of the compiled train step on a random batch, "
             "after its warm-up step; no compilation, no input pipeline)")
-  elif kind == "flops":
+  elif budget.kind == "flops":
     how += f" / {flops_per_step:.4g} FLOPs per step"
-  elif kind == "epochs":
+  elif budget.kind == "epochs":
     how += f" × {per_epoch} steps per epoch"
   del compiled
-  steps = budget_steps(kind, amount, steps_per_epoch=per_epoch, flops_per_step=flops_per_step,
+  steps = budget.steps(steps_per_epoch=per_epoch, flops_per_step=flops_per_step,
                        cpu_seconds_per_step=cpu_per_step)
   if steps < 1:
-    raise app.UsageError(f"--budget={budget} buys no training step for {variant.spec} "
+    raise app.UsageError(f"--budget={budget.text} buys no training step for {variant.spec} "
                          f"({how}).")
-  return {**plan_key(variant, budget, num_checkpoints), "steps": steps,
+  return {**budget_key(variant, budget, num_checkpoints), "steps": steps,
           "how": f"{how} = {steps} steps", "steps_per_epoch": per_epoch,
           "batch_size": config.batch_size,
           "num_examples": data.num_examples(config, config.data.train_split),
@@ -394,7 +402,7 @@ def scheduled_config(config: ml_collections.ConfigDict, steps: int,
                      num_checkpoints: int) -> ml_collections.ConfigDict:
   """`config` trained for `steps` steps: warmup and lr milestones scaled by steps / its
   own length, a checkpoint every ceil(steps / num_checkpoints) steps, none deleted."""
-  total, warmup, per_epoch = train.schedule_lengths(config)
+  total, warmup, per_epoch = train_config.schedule(config)[:3]
   opt = config.optimizer
   milestones = opt.decay_steps or [optim.steps_from_epochs(-1, e, per_epoch)
                                    for e in opt.decay_epochs]
@@ -409,17 +417,17 @@ def scheduled_config(config: ml_collections.ConfigDict, steps: int,
   return config
 
 
-def pretrain_variant(variant: Variant, plan: dict) -> bool:
+def pretrain_variant(variant: Variant, budget_steps: dict) -> bool:
   """Pretrain (or resume, or find finished) the variant; False if the run was stopped
   (SIGTERM, Ctrl-C) before its last step."""
-  steps = plan["steps"]
+  steps = budget_steps["steps"]
   done = pretrained.checkpoint_steps(variant.pretrain_dir)
   if steps in done and 0 in done:
     return True
   if done and 0 not in done:
     raise RuntimeError(f"{variant.pretrain_dir} has checkpoints {done} but not step 0 (the "
                        "random init): it was not started by this tool; use another --workdir.")
-  config = scheduled_config(variant.config, steps, plan["num_checkpoints"])
+  config = scheduled_config(variant.config, steps, budget_steps["num_checkpoints"])
   if not done:
     pretrain.run(config, variant.pretrain_dir, stop_after_step=0)
   start = time.process_time()
@@ -459,14 +467,16 @@ def eval_config(protocol: Protocol, pretrain_dir: str, step: int) -> ml_collecti
   return config
 
 
-def evaluate_variant(variant: Variant, plan: dict, protocols: Sequence[Protocol]) -> dict:
-  """Every protocol on every planned checkpoint: the variant's row of comparison.json."""
-  steps = plan["checkpoint_steps"]
+def evaluate_variant(variant: Variant, budget_steps: dict,
+                     protocols: Sequence[Protocol]) -> dict:
+  """Every protocol on every checkpoint of `budget_steps`: the variant's row of
+  comparison.json."""
+  steps = budget_steps["checkpoint_steps"]
   walls = wall_seconds(variant.pretrain_dir, steps)
   rows = []
   for step in steps:
-    row = {"step": step, "epochs": step / plan["steps_per_epoch"],
-           "flops": step * plan["flops_per_step"], "wall_seconds": walls[step],
+    row = {"step": step, "epochs": step / budget_steps["steps_per_epoch"],
+           "flops": step * budget_steps["flops_per_step"], "wall_seconds": walls[step],
            "top1": {}, "eval_dirs": {}}
     for protocol in protocols:
       directory = os.path.join(variant.workdir, "eval", protocol.key, f"step_{step}")
@@ -478,7 +488,7 @@ def evaluate_variant(variant: Variant, plan: dict, protocols: Sequence[Protocol]
     rows.append(row)
   config = variant.config
   return {"name": variant.name, "spec": variant.spec, "method": config.method.name,
-          "workdir": variant.workdir, "plan": plan, "checkpoints": rows}
+          "workdir": variant.workdir, "budget_steps": budget_steps, "checkpoints": rows}
 
 
 def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
@@ -490,7 +500,7 @@ def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
   if not precomputed:
     return []
   for variant in variants:
-    eval_plan = run.plan(eval_config(precomputed[0], variant.pretrain_dir, 0))
+    eval_plan = run.resolve_evaluation(eval_config(precomputed[0], variant.pretrain_dir, 0))
     module = eval_plan.encoder.module
     setting = {"data": eval_plan.data_config.to_dict(), "patch_size": module.patch_size}
     key = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
@@ -517,33 +527,20 @@ def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
 
 
 def evaluate_pixels(protocol: Protocol, group: dict, directory: str) -> dict:
-  """run.run_protocol on pixel features; writes config.json and metrics.json like
-  run.evaluate."""
+  """The protocol on pixel features (run.probe_on_features: metrics.json as
+  run.evaluate writes it), with the setting in config.json."""
   config, data_config = protocol.config, group["data_config"]
   patch_size = group["patch_size"] if config.protocol == "attentive_probe" else None
   splits = (data_config.data.train_split, data_config.data.eval_split)
   train_set, test_set = (features.pixel_features(
       data.create_eval_iterator(data_config, split, global_batch_size=config.eval_batch_size),
       patch_size) for split in splits)
-  num_classes = run.count_classes(config, data_config, train_set[1], test_set[1])
   setting = ml_collections.ConfigDict({"eval": config.to_dict(), "data": data_config.to_dict(),
                                        "patch_size": patch_size})
   checkpoint.write_text(directory, checkpoint.CONFIG_FILE, setting.to_json(indent=2))
-  writer, log_fn = run.probe_writer(directory)
-  start = time.perf_counter()
-  try:
-    heads = math.gcd(group["num_heads"], train_set[0].shape[-1])
-    metrics = run.run_protocol(config, train_set, test_set, num_classes, log_fn, heads)
-  finally:
-    writer.flush()
-  metrics = dict(metrics, protocol=config.protocol, features="raw pixels",
-                 data_source=data_config.data.source, splits=list(splits),
-                 image_size=data_config.data.image_size, patch_size=patch_size,
-                 num_train=len(train_set[1]), num_test=len(test_set[1]),
-                 num_classes=num_classes, feature_shape=list(train_set[0].shape[1:]),
-                 protocol_seconds=time.perf_counter() - start)
-  checkpoint.write_text(directory, "metrics.json", json.dumps(metrics, indent=2))
-  return metrics
+  heads = math.gcd(group["num_heads"], train_set[0].shape[-1])
+  return run.probe_on_features(config, data_config, splits, train_set, test_set, directory, 0,
+                               heads, features="raw pixels", patch_size=patch_size)
 
 
 # -------------------------------------------------------------------------- outputs
@@ -657,21 +654,21 @@ def write_outputs(report: dict, workdir: str) -> None:
 
 def publish(report: dict, workdir: str, results_path: str, section: str) -> None:
   """Replace `section` of the results document with the tables and the copied plots."""
-  links = {axis: results.copy_figure(os.path.join(workdir, name), results_path,
-                                     f"{section}_{name}")
+  links = {axis: results_doc.copy_figure(os.path.join(workdir, name), results_path,
+                                         f"{section}_{name}")
            for axis, (name, _) in FIGURES.items()}
-  results.write_section(results_path, section, "Pretraining comparison",
-                        markdown(report, links), report["command"], report["machine"],
-                        report["date"])
+  results_doc.write_section(results_path, section, "Pretraining comparison",
+                            markdown(report, links), report["command"], report["machine"],
+                            report["date"])
 
 
 def compare(specs: Sequence[str], workdir: str, budget: str, *,
-            data_overrides: Sequence[str] = (), protocol_names: Sequence[str] = run.PROTOCOLS,
+            data_overrides: Sequence[str] = (), protocol_names: Sequence[str] = COMPARED,
             eval_overrides: Sequence[str] = (), num_checkpoints: int = 4,
             measure_steps: int = 5, command: str = "") -> Optional[dict]:
   """Pretrain, evaluate and tabulate (module docstring); returns comparison.json's
   content, or None when a pretraining run was stopped (rerun to continue)."""
-  parse_budget(budget)
+  budget = Budget.parse(budget)
   if num_checkpoints < 1 or measure_steps < 1:
     raise app.UsageError("--num_checkpoints and --measure_steps must be at least 1.")
   variants = load_variants(specs, data_overrides, workdir)
@@ -680,19 +677,19 @@ def compare(specs: Sequence[str], workdir: str, budget: str, *,
     validate(variant, budget, num_checkpoints)
   rows = []
   for variant in variants:
-    plan = read_plan(variant, budget, num_checkpoints)
-    if plan is None:
-      plan = make_plan(variant, budget, num_checkpoints, measure_steps)
-      checkpoint.write_text(variant.workdir, "plan.json", json.dumps(plan, indent=1))
-    logging.info("%s: %s", variant.name, plan["how"])
-    if not pretrain_variant(variant, plan):
+    budget_steps = read_budget_steps(variant, budget, num_checkpoints)
+    if budget_steps is None:
+      budget_steps = convert_budget(variant, budget, num_checkpoints, measure_steps)
+      checkpoint.write_text(variant.workdir, BUDGET_FILE, json.dumps(budget_steps, indent=1))
+    logging.info("%s: %s", variant.name, budget_steps["how"])
+    if not pretrain_variant(variant, budget_steps):
       logging.warning("Pretraining of %s stopped early; run the same command again to "
                       "continue.", variant.name)
       return None
-    rows.append(evaluate_variant(variant, plan, protocols))
+    rows.append(evaluate_variant(variant, budget_steps, protocols))
   report = {
-      "command": command, "machine": results.machine(), "date": results.now(),
-      "budget": budget, "num_checkpoints": num_checkpoints, "data": describe_data(variants),
+      "command": command, "machine": results_doc.machine(), "date": results_doc.now(),
+      "budget": budget.text, "num_checkpoints": num_checkpoints, "data": describe_data(variants),
       "data_overrides": list(data_overrides),
       "protocols": [{"label": p.label, "spec": p.spec, "protocol": p.config.protocol,
                      "top1_key": p.top1, "key": p.key, "overrides": p.overrides,
@@ -708,11 +705,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("Set --workdir.")
-  section = results.requested_section()
+  section = results_doc.requested_section()
   report = compare(FLAGS.configs, FLAGS.workdir, FLAGS.budget, data_overrides=FLAGS.data,
                    protocol_names=FLAGS.protocols, eval_overrides=FLAGS.eval_override,
                    num_checkpoints=FLAGS.num_checkpoints, measure_steps=FLAGS.measure_steps,
-                   command=results.command_line("mim_jax.compare"))
+                   command=results_doc.command_line("mim_jax.tools.compare"))
   if report is None:
     return
   print(open(os.path.join(FLAGS.workdir, "comparison.md")).read())

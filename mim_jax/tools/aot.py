@@ -1,19 +1,19 @@
 """Plan a pod run on this machine: compile the real train step for a TPU slice, no TPU needed.
 
-python -m mim_jax.benchmarks.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 \
+python -m mim_jax.tools.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 \
     [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE] \
     [--evals=linear_probe,finetune] [--results=docs/RESULTS.md --results_section=NAME]
-python -m mim_jax.benchmarks.aot --check_model [--topology=v5e:2x2]
+python -m mim_jax.tools.aot --check_model [--topology=v5e:2x2]
 
 With the `tpu` extra (pip install -e '.[tpu]': libtpu), `jax.experimental.topologies` describes
 the chips of a slice (`--topology`, generation:chips per axis: v5e:16x16 is v5e-256, v4:4x4x4
 is v4-128 with 64 chips, v5p:4x4x4 is v5p-128 with 64 chips) and the TPU compiler builds the
-trainer's own train step for them (train.init_state under jax.eval_shape,
-sharding.state_shardings, train.jit_train_step with the config's donation, dtype, remat and
-scan; `jax.ShapeDtypeStruct` state and batch: nothing is allocated). It prints whether it
-compiled (or the compiler's error), per-chip memory against the chip's HBM, XLA's FLOP
+trainer's own train step for them (training/state.py's `abstract_state` in the config's
+shardings, training/train_step.py's `jit_train_step` with the config's donation, dtype,
+remat and scan; `jax.ShapeDtypeStruct` state and batch: nothing is allocated). It prints
+whether it compiled (or the compiler's error), per-chip memory against the chip's HBM, XLA's FLOP
 count, the step time estimated from the compiler's per-fusion cycle estimates with its
-breakdown and heaviest operations (mim_jax/benchmarks/tpu_model.py states the model),
+breakdown and heaviest operations (mim_jax/tools/tpu_model.py states the model),
 images/s and MFU against the chip's bf16 peak, and the compile time. Step time, images/s
 and MFU are compiler estimates, not measurements.
 
@@ -34,10 +34,10 @@ stop at 16 (a 4x4 sub-torus).
 encoder at their recipes' batch (compiled_step.evaluation_config: the published linear
 probe, fine-tuning). With `--results`, a table of every planned step (with --search, its
 fastest fitting setting) replaces section `--results_section` (default 'aot') of that
-document (mim_jax/benchmarks/results.py).
+document (mim_jax/tools/results_doc.py).
 
-Also takes the flags of mim_jax.benchmarks.train_step (`--dtype`, `--remat`,
-`--scan_layers`, `--evals`, `--results`). MFU's model FLOPs are XLA's count of the same
+`--dtype`, `--remat`, `--scan_layers` and `--attention_impl` override the config's model
+(mim_jax/tools/step_flags.py). MFU's model FLOPs are XLA's count of the same
 step without remat (forward, backward where gradients flow, the optimizer; the frozen
 encoder of the linear probe only forward), lowered for one chip's batch on the CPU.
 """
@@ -50,7 +50,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
@@ -61,22 +60,24 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mim_jax import sharding, train  # noqa: E402
-from mim_jax.benchmarks import results, tpu_model  # noqa: E402
-from mim_jax.benchmarks.compiled_step import (  # noqa: E402
-    TOTAL_STEPS, evaluation_config, random_batch, step_name, step_parts, xla_flops)
+from mim_jax import sharding  # noqa: E402
 from mim_jax.models import vit  # noqa: E402
+from mim_jax.tools import results_doc, step_flags, tpu_model  # noqa: E402
+from mim_jax.tools.compiled_step import (  # noqa: E402
+    evaluation_config, random_batch, step_name, step_parts, xla_flops)
+from mim_jax.training import config as train_config  # noqa: E402
+from mim_jax.training.state import abstract_state  # noqa: E402
+from mim_jax.training.train_step import jit_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The command line's flags, defined when the module runs as a program (importing it
-  defines none: their names would clash with mim_jax.main's). --config and the speed
-  options (--dtype, --remat, --scan_layers), --evals and --results are
-  mim_jax.benchmarks.train_step's; --results_section defaults to 'aot' here."""
-  from mim_jax.benchmarks import train_step  # noqa: F401  pylint: disable=all (defines them)
-  FLAGS.set_default("results_section", "aot")
+  """This program's flags (mim_jax/tools/__init__.py says why a function defines them)."""
+  step_flags.define_config_flags()
+  flags.DEFINE_list("evals", [], "Streamed evaluations to compile after --config's step, on "
+                    "its encoder: names of compiled_step.EVAL_CONFIGS (linear_probe, finetune) "
+                    "or configs/eval/ specs.")
   flags.DEFINE_string("topology", "v5e:16x16", "TPU slice: generation:chips per axis "
                       f"(generations {sorted(tpu_model.CHIPS)}).")
   flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
@@ -94,6 +95,7 @@ def define_flags() -> None:
                       "evaluation's to FILE.<protocol>).")
   flags.DEFINE_bool("check_model", False, "Compare the step-time model with the compiler's "
                     "optimal_seconds on reference programs, then exit.")
+  results_doc.define_flags("aot")
 
 
 # v5e/v6e slice shapes by chip count, and v4/v5p (3-D), smallest first.
@@ -125,20 +127,16 @@ def proxy_topology(topology: tpu_model.Topology, fsdp: int) -> tpu_model.Topolog
 
 
 def abstract_train_step(config, mesh):
-  """(jitted train step, state, batch) of `config` on `mesh`, as train.train_and_evaluate
+  """(jitted train step, state, batch) of `config` on `mesh`, as the training loop
   builds them, with `jax.ShapeDtypeStruct` state and batch (nothing is allocated)."""
   method, tx, lr_fn = step_parts(config)
-  init = functools.partial(train.init_state, method, tx)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed),
-                            train.sample_batch(config, method))
-  shardings = sharding.state_shardings(mesh, abstract, config)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shardings)
+  state = abstract_state(method, tx, config, mesh=mesh)
+  shardings = jax.tree.map(lambda a: a.sharding, state)
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
                                    sharding=batch_sharding)
            for k, v in random_batch(config, method, 1).items()}
-  step = train.jit_train_step(method, tx, lr_fn, config, TOTAL_STEPS, mesh, shardings)
+  step = jit_train_step(method, tx, lr_fn, config, mesh, shardings)
   return step, state, batch
 
 
@@ -157,8 +155,8 @@ def model_flops_per_chip(config, per_chip_batch: int) -> float:
 
 
 @dataclasses.dataclass
-class Plan:
-  """One compiled setting of a config for a slice."""
+class Compiled:
+  """One setting of a config compiled for a slice: the compiler's verdict and figures."""
   config: object
   topology: tpu_model.Topology
   compiled_on: tpu_model.Topology
@@ -187,8 +185,8 @@ class Plan:
     return tpu_model.images_per_second(self.config.batch_size, self.step_s)
 
 
-def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
-                 dump_hlo: Optional[str] = None) -> Plan:
+def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
+                      dump_hlo: Optional[str] = None) -> Compiled:
   """Compile `config`'s train step for `topology` (or its proxy) and estimate it; with
   `dump_hlo`, write the compiled program's text there."""
   hosts = max(topology.num_chips // 4, 1)
@@ -196,7 +194,7 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
   # the input pipeline is not part of the step; schedules that count the dataset's steps
   # (Latent MIM's regulariser goal) then need no ImageNet files, and change only constants
   compiled_config.data.source = "synthetic"
-  train.validate_config(compiled_config, topology.num_chips, hosts)
+  train_config.validate(compiled_config, topology.num_chips, hosts)
   mesh = sharding.create_mesh(compiled_config, topology_devices(topology))
   data, fsdp = mesh.shape["data"], mesh.shape["fsdp"]
   target = proxy_topology(topology, fsdp) if proxy else topology
@@ -204,46 +202,47 @@ def compile_plan(config, topology: tpu_model.Topology, proxy: bool = False,
     compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
     compiled_config.sharding.fsdp_size = fsdp
     mesh = sharding.create_mesh(compiled_config, topology_devices(target))
-  plan = Plan(config, topology, target)
+  compiled = Compiled(config, topology, target)
   start, start_cpu = time.perf_counter(), time.process_time()
   try:
     step, state, batch = abstract_train_step(compiled_config, mesh)
-    compiled = step.lower(state, batch).compile()
+    executable = step.lower(state, batch).compile()
   except Exception as e:  # pylint: disable=broad-except  # the compiler's verdict
-    plan.error = f"{type(e).__name__}: {e}".strip()
-  plan.compile_s = time.perf_counter() - start
-  plan.compile_cpu_s = time.process_time() - start_cpu
-  if plan.error is not None:
-    return plan
-  text = compiled.as_text()
+    compiled.error = f"{type(e).__name__}: {e}".strip()
+  compiled.compile_s = time.perf_counter() - start
+  compiled.compile_cpu_s = time.process_time() - start_cpu
+  if compiled.error is not None:
+    return compiled
+  text = executable.as_text()
   if dump_hlo:
     with open(dump_hlo, "w") as f:
       f.write(text)
-  plan.memory = tpu_model.memory_from_analysis(compiled.memory_analysis())
-  plan.step_flops = xla_flops(compiled)
-  plan.model_flops = model_flops_per_chip(compiled_config,
+  compiled.memory = tpu_model.memory_from_analysis(executable.memory_analysis())
+  compiled.step_flops = xla_flops(executable)
+  compiled.model_flops = model_flops_per_chip(compiled_config,
                                           config.batch_size // topology.num_chips)
-  plan.estimate = tpu_model.estimate_step_time(
+  compiled.estimate = tpu_model.estimate_step_time(
       text, topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
-  return plan
+  return compiled
 
 
-def plan_record(plan: Plan) -> dict:
-  """The figures of a plan as plain values (one JSON line of --output)."""
-  config = plan.config
+def json_record(compiled: Compiled) -> dict:
+  """The figures of a compiled setting as plain values (one JSON line of --output)."""
+  config = compiled.config
   record = dict(method=step_name(config), width=config.model.width,
                 depth=config.model.depth, patch=config.model.patch_size,
                 image=config.data.image_size, batch=config.batch_size,
                 dtype=config.model.dtype, setting=setting(config),
-                topology=plan.topology.name, compiled_on=plan.compiled_on.name,
-                compile_s=round(plan.compile_s, 1), compile_cpu_s=round(plan.compile_cpu_s, 1),
-                error=plan.error)
-  if plan.error is None:
-    record.update(memory=dataclasses.asdict(plan.memory), total_gib=plan.memory.total / 2**30,
-                  fits=plan.fits, step_flops=plan.step_flops, model_flops=plan.model_flops,
-                  step_s=plan.step_s, images_per_s=plan.images_per_s, mfu=plan.mfu,
-                  by_class=plan.estimate.by_class, top_ops=plan.estimate.top_ops(10),
-                  collective_s=plan.estimate.collective_seconds)
+                topology=compiled.topology.name, compiled_on=compiled.compiled_on.name,
+                compile_s=round(compiled.compile_s, 1),
+                compile_cpu_s=round(compiled.compile_cpu_s, 1), error=compiled.error)
+  if compiled.error is None:
+    record.update(memory=dataclasses.asdict(compiled.memory),
+                  total_gib=compiled.memory.total / 2**30, fits=compiled.fits,
+                  step_flops=compiled.step_flops, model_flops=compiled.model_flops,
+                  step_s=compiled.step_s, images_per_s=compiled.images_per_s, mfu=compiled.mfu,
+                  by_class=compiled.estimate.by_class, top_ops=compiled.estimate.top_ops(10),
+                  collective_s=compiled.estimate.collective_seconds)
   return record
 
 
@@ -259,33 +258,34 @@ def gib(n: float) -> str:
   return f"{n / tpu_model.GIB:.2f} GiB"
 
 
-def report(plan: Plan) -> str:
+def report(compiled: Compiled) -> str:
   """The figures of one compiled setting, as printed."""
-  topo, chip, config = plan.topology, plan.topology.chip, plan.config
+  topo, chip, config = compiled.topology, compiled.topology.chip, compiled.config
   per_chip = config.batch_size // topo.num_chips
   lines = [f"{step_name(config)} width={config.model.width} depth={config.model.depth} "
            f"patch={config.model.patch_size} image={config.data.image_size} on {topo.name} "
            f"({topo.num_chips} chips): batch {config.batch_size} ({per_chip} per chip), "
            f"dtype={config.model.dtype}, {setting(config)}"]
-  where = ("" if plan.compiled_on == topo else
-           f" on the proxy {plan.compiled_on.name} ({plan.compiled_on.num_chips} chips, "
-           f"batch {per_chip * plan.compiled_on.num_chips}: the same per-chip program)")
-  if plan.error is not None:
-    lines.append(f"  compile: FAILED after {plan.compile_s:.1f} s{where}: {plan.error}")
+  where = ("" if compiled.compiled_on == topo else
+           f" on the proxy {compiled.compiled_on.name} ({compiled.compiled_on.num_chips} chips, "
+           f"batch {per_chip * compiled.compiled_on.num_chips}: the same per-chip program)")
+  if compiled.error is not None:
+    lines.append(f"  compile: FAILED after {compiled.compile_s:.1f} s{where}: {compiled.error}")
     return "\n".join(lines)
-  m = plan.memory
-  lines.append(f"  compile: ok in {plan.compile_s:.1f} s ({plan.compile_cpu_s:.0f} CPU-s){where}")
+  m = compiled.memory
+  lines.append(f"  compile: ok in {compiled.compile_s:.1f} s "
+               f"({compiled.compile_cpu_s:.0f} CPU-s){where}")
   verdict = (f"fits with >= {tpu_model.HEADROOM:.0%} headroom" if m.fits(chip) else
              f"does NOT fit with {tpu_model.HEADROOM:.0%} headroom")
   lines.append(f"  memory per chip: arguments {gib(m.arguments)}, outputs {gib(m.outputs)} "
                f"({gib(m.aliased)} aliased to donated arguments), temporaries "
                f"{gib(m.temporaries)}, code {gib(m.code)}; total {gib(m.total)} of "
                f"{gib(chip.hbm_bytes)} HBM ({m.headroom(chip):.0%} free): {verdict}")
-  est = plan.estimate
-  lines.append(f"  FLOPs per chip per step (XLA): {plan.step_flops:.3e}"
+  est = compiled.estimate
+  lines.append(f"  FLOPs per chip per step (XLA): {compiled.step_flops:.3e}"
                + (" (XLA counts each of the program's loop bodies once)" if est.loops else "")
-               + f"; model (no remat) {plan.model_flops:.3e} = "
-               f"{plan.model_flops / per_chip / 1e9:.1f} GFLOP per image")
+               + f"; model (no remat) {compiled.model_flops:.3e} = "
+               f"{compiled.model_flops / per_chip / 1e9:.1f} GFLOP per image")
   parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in
                     sorted(est.by_class.items(), key=lambda kv: -kv[1]) if v > 5e-5)
   lines.append(f"  step time (compiler estimate): {est.seconds * 1e3:.1f} ms = {parts} ms; "
@@ -294,9 +294,9 @@ def report(plan: Plan) -> str:
                   if est.unknown_trip_counts else ""))
   lines.append("  heaviest operations (estimate, ms): " + "; ".join(
       f"{name} {seconds * 1e3:.1f}" for name, seconds in est.top_ops(6)))
-  lines.append(f"  throughput (compiler estimate): {plan.images_per_s:,.0f} images/s "
-               f"({plan.images_per_s / topo.num_chips:.1f} per chip); MFU (estimate) "
-               f"{plan.mfu:.1%} of {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip")
+  lines.append(f"  throughput (compiler estimate): {compiled.images_per_s:,.0f} images/s "
+               f"({compiled.images_per_s / topo.num_chips:.1f} per chip); MFU (estimate) "
+               f"{compiled.mfu:.1%} of {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip")
   return "\n".join(lines)
 
 
@@ -328,34 +328,34 @@ def candidate_configs(config, num_chips: int, fsdp_sizes: Sequence[str],
 
 def search(config, topology: tpu_model.Topology, proxy: bool, fsdp_sizes: Sequence[str],
            remat_policies: Sequence[str], scan_options: Sequence[bool],
-           log=lambda plan: print(summary_row(plan))) -> List[Plan]:
-  """Every compiled setting (see `candidate_configs`); `log(plan)` as each finishes."""
-  plans = []
+           log=lambda c: print(summary_row(c))) -> List[Compiled]:
+  """Every compiled setting (see `candidate_configs`); `log(compiled)` as each finishes."""
+  tried = []
   for chain in candidate_configs(config, topology.num_chips, fsdp_sizes, remat_policies,
                                  scan_options):
     for candidate in chain:
-      plan = compile_plan(candidate, topology, proxy)
-      plans.append(plan)
-      log(plan)
-      if plan.fits:
+      compiled = compile_for_slice(candidate, topology, proxy)
+      tried.append(compiled)
+      log(compiled)
+      if compiled.fits:
         break
-  return plans
+  return tried
 
 
-def best(plans: Sequence[Plan]) -> Optional[Plan]:
-  """The fastest (estimated) plan that fits with the headroom, or None."""
-  fitting = [p for p in plans if p.fits]
-  return min(fitting, key=lambda p: p.step_s) if fitting else None
+def best(tried: Sequence[Compiled]) -> Optional[Compiled]:
+  """The fastest (estimated) setting that fits with the headroom, or None."""
+  fitting = [c for c in tried if c.fits]
+  return min(fitting, key=lambda c: c.step_s) if fitting else None
 
 
-def summary_row(plan: Plan) -> str:
-  if plan.error is not None:
-    return f"  {setting(plan.config)}: compile failed ({first_line(plan.error)})"
-  chip = plan.topology.chip
-  return (f"  {setting(plan.config)}: {gib(plan.memory.total)} per chip "
-          f"({plan.memory.headroom(chip):.0%} free{'' if plan.fits else ', too full'}), "
-          f"step {plan.step_s * 1e3:.1f} ms, {plan.images_per_s:,.0f} images/s, "
-          f"MFU {plan.mfu:.1%} (estimates), compile {plan.compile_s:.0f} s")
+def summary_row(compiled: Compiled) -> str:
+  if compiled.error is not None:
+    return f"  {setting(compiled.config)}: compile failed ({first_line(compiled.error)})"
+  chip = compiled.topology.chip
+  return (f"  {setting(compiled.config)}: {gib(compiled.memory.total)} per chip "
+          f"({compiled.memory.headroom(chip):.0%} free{'' if compiled.fits else ', too full'}), "
+          f"step {compiled.step_s * 1e3:.1f} ms, {compiled.images_per_s:,.0f} images/s, "
+          f"MFU {compiled.mfu:.1%} (estimates), compile {compiled.compile_s:.0f} s")
 
 
 def first_line(error: str) -> str:
@@ -429,55 +429,55 @@ def check_model(topology: tpu_model.Topology) -> List[str]:
   return rows
 
 
-def results_table(planned: Sequence[Tuple[object, Optional[Plan]]],
+def results_table(rows: Sequence[Tuple[object, Optional[Compiled]]],
                   topology: tpu_model.Topology) -> str:
-  """Markdown table of (config, its plan on `topology`; None: no searched setting fit)
-  pairs, for --results."""
+  """Markdown table of (config, its step compiled for `topology`; None: no searched setting
+  fit) pairs, for --results."""
   lines = ["| step | image | global batch (per chip) | dtype | setting | fits | GiB per chip | "
            "step ms | images/s | model GFLOP/image | MFU | compile wall / CPU s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for config, plan in planned:
+  for config, compiled in rows:
     m = config.model
     per_chip = config.batch_size // topology.num_chips
     row = (f"| {step_name(config)} {m.width}w×{m.depth}, patch {m.patch_size} | "
            f"{config.data.image_size} | {config.batch_size} ({per_chip}) | {m.dtype} | ")
-    if plan is None:
+    if compiled is None:
       lines.append(row + "searched | nothing fits |" + " — |" * 6)
       continue
-    row += f"{setting(plan.config)} | "
-    if plan.error is not None:
-      lines.append(row + f"compile failed: {first_line(plan.error)} |" + " — |" * 5
-                   + f" {plan.compile_s:.0f} / {plan.compile_cpu_s:.0f} |")
+    row += f"{setting(compiled.config)} | "
+    if compiled.error is not None:
+      lines.append(row + f"compile failed: {first_line(compiled.error)} |" + " — |" * 5
+                   + f" {compiled.compile_s:.0f} / {compiled.compile_cpu_s:.0f} |")
       continue
-    lines.append(row + f"{'yes' if plan.fits else 'no'} | "
-                 f"{plan.memory.total / tpu_model.GIB:.2f} | {plan.step_s * 1e3:.1f} | "
-                 f"{plan.images_per_s:,.0f} | {plan.model_flops / per_chip / 1e9:.1f} | "
-                 f"{plan.mfu:.1%} | {plan.compile_s:.0f} / {plan.compile_cpu_s:.0f} |")
+    lines.append(row + f"{'yes' if compiled.fits else 'no'} | "
+                 f"{compiled.memory.total / tpu_model.GIB:.2f} | {compiled.step_s * 1e3:.1f} | "
+                 f"{compiled.images_per_s:,.0f} | {compiled.model_flops / per_chip / 1e9:.1f} | "
+                 f"{compiled.mfu:.1%} | {compiled.compile_s:.0f} / {compiled.compile_cpu_s:.0f} |")
   return "\n".join(lines) + (
       f"\n\n{topology.name}: {topology.num_chips} chips. Step time, images/s and MFU (of "
       f"{topology.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip) are compiler "
-      "estimates (mim_jax/benchmarks/tpu_model.py), not measurements; GiB per chip: the "
+      "estimates (mim_jax/tools/tpu_model.py), not measurements; GiB per chip: the "
       "compiler's buffer assignment; model FLOPs: XLA's count of the step without remat.\n")
 
 
-def plan_step(config, topology: tpu_model.Topology, dump_hlo: Optional[str],
-              save: Callable[[Plan], None]) -> Optional[Plan]:
+def compile_or_search(config, topology: tpu_model.Topology, dump_hlo: Optional[str],
+                      save: Callable[[Compiled], None]) -> Optional[Compiled]:
   """Compile `config`'s step for `topology` (with --search, each setting) and print it;
-  the plan (with --search the fastest that fits, None when none does)."""
+  the compiled step (with --search the fastest setting that fits, None when none does)."""
   if not FLAGS.search:
-    plan = compile_plan(config, topology, FLAGS.proxy, dump_hlo)
-    save(plan)
-    print(report(plan), flush=True)
-    return plan
+    compiled = compile_for_slice(config, topology, FLAGS.proxy, dump_hlo)
+    save(compiled)
+    print(report(compiled), flush=True)
+    return compiled
   scans = [s.lower() in ("true", "1") for s in FLAGS.scan_options]
   print(f"search for {step_name(config)} on {topology.name}: batch {config.batch_size}, "
         f"dtype={config.model.dtype} (step time, images/s, MFU: compiler estimates)",
         flush=True)
-  plans = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
-                 scans, log=lambda plan: (save(plan), print(summary_row(plan), flush=True)))
-  chosen = best(plans)
+  tried = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
+                 scans, log=lambda c: (save(c), print(summary_row(c), flush=True)))
+  chosen = best(tried)
   if chosen is None:
-    totals = [p.memory.total for p in plans if p.memory is not None]
+    totals = [c.memory.total for c in tried if c.memory is not None]
     print(f"nothing fits on {topology.name} with {tpu_model.HEADROOM:.0%} HBM headroom"
           + (f"; the smallest compiled setting needs {gib(min(totals))} per chip of "
              f"{gib(topology.chip.hbm_bytes)}" if totals else ""))
@@ -489,7 +489,7 @@ def plan_step(config, topology: tpu_model.Topology, dump_hlo: Optional[str],
 
 def main(argv):
   del argv
-  results.requested_section()  # a bad --results_section fails first
+  results_doc.requested_section()  # a bad --results_section fails first
   topology = tpu_model.parse_topology(FLAGS.topology)
   if FLAGS.check_model:
     print("\n".join(check_model(topology)))
@@ -497,23 +497,22 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError("--config is required (or --check_model).")
   config = FLAGS.config
-  from mim_jax.benchmarks import train_step  # pylint: disable=import-outside-toplevel
-  train_step.apply_overrides(config)
+  step_flags.apply_overrides(config)
 
-  def save(plan: Plan) -> None:
+  def save(compiled: Compiled) -> None:
     if FLAGS.output:
       with open(FLAGS.output, "a") as f:
-        f.write(json.dumps(plan_record(plan)) + "\n")
+        f.write(json.dumps(json_record(compiled)) + "\n")
 
   configs = [config] + [evaluation_config(name, config) for name in FLAGS.evals]
-  planned = []
+  rows = []
   for c in configs:
     dump = FLAGS.dump_hlo and (FLAGS.dump_hlo if c is config else
                                f"{FLAGS.dump_hlo}.{c.protocol}")
-    planned.append((c, plan_step(c, topology, dump, save)))
+    rows.append((c, compile_or_search(c, topology, dump, save)))
   title = f"Train steps compiled for {topology.name}" + (
       ": the fastest searched settings" if FLAGS.search else "")
-  results.write_from_flags("mim_jax.benchmarks.aot", title, results_table(planned, topology))
+  results_doc.write_from_flags("mim_jax.tools.aot", title, results_table(rows, topology))
 
 
 if __name__ == "__main__":

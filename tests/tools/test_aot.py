@@ -1,4 +1,4 @@
-"""The pod planner (mim_jax/benchmarks/aot.py, tpu_model.py): chip table, memory and MFU
+"""The pod planner (mim_jax/tools/aot.py, tpu_model.py): chip table, memory and MFU
 arithmetic, the step-time model on hand-written HLO, and, with libtpu (the `tpu` extra), a
 tiny train step compiled for TPU v5e slices."""
 import dataclasses
@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 from conftest import tiny_mae_config
 
-from mim_jax.benchmarks import tpu_model
-from mim_jax.benchmarks.tpu_model import CHIPS, GIB
+from mim_jax.tools import tpu_model
+from mim_jax.tools.tpu_model import CHIPS, GIB
 
 V5E = CHIPS["v5e"]
 
@@ -158,7 +158,7 @@ def test_unknown_trip_count_is_counted_once_and_reported():
 
 
 def test_search_candidates_chain_remat_per_sharding_and_scan():
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   groups = aot.candidate_configs(tiny_mae_config(), 256, ["1", "4", "16", "all", "3"],
                                  ["none", "full"], [False, True])
   labels = [[aot.setting(c) for c in chain] for chain in groups]
@@ -170,7 +170,7 @@ def test_search_candidates_chain_remat_per_sharding_and_scan():
 
 
 def test_search_stops_each_remat_chain_at_its_first_fit_and_picks_the_fastest(monkeypatch):
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   pod = tpu_model.parse_topology("v5e:16x16")
   # (sharding, remat) -> (GiB per chip, estimated ms): data parallel fits only with full
   # remat, FSDP(4) without; FSDP(16) without remat is fastest but over the 90% line
@@ -178,27 +178,27 @@ def test_search_stops_each_remat_chain_at_its_first_fit_and_picks_the_fastest(mo
           ("fsdp(4)", "none"): (8.0, 35), ("fsdp(4)", "full"): (4.0, 45),
           ("fsdp(16)", "none"): (14.5, 20), ("fsdp(16)", "full"): (7.0, 38)}
 
-  def compile_plan(config, topology, proxy):
+  def compile_for_slice(config, topology, proxy):
     mode, remat = aot.setting(config).split(", ")[:2]
     total, ms = fake[(mode, remat[len("remat="):])]
-    plan = aot.Plan(config, topology, topology)
-    plan.memory = tpu_model.Memory(0, 0, 0, int(total * GIB), 0)
-    plan.estimate = tpu_model.StepEstimate(seconds=ms / 1e3)
-    return plan
+    compiled = aot.Compiled(config, topology, topology)
+    compiled.memory = tpu_model.Memory(0, 0, 0, int(total * GIB), 0)
+    compiled.estimate = tpu_model.StepEstimate(seconds=ms / 1e3)
+    return compiled
 
-  monkeypatch.setattr(aot, "compile_plan", compile_plan)
-  plans = aot.search(tiny_mae_config(batch_size=256), pod, False, ["1", "4", "16"],
-                     ["none", "full"], [False], log=lambda plan: None)
-  tried = [aot.setting(p.config).rsplit(",", 1)[0] for p in plans]
+  monkeypatch.setattr(aot, "compile_for_slice", compile_for_slice)
+  compiled = aot.search(tiny_mae_config(batch_size=256), pod, False, ["1", "4", "16"],
+                        ["none", "full"], [False], log=lambda c: None)
+  tried = [aot.setting(c.config).rsplit(",", 1)[0] for c in compiled]
   assert tried == ["data_parallel, remat=none", "data_parallel, remat=full",
                    "fsdp(4), remat=none", "fsdp(16), remat=none", "fsdp(16), remat=full"]
-  chosen = aot.best(plans)
+  chosen = aot.best(compiled)
   assert aot.setting(chosen.config).startswith("fsdp(4), remat=none")  # 35 < 38 < 40 ms
-  assert aot.best(plans[:1]) is None  # 15 GiB of 16: over the 10% headroom
+  assert aot.best(compiled[:1]) is None  # 15 GiB of 16: over the 10% headroom
 
 
 def test_proxy_keeps_per_chip_batch_and_fsdp_groups():
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   pod = tpu_model.parse_topology("v5e:16x16")
   assert aot.proxy_topology(pod, 1).name == "v5e:2x2"  # data parallel: one host
   assert aot.proxy_topology(pod, 16).name == "v5e:4x8"  # two groups of 16
@@ -207,7 +207,7 @@ def test_proxy_keeps_per_chip_batch_and_fsdp_groups():
 
 
 def test_out_of_memory_errors_say_what_was_needed():
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   error = ("JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
            "required for HLO temporaries (18.26G) exceeds available HBM (15.75G).")
   assert aot.first_line(error) == "out of HBM: needs 18.26G of 15.75G"
@@ -220,12 +220,12 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 
 @needs_libtpu
 def test_tiny_train_step_compiles_for_v5e_and_the_proxy_matches_the_full_slice():
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   config = tiny_mae_config(batch_size=64)
   config.model.dtype = "bfloat16"
   slice8 = tpu_model.parse_topology("v5e:2x4")
-  full = aot.compile_plan(config, slice8, proxy=False)
-  proxy = aot.compile_plan(config, slice8, proxy=True)
+  full = aot.compile_for_slice(config, slice8, proxy=False)
+  proxy = aot.compile_for_slice(config, slice8, proxy=True)
   assert full.error is None and proxy.error is None, (full.error, proxy.error)
   assert (full.compiled_on.name, proxy.compiled_on.name) == ("v5e:2x4", "v5e:2x2")
   # the same per-chip program; only the collectives' code differs (group sizes)
@@ -248,7 +248,7 @@ def test_compiled_scan_costs_its_body_times_the_trip_count():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   device = aot.topology_devices(tpu_model.parse_topology("v5e:2x2"))[:1]
   mesh = jax.sharding.Mesh(np.asarray(device), ("x",))
   spec = jax.ShapeDtypeStruct((256, 256), jnp.bfloat16, sharding=jax.sharding.NamedSharding(
@@ -266,33 +266,33 @@ def test_compiled_scan_costs_its_body_times_the_trip_count():
 
 @needs_libtpu
 def test_a_recipe_that_counts_its_dataset_compiles_without_the_dataset():
-  from mim_jax.benchmarks import aot  # pylint: disable=import-outside-toplevel
-  from conftest import config_file  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
+  from conftest import shrunk_config  # pylint: disable=import-outside-toplevel
   # Latent MIM's regulariser goal needs the run's step count, which counts the dataset
-  config = config_file("latent_mim.py", "tiny")
+  config = shrunk_config("latent_mim.py")
   config.data.update(source="tfds", tfds_name="imagenet2012", data_dir="/nonexistent")
-  plan = aot.compile_plan(config, tpu_model.parse_topology("v5e:2x2"))
-  assert plan.error is None, plan.error
-  assert plan.estimate.seconds > 0 and plan.model_flops > 0
+  compiled = aot.compile_for_slice(config, tpu_model.parse_topology("v5e:2x2"))
+  assert compiled.error is None, compiled.error
+  assert compiled.estimate.seconds > 0 and compiled.model_flops > 0
 
 
 @needs_libtpu
 def test_evaluation_steps_compile_for_v5e_with_their_model_flops():
   """The streamed linear probe's step compiled for a TPU slice, like a pretraining step
-  (fine-tuning's FLOPs against the probe's: tests/benchmarks/test_compiled_step.py)."""
-  from mim_jax.benchmarks import aot, compiled_step  # pylint: disable=import-outside-toplevel
+  (fine-tuning's FLOPs against the probe's: tests/tools/test_compiled_step.py)."""
+  from mim_jax.tools import aot, compiled_step  # pylint: disable=import-outside-toplevel
   pretrain = tiny_mae_config()
   pretrain.model.dtype = "bfloat16"
   slice4 = tpu_model.parse_topology("v5e:2x2")
   config = compiled_step.evaluation_config("linear_probe", pretrain)
   config.batch_size = 64
-  probe = aot.compile_plan(config, slice4)
+  probe = aot.compile_for_slice(config, slice4)
   assert probe.error is None, probe.error
   assert probe.config.model.dtype == "bfloat16"  # the pretraining config's speed options
   assert probe.fits and 0 < probe.mfu < 1
   assert probe.model_flops == pytest.approx(probe.step_flops, rel=0.1)  # no remat, no loop
   assert "linear_probe (mae) width=32" in aot.report(probe)
-  assert aot.plan_record(probe)["method"] == "linear_probe (mae)"
+  assert aot.json_record(probe)["method"] == "linear_probe (mae)"
   table = aot.results_table([(config, probe), (config, None)], slice4)
   assert "| linear_probe (mae) 32w×2, patch 4 | 16 | 64 (16) | bfloat16 | data_parallel" in table
   assert "| searched | nothing fits |" in table and "v5e:2x2: 4 chips" in table

@@ -1,6 +1,6 @@
 """Input-pipeline throughput on JPEG files, per CPU core.
 
-python -m mim_jax.benchmarks.input_pipeline [--num_images=512] [--batch_size=64] \
+python -m mim_jax.tools.input_pipeline [--num_images=512] [--batch_size=64] \
     [--batches=40] [--image_size=224]
 
 Writes `--num_images` ImageNet-like JPEGs (500x375 and 375x500, quality 90, smooth colour
@@ -21,11 +21,15 @@ from PIL import Image
 
 from mim_jax import data, defaults
 
-flags.DEFINE_integer("num_images", 512, "JPEG files to write.")
-flags.DEFINE_integer("batch_size", 64, "Batch of the iterator.")
-flags.DEFINE_integer("batches", 40, "Timed batches.")
-flags.DEFINE_integer("image_size", 224, "Output side.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This program's flags (mim_jax/tools/__init__.py says why a function defines them)."""
+  flags.DEFINE_integer("num_images", 512, "JPEG files to write.")
+  flags.DEFINE_integer("batch_size", 64, "Batch of the iterator.")
+  flags.DEFINE_integer("batches", 40, "Timed batches.")
+  flags.DEFINE_integer("image_size", 224, "Output side.")
 
 
 def natural_like_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -76,4 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,0 +1,51 @@
+"""Step time, throughput and ETA of a training run, over the time spent in train steps."""
+import contextlib
+import time
+from typing import Any, Dict
+
+import jax
+from absl import logging
+
+PyTree = Any
+
+
+class Progress:
+  """Steps/s, step time, images/s and ETA over the time spent in train steps: the clock
+  starts after the first step of a start (compilation) and stops around evaluations,
+  image summaries and checkpoint saves (`paused`)."""
+
+  def __init__(self, total_steps: int, batch_size: int):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.step = None
+
+  def start(self, step: int) -> None:
+    self.step, self.time, self.excluded = step, time.perf_counter(), 0.0
+
+  @contextlib.contextmanager
+  def paused(self, state: PyTree):
+    jax.block_until_ready(state)  # the steps before belong to the timed part
+    begin = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.excluded += time.perf_counter() - begin
+
+  def measure(self, step: int) -> Dict[str, float]:
+    """The figures since the last call (logged with the ETA); {} if no step was timed.
+    Call after the step's results are on the host."""
+    if self.step is None or step <= self.step:
+      return {}
+    seconds = (time.perf_counter() - self.time - self.excluded) / (step - self.step)
+    self.start(step)
+    logging.info("Step %d/%d (%.1f%%): %.3g steps/s, %.3g s/step, ETA %s", step,
+                 self.total_steps, 100.0 * step / self.total_steps, 1.0 / seconds, seconds,
+                 format_duration((self.total_steps - step) * seconds))
+    return {"step_time": seconds, "steps_per_sec": 1.0 / seconds,
+            "images_per_sec": self.batch_size / seconds}
+
+
+def format_duration(seconds: float) -> str:
+  """h:mm:ss."""
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
