@@ -79,7 +79,7 @@ def abstract_state(method: Method, tx: optax.GradientTransformation, config,
 def create_train_state(method: Method, tx: optax.GradientTransformation, config,
                        mesh) -> Tuple[TrainState, TrainState]:
   """Initialise the state directly into its shardings. Returns (state, shardings)."""
-  init_fn, rng, batch = initializer(method, tx, config)
+  init_fn, rng, batch = initializer(method, tx, config)  # traced once for both below
   shardings = sharding.state_shardings(mesh, jax.eval_shape(init_fn, rng, batch), config)
   return jax.jit(init_fn, out_shardings=shardings)(rng, batch), shardings
 
