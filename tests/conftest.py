@@ -78,19 +78,6 @@ def learning_config(method, npz):
                        image_summary_every_steps=0, **{"data.path": str(npz)})
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-  """The tests of a module that share a module-scoped fixture (a comparison, a pretraining
-  run) go to one pytest-xdist worker (pytest.ini: --dist loadgroup), so the fixture is
-  computed once; every other test is given to whichever worker is free."""
-  for item in items:
-    fixtures = getattr(item, "_fixtureinfo", None)
-    if fixtures and any(definition.scope == "module"
-                        for definitions in fixtures.name2fixturedefs.values()
-                        for definition in definitions):
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def pytest_unconfigure(config):
   """The process that made the compilation cache (pytest's, or xdist's controller) removes it."""
   del config
