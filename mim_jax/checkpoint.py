@@ -16,6 +16,7 @@ the run; each resume with a changed config appends the changes under its "histor
 A workdir is a local directory or a URL that `etils.epath` and Orbax read and write
 (`gs://bucket/run`: every host of a TPU pod sees the same checkpoints and config.json).
 """
+import functools
 import json
 import logging as py_logging
 import os
@@ -30,6 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store  # not exported (orbax 0.12.8)
 
 PyTree = Any
 CONFIG_FILE = "config.json"
@@ -103,11 +105,30 @@ def _item_handlers():
   return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
 
 
+def _write_arrays_whole_in_one_process() -> None:
+  """Orbax's replica-parallel saving (its default off GPUs) has each replica of a
+  replicated array write a slice of it, so that the hosts of a pod share the writing. In
+  one process every replica is on this host, and the slices only add a slice op per array
+  and device, compiled at the first save: the tiny test MAE's first save took 5.5 s
+  instead of 0.27, and each later one 0.75 s instead of 0.25. One process writes each
+  array whole from its first replica (the handler orbax registers, otherwise unchanged)."""
+  whole = _whole_array_handler()
+  if jax.process_count() == 1 and ocp.type_handlers.get_type_handler(jax.Array) is not whole:
+    ocp.type_handlers.register_type_handler(jax.Array, whole, override=True)  # once
+
+
+@functools.lru_cache(maxsize=None)
+def _whole_array_handler() -> ocp.type_handlers.ArrayHandler:
+  return ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                        use_replica_parallel=False)
+
+
 def create_manager(workdir: str, config, clean_up_temporary: bool = False
                    ) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints that saves. Every process opens it at the same
   point (opening it is a cross-process barrier). `clean_up_temporary` (the trainer, which
   owns the directory) removes the temporary directories of saves that never finished."""
+  _write_arrays_whole_in_one_process()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints,
       enable_async_checkpointing=True,

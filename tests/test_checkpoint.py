@@ -179,3 +179,33 @@ def test_an_error_is_one_line_with_its_cause_in_under_200_characters():
   assert len(line) - len("ValueError: ") < 200
   assert checkpoint.one_line(OSError(28, "No space left on device")) == (
       "OSError: [Errno 28] No space left on device")
+
+
+def test_one_process_writes_replicated_arrays_whole_without_compiling(tmp_path):
+  """Orbax's replica-parallel saving would slice every replicated array on each of the 8
+  devices, a compiled slice per array and device; in one process each array is written
+  whole (checkpoint._write_arrays_whole_in_one_process), and restores as it was."""
+  mesh = jax.sharding.Mesh(jax.devices(), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = {f"w{i}": jax.device_put(np.arange(8 * (i + 1), dtype=np.float32).reshape(8, -1),
+                                   replicated) for i in range(3)}
+  compiled = []
+
+  def listener(event, seconds, **kwargs):
+    del seconds, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    manager = checkpoint.create_manager(str(tmp_path), tiny_mae_config())
+    checkpoint.save(manager, 1, state, {"next_element": [0]})
+    manager.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == []
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  restored, data_state = checkpoint.restore_latest(manager, abstract)
+  jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(state))
+  assert data_state == {"next_element": [0]}
