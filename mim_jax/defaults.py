@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.image_summary_every_steps = 5000
   config.num_summary_images = 8
+  # (first, last): a profiler trace of those train steps in workdir/plugins/profile/
+  # (training/progress.py StepTrace); (): none
+  config.profile_steps = ()
   return config
 
 

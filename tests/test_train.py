@@ -1,6 +1,10 @@
 """The trainer end to end: checkpoints, TensorBoard events, exact resume, config errors,
 EMA targets, several views per image, non-finite steps, the speed options."""
+import glob
+import gzip
+import json
 import logging
+import os
 import re
 
 import jax
@@ -18,8 +22,15 @@ from mim_jax.methods.base import TARGET_UPDATES, Method
 
 
 def test_pretraining_writes_checkpoints_and_events_and_restores(tmp_path):
-  config = tiny_mae_config(num_train_steps=6, keep_checkpoints=2)
+  config = tiny_mae_config(num_train_steps=6, keep_checkpoints=2, profile_steps=(2, 3))
   state = pretrain.run(config, str(tmp_path))
+  # the profiler trace of steps 2-3: TensorBoard's xplane and Perfetto's JSON, in which
+  # device 0 of the 8 ran the compiled train step twice
+  (trace_dir,) = glob.glob(str(tmp_path / "plugins" / "profile" / "*"))
+  assert glob.glob(os.path.join(trace_dir, "*.xplane.pb"))
+  with gzip.open(os.path.join(trace_dir, "perfetto_trace.json.gz")) as f:
+    names = [event.get("name", "") for event in json.load(f)["traceEvents"]]
+  assert names.count("[0] CommonPjRtLoadedExecutable::Execute (jit_train_step)") == 2
   assert int(state.step) == 6
   assert checkpoint_steps(tmp_path) == [4, 6]  # every 2 steps, last 2 kept
   tags = event_tags(str(tmp_path))
@@ -399,6 +410,8 @@ def test_resuming_with_a_config_that_changes_the_state_is_refused_before_any_wri
                                 "1.0)'"),
     ("data.std", (0.2, 0.2, 0.0), "config.data.std=(0.2, 0.2, 0.0) must be 3 per-channel "
                                   "values > 0"),
+    ("profile_steps", (3, 2), "config.profile_steps=(3, 2) must be () or (first, last) with "
+                              "1 <= first <= last, e.g. --config.profile_steps='(10, 12)'."),
 ])
 def test_config_errors_say_what_to_change(tmp_path, field, value, message):
   config = tiny_mae_config()

@@ -5,6 +5,8 @@ mim_jax/evaluation/finetune.py and downstream.py.
 
 python -m mim_jax.main --config=configs/eval/finetune.py:vit_base \
   --config.pretrained=PRETRAIN_DIR --workdir=FINETUNE_DIR --config.num_classes=1000
+python -m mim_jax.main --config=configs/eval/finetune.py:cifar \
+  --config.pretrained=PRETRAIN_DIR --workdir=FINETUNE_DIR
 """
 from mim_jax import config_files, defaults
 
@@ -67,8 +69,22 @@ def cae_vit_base():
   return config
 
 
+def cifar():
+  """Fine-tuning for 10k-image sets on a 2-core CPU (the method comparison,
+  mim_jax/tools/compare.py): MAE's ViT-B recipe (lr 5e-4·batch/256, layer decay 0.65,
+  drop path 0.1, mixup/cutmix, RandAugment, random erasing, AdamW) at batch 128 for 20
+  epochs, 2 of warmup, evaluated once at the end; the evaluation crop is the pretraining
+  run's (as the probes on that data see it). From step 0 of a comparison (the random
+  init) it is training from scratch with the same recipe."""
+  config = vit_base()
+  config.update(batch_size=128, num_epochs=20.0, warmup_epochs=2.0, eval_every_steps=0)
+  config.data.eval_crop_fraction = None
+  return config
+
+
 VARIANTS = {"vit_base": vit_base, "vit_large": vit_large, "vit_huge": vit_huge,
-            "simmim_vit_base": simmim_vit_base, "cae_vit_base": cae_vit_base}
+            "simmim_vit_base": simmim_vit_base, "cae_vit_base": cae_vit_base,
+            "cifar": cifar}
 
 
 def get_config(arg="vit_base"):

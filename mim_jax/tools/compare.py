@@ -5,7 +5,8 @@ pretraining FLOPs and wall time, with the random-init and raw-pixel baselines.
 python -m mim_jax.tools.compare --workdir=/tmp/compare --budget=epochs:8 \
     [--configs=configs/mae.py:cifar,configs/pcae.py:cifar,...] \
     [--data=source=npz --data=path=../shared/data/cifar10_small.npz] \
-    [--num_checkpoints=4] [--protocols=knn,linear_probe,attentive_probe] \
+    [--num_checkpoints=4] [--protocols=knn,linear_probe,attentive_probe,finetune] \
+    [--pools=cls,mean] [--streamed_at=ends] \
     [--eval_override=attentive_probe.epochs=10 --eval_override=knn:pool=mean] \
     [--results=docs/RESULTS.md [--results_section=compare]]
 
@@ -19,11 +20,17 @@ Inputs:
   --budget: per variant, `steps:N`, `epochs:E` (E × steps per epoch, steps per epoch =
     train examples // the config's batch size, rounded), `flops:F` (floor of F / FLOPs per
     step) or `cpu_seconds:S` (floor of S / CPU-seconds per step).
-  --protocols: `knn`, `linear_probe`, `attentive_probe` (configs/eval/<name>.py) or eval
-    config specs (default: knn and the `:cifar` variants of the two probes, sized for
-    10k-image sets on a CPU); --eval_override `[PROTOCOL:]field=value` changes their
-    fields (e.g. fewer attentive-probe epochs on a CPU; values parsed as --data's), for
-    every protocol with that field or only the one named. A streamed protocol too large
+  --protocols: `knn`, `linear_probe`, `attentive_probe`, `finetune` (configs/eval/<name>.py)
+    or eval config specs (default: knn and the `:cifar` variants of the two probes and of
+    fine-tuning, sized for 10k-image sets on a CPU); --eval_override `[PROTOCOL:]field=value`
+    changes their fields (e.g. fewer attentive-probe epochs on a CPU; values parsed as
+    --data's), for every protocol with that field or only the one named. --pools=cls,mean
+    runs each precomputed protocol that reads a pooled feature (k-NN, linear probe) once
+    per pool, a column `<label>_<pool>` each, from the same checkpoints (no second
+    pretraining); without it each runs on its config's pool (None: the method's declared
+    one). A streamed protocol (fine-tuning, which trains the encoder) runs on the random
+    init and the last checkpoint (--streamed_at=ends) or on every one (all). A streamed
+    protocol too large
     for the data (the published linear probe's batch of 16384 on 10k images:
     `linear_probe.size_warnings`) is replaced by its small-data variant (SMALL_DATA),
     logged and noted in the table.
@@ -42,9 +49,12 @@ What it does, per variant (everything under --workdir/<variant>/):
      checkpoint every ceil(N / --num_checkpoints) steps and at N, none deleted, and the
      initial state as checkpoint 0 (train_and_evaluate with stop_after_step=0). A rerun
      resumes an unfinished run and skips a finished one.
-  3. Every protocol on every checkpoint (step 0 = the same encoder randomly initialised)
-     with mim_jax.evaluation.run.evaluate, in eval/<protocol>-<hash of its config>/
-     step_<S>/; one whose metrics.json exists is read back, not rerun.
+  3. Every protocol on every checkpoint (streamed ones: --streamed_at) with
+     mim_jax.evaluation.run.evaluate, in eval/<protocol>-<hash of its config>/step_<S>/;
+     one whose metrics.json exists is read back, not rerun. Step 0 is the encoder randomly
+     initialised (fine-tuned, it is training from scratch); variants whose step 0 is the
+     same encoder, evaluated the same way (`random_init_key`), share one evaluation of it
+     under --workdir/random_init/<protocol>-<hash>/<key>/.
   Raw pixels: the protocols (run.run_protocol) on features.pixel_features of the
   evaluation data of each variant (flattened normalised images; the encoder's patch
   grid as tokens for the attentive probe, heads = gcd(encoder heads, token width)),
@@ -86,13 +96,12 @@ from mim_jax.tools import compiled_step, results_doc
 from mim_jax.training import config as train_config
 
 DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in methods.METHODS]
-# The protocols it runs: those that can run on features computed once (the small-data
-# variants; a streamed config of one of them is run as such).
-COMPARED = tuple(registry.names("precomputed"))
+COMPARED = registry.names()
 DEFAULT_PROTOCOLS = ["knn", "configs/eval/linear_probe.py:cifar",
-                     "configs/eval/attentive_probe.py:cifar"]
+                     "configs/eval/attentive_probe.py:cifar", "configs/eval/finetune.py:cifar"]
 # A streamed protocol's variant for data too small for its published recipe (fit_to_data).
 SMALL_DATA = {"linear_probe": "configs/eval/linear_probe.py:cifar"}
+STREAMED_AT = ("ends", "all")  # --streamed_at: the checkpoints a streamed protocol runs on
 BUDGET_KINDS = ("steps", "epochs", "flops", "cpu_seconds")
 BUDGET_FILE = "budget_steps.json"
 LEGACY_BUDGET_FILE = "plan.json"  # its name before 2026-12-06: read, never written
@@ -113,8 +122,13 @@ def define_flags() -> None:
                             "--data=path=DATA.npz.")
   flags.DEFINE_integer("num_checkpoints", 4, "Checkpoints evaluated along the way, besides "
                        "step 0 (random init).")
-  flags.DEFINE_list("protocols", DEFAULT_PROTOCOLS, "knn, linear_probe, attentive_probe "
-                    "(configs/eval/<name>.py) or eval config specs path[:variant].")
+  flags.DEFINE_list("protocols", DEFAULT_PROTOCOLS, "knn, linear_probe, attentive_probe, "
+                    "finetune (configs/eval/<name>.py) or eval config specs path[:variant].")
+  flags.DEFINE_list("pools", [], "Pooled features (cls, mean) each precomputed protocol "
+                    "that reads one is run on, a column each (default: its config's pool).")
+  flags.DEFINE_enum("streamed_at", "ends", STREAMED_AT, "Checkpoints a streamed protocol "
+                    "(fine-tuning, the streamed linear probe) runs on: ends (the random init "
+                    "and the last) or all.")
   flags.DEFINE_multi_string("eval_override", [], "[PROTOCOL:]field=value on the protocols' "
                             "eval configs (repeat the flag).")
   flags.DEFINE_integer("measure_steps", 5, "Steps timed for the cpu_seconds budget.")
@@ -283,9 +297,10 @@ def fit_to_data(protocol: Protocol, variants: Sequence[Variant]) -> Protocol:
 
 
 def load_protocols(names: Sequence[str], overrides: Sequence[str],
-                   variants: Sequence[Variant]) -> List[Protocol]:
+                   variants: Sequence[Variant], pools: Sequence[str] = ()) -> List[Protocol]:
   """The eval configs `names` (fitted to the `variants`' data, `fit_to_data`) with the
-  `overrides` applied, or a UsageError."""
+  `overrides` applied, once per pool of `pools` they read (`expand_pools`), or a
+  UsageError."""
   protocols = []
   for name in names:
     spec = f"configs/eval/{name}.py" if name in COMPARED else name
@@ -315,7 +330,28 @@ def load_protocols(names: Sequence[str], overrides: Sequence[str],
                           f"{p.label} pool")
     data.check_batch_size(p.config.eval_batch_size, jax.device_count(), jax.process_count(),
                           field=f"{p.label} eval_batch_size")
-  return [fit_to_data(p, variants) for p in protocols]
+  return expand_pools([fit_to_data(p, variants) for p in protocols], pools)
+
+
+def expand_pools(protocols: Sequence[Protocol], pools: Sequence[str]) -> List[Protocol]:
+  """Each precomputed protocol that reads a pooled feature, once per pool of `pools` (label
+  `<label>_<pool>`, 'pool=<pool>' added to its overrides); the others as they are."""
+  known = sorted({pool for name in COMPARED for pool in registry.get(name).pools} - {"tokens"})
+  for pool in pools:
+    if pool not in known:
+      raise app.UsageError(f"--pools={','.join(pools)}: {pool!r} is not one of {known}.")
+  expanded = []
+  for p in protocols:
+    taken = [pool for pool in pools if p.config.features == "precomputed"
+             and pool in registry.get(p.config.protocol).pools]
+    if not taken:
+      expanded.append(p)
+    for pool in taken:
+      config = p.config.copy_and_resolve_references()
+      config.pool = pool
+      expanded.append(dataclasses.replace(p, label=f"{p.label}_{pool}", config=config,
+                                          overrides=p.overrides + [f"pool={pool}"]))
+  return expanded
 
 
 # --------------------------------------------------------------------- pretraining
@@ -467,10 +503,32 @@ def eval_config(protocol: Protocol, pretrain_dir: str, step: int) -> ml_collecti
   return config
 
 
-def evaluate_variant(variant: Variant, budget_steps: dict,
-                     protocols: Sequence[Protocol]) -> dict:
-  """Every protocol on every checkpoint of `budget_steps`: the variant's row of
-  comparison.json."""
+def random_init_key(variant: Variant, protocol: Protocol) -> str:
+  """What decides `protocol` on the variant's step 0: the encoder it evaluates (the module's
+  fields, the parameters of checkpoint 0 it reads), the pool and block the method resolves
+  for the protocol, the pretraining run's data and seed. Variants with the same key (the
+  :cifar recipes of MAE, PCAE, CAE, Multi-View MAE initialise one encoder) share one
+  evaluation of their random init."""
+  config = checkpoint.read_config(variant.pretrain_dir)
+  use_target = bool(protocol.config.get("use_target", False))
+  encoder, params, _ = pretrained.load_encoder(variant.pretrain_dir, step=0,
+                                               use_target=use_target)
+  pool_block = methods.create(config).eval_defaults.fill(
+      protocol.config.protocol, protocol.config.pool, protocol.config.get("block"),
+      config.model.depth)
+  described = {"encoder": repr(encoder.module), "pool_block": pool_block,
+               "data": config.data.to_dict(), "seed": config.seed}
+  digest = hashlib.sha1(json.dumps(described, sort_keys=True, default=str).encode())
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.asarray(leaf).tobytes())
+  return digest.hexdigest()[:12]
+
+
+def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[Protocol],
+                     workdir: str, streamed_at: str = "ends") -> dict:
+  """Every protocol on the checkpoints of `budget_steps` it runs on (--streamed_at), step 0
+  in the shared random-init directory under `workdir`: the variant's row of
+  comparison.json (top-1 None where a protocol does not run)."""
   steps = budget_steps["checkpoint_steps"]
   walls = wall_seconds(variant.pretrain_dir, steps)
   rows = []
@@ -479,7 +537,13 @@ def evaluate_variant(variant: Variant, budget_steps: dict,
            "flops": step * budget_steps["flops_per_step"], "wall_seconds": walls[step],
            "top1": {}, "eval_dirs": {}}
     for protocol in protocols:
-      directory = os.path.join(variant.workdir, "eval", protocol.key, f"step_{step}")
+      if (protocol.config.features == "streamed" and streamed_at == "ends"
+          and step not in (steps[0], steps[-1])):
+        row["top1"][protocol.label] = None
+        continue
+      directory = (os.path.join(workdir, "random_init", protocol.key,
+                                random_init_key(variant, protocol)) if step == 0 else
+                   os.path.join(variant.workdir, "eval", protocol.key, f"step_{step}"))
       metrics = read_metrics(directory)
       if metrics is None:
         metrics = run.evaluate(eval_config(protocol, variant.pretrain_dir, step), directory)
@@ -518,7 +582,10 @@ def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
       if protocol not in precomputed:
         group["top1"][protocol.label] = None
         continue
-      directory = os.path.join(workdir, "raw_pixels", group["key"], protocol.key)
+      unpooled = protocol.config.copy_and_resolve_references()
+      unpooled.pool = None  # pixels are not pooled: one run serves every --pools column
+      directory = os.path.join(workdir, "raw_pixels", group["key"],
+                               f"{protocol.config.protocol}-{config_hash(unpooled)}")
       metrics = read_metrics(directory) or evaluate_pixels(protocol, group, directory)
       group["top1"][protocol.label] = metrics[protocol.top1]
       group["eval_dirs"][protocol.label] = directory
@@ -552,6 +619,24 @@ def _seconds(x: Optional[float]) -> str:
   return f"{x:.3g}" if x < 100 else f"{x:.0f}"
 
 
+def _top1(row: dict, labels: Sequence[str]) -> str:
+  return " | ".join("—" if row["top1"][k] is None else f"{row['top1'][k]:.1f}" for k in labels)
+
+
+def random_inits(report: dict) -> List[dict]:
+  """The distinct random-init evaluations: one per set of step-0 directories, with the
+  variants (and their methods) that share it."""
+  shared: Dict[tuple, dict] = {}
+  for v in report["variants"]:
+    zero = v["checkpoints"][0]
+    group = shared.setdefault(tuple(sorted(zero["eval_dirs"].items())),
+                              {"row": zero, "variants": [], "methods": []})
+    group["variants"].append(v["name"])
+    if v["method"] not in group["methods"]:
+      group["methods"].append(v["method"])
+  return list(shared.values())
+
+
 def markdown(report: dict, figure_links: Dict[str, str]) -> str:
   """The tables (final checkpoints with baselines, then every checkpoint) and plots."""
   labels = [p["label"] for p in report["protocols"]]
@@ -568,18 +653,19 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
       f"{sample.get('num_train')} train / {sample.get('num_test')} test images, "
       f"{sample.get('num_classes')} classes. Protocols: {protocols}. Top-1 in %. FLOPs: "
       "XLA's count of the compiled train step × steps; wall time: the trainer's logged "
-      "step_time (compilation excluded). Random init: each variant's step 0.",
+      "step_time (compilation excluded). Random init: the variants' step 0, evaluated once "
+      "for the variants that share it (fine-tuned: training from scratch); —: not run there "
+      "(a streamed protocol runs at the ends, `--streamed_at`).",
       "", "| variant | method | steps | epochs | pretraining FLOPs | wall time (s) " + head,
       "| --- | --- | --- | --- | --- | --- |" + rule]
   for v in report["variants"]:
     last = v["checkpoints"][-1]
     lines.append(f"| {v['name']} | {v['method']} | {last['step']} | {last['epochs']:.2f} | "
                  f"{last['flops']:.3g} | {_seconds(last['wall_seconds'])} | "
-                 + " | ".join(f"{last['top1'][k]:.1f}" for k in labels) + " |")
-  for v in report["variants"]:
-    zero = v["checkpoints"][0]
-    lines.append(f"| random init ({v['name']}) | {v['method']} | 0 | 0 | 0 | 0 | "
-                 + " | ".join(f"{zero['top1'][k]:.1f}" for k in labels) + " |")
+                 + _top1(last, labels) + " |")
+  for init in random_inits(report):
+    lines.append(f"| random init ({', '.join(init['variants'])}) | "
+                 f"{', '.join(init['methods'])} | 0 | 0 | 0 | 0 | {_top1(init['row'], labels)} |")
   for group in report["raw_pixels"]:
     lines.append(f"| raw pixels ({group['name']}) | — | 0 | 0 | 0 | 0 | "
                  + " | ".join("—" if group["top1"][k] is None else f"{group['top1'][k]:.1f}"
@@ -590,8 +676,7 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
   for v in report["variants"]:
     for row in v["checkpoints"]:
       lines.append(f"| {v['name']} | {row['step']} | {row['epochs']:.2f} | {row['flops']:.3g} "
-                   f"| {_seconds(row['wall_seconds'])} | "
-                   + " | ".join(f"{row['top1'][k]:.1f}" for k in labels) + " |")
+                   f"| {_seconds(row['wall_seconds'])} | {_top1(row, labels)} |")
   lines.append("")
   lines += [f"![top-1 against {FIGURES[axis][1]}]({link})"
             for axis, link in figure_links.items()]
@@ -610,7 +695,7 @@ def plot(report: dict, axis: str, path: str) -> None:
   for ax, label in zip(axes[0], labels):
     for i, v in enumerate(report["variants"]):
       points = [(row[axis], row["top1"][label]) for row in v["checkpoints"]
-                if row[axis] is not None]
+                if row[axis] is not None and row["top1"][label] is not None]
       ax.plot(*zip(*points), marker="o", color=f"C{i}", label=v["name"])
       ax.axhline(v["checkpoints"][0]["top1"][label], color=f"C{i}", linestyle=":",
                  linewidth=1)
@@ -664,15 +749,18 @@ def publish(report: dict, workdir: str, results_path: str, section: str) -> None
 
 def compare(specs: Sequence[str], workdir: str, budget: str, *,
             data_overrides: Sequence[str] = (), protocol_names: Sequence[str] = COMPARED,
-            eval_overrides: Sequence[str] = (), num_checkpoints: int = 4,
-            measure_steps: int = 5, command: str = "") -> Optional[dict]:
+            eval_overrides: Sequence[str] = (), pools: Sequence[str] = (),
+            streamed_at: str = "ends", num_checkpoints: int = 4, measure_steps: int = 5,
+            command: str = "") -> Optional[dict]:
   """Pretrain, evaluate and tabulate (module docstring); returns comparison.json's
   content, or None when a pretraining run was stopped (rerun to continue)."""
   budget = Budget.parse(budget)
   if num_checkpoints < 1 or measure_steps < 1:
     raise app.UsageError("--num_checkpoints and --measure_steps must be at least 1.")
+  if streamed_at not in STREAMED_AT:
+    raise app.UsageError(f"--streamed_at={streamed_at!r}: choose one of {STREAMED_AT}.")
   variants = load_variants(specs, data_overrides, workdir)
-  protocols = load_protocols(protocol_names, eval_overrides, variants)
+  protocols = load_protocols(protocol_names, eval_overrides, variants, pools)
   for variant in variants:
     validate(variant, budget, num_checkpoints)
   rows = []
@@ -686,10 +774,11 @@ def compare(specs: Sequence[str], workdir: str, budget: str, *,
       logging.warning("Pretraining of %s stopped early; run the same command again to "
                       "continue.", variant.name)
       return None
-    rows.append(evaluate_variant(variant, budget_steps, protocols))
+    rows.append(evaluate_variant(variant, budget_steps, protocols, workdir, streamed_at))
   report = {
       "command": command, "machine": results_doc.machine(), "date": results_doc.now(),
-      "budget": budget.text, "num_checkpoints": num_checkpoints, "data": describe_data(variants),
+      "budget": budget.text, "num_checkpoints": num_checkpoints, "streamed_at": streamed_at,
+      "data": describe_data(variants),
       "data_overrides": list(data_overrides),
       "protocols": [{"label": p.label, "spec": p.spec, "protocol": p.config.protocol,
                      "top1_key": p.top1, "key": p.key, "overrides": p.overrides,
@@ -708,6 +797,7 @@ def main(argv):
   section = results_doc.requested_section()
   report = compare(FLAGS.configs, FLAGS.workdir, FLAGS.budget, data_overrides=FLAGS.data,
                    protocol_names=FLAGS.protocols, eval_overrides=FLAGS.eval_override,
+                   pools=FLAGS.pools, streamed_at=FLAGS.streamed_at,
                    num_checkpoints=FLAGS.num_checkpoints, measure_steps=FLAGS.measure_steps,
                    command=results_doc.command_line("mim_jax.tools.compare"))
   if report is None:

@@ -19,6 +19,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
                      f"config.grad_accum_steps={accum} (>= 1).")
   data.check_config(config)
   data.check_batch_size(config.batch_size, num_devices, process_count)
+  profile = tuple(config.profile_steps)
+  if profile and not (len(profile) == 2 and 1 <= profile[0] <= profile[1]):
+    raise ValueError(f"config.profile_steps={profile} must be () or (first, last) with "
+                     "1 <= first <= last, e.g. --config.profile_steps='(10, 12)'.")
   if (config.batch_size // accum) % num_devices:
     raise ValueError(f"Each micro-batch of config.batch_size / config.grad_accum_steps = "
                      f"{config.batch_size // accum} images must divide over {num_devices} "

@@ -25,7 +25,7 @@ from mim_jax import checkpoint, data, lock, optim, preemption, sharding
 from mim_jax.methods.base import Method
 from mim_jax.training import record
 from mim_jax.training.config import Schedule, validate
-from mim_jax.training.progress import Progress
+from mim_jax.training.progress import Progress, StepTrace
 from mim_jax.training.state import TrainState, create_train_state, place_like
 from mim_jax.training.train_step import jit_train_step
 
@@ -49,6 +49,7 @@ def train_and_evaluate(config, workdir: str, method: Method, schedule: Schedule,
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     summaries = image_summaries(method, config)
     progress = Progress(total_steps, config.batch_size)
+    trace = StepTrace(config.profile_steps, workdir)
     saver = checkpoint.Saver(manager)
     try:
       if last_step == start_step and start_step not in manager.all_steps():
@@ -57,7 +58,9 @@ def train_and_evaluate(config, workdir: str, method: Method, schedule: Schedule,
       with preemption.PreemptionWatch() as watch:
         for step in range(start_step + 1, last_step + 1):
           batch = next(batches)
+          trace.before(step)
           state, metrics = step_fn(state, batch)
+          trace.after(step, state)
           new = step > logged_through
           if step == start_step + 1:  # keep compilation out of the throughput figures
             jax.block_until_ready(metrics)
@@ -86,6 +89,7 @@ def train_and_evaluate(config, workdir: str, method: Method, schedule: Schedule,
       if watch.received == signal.SIGINT:  # Ctrl-C: saved as above, then stop the caller
         raise KeyboardInterrupt(f"Ctrl-C: stopped at step {int(state.step)} with a checkpoint")
     finally:
+      trace.stop()  # after an error too (the last step's state was waited for above)
       saver.close()
       writer.flush()
   return state

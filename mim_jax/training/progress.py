@@ -1,7 +1,8 @@
-"""Step time, throughput and ETA of a training run, over the time spent in train steps."""
+"""Step time, throughput and ETA of a training run, over the time spent in train steps;
+a profiler trace of chosen steps (`StepTrace`)."""
 import contextlib
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 from absl import logging
@@ -49,3 +50,41 @@ def format_duration(seconds: float) -> str:
   """h:mm:ss."""
   seconds = int(round(seconds))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class StepTrace:
+  """A jax.profiler trace of the train steps `config.profile_steps` = (first, last), both
+  included (() : none), by process 0, into workdir/plugins/profile/<date>/: TensorBoard's
+  profile plugin reads it from the workdir, Perfetto (ui.perfetto.dev) its
+  perfetto_trace.json.gz. A resumed run traces the steps of the range it runs. The same
+  on CPU, GPU and TPU (jax.profiler; MaxText's `profiler` and big_vision's `xprof`). The
+  Python tracer is off: a trace of two tiny test steps with it was 4x the size and took
+  13 s more to write."""
+
+  def __init__(self, steps: Sequence[int], workdir: str):
+    self.first, self.last = tuple(steps) if len(steps) else (1, 0)
+    self.workdir = workdir
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Called before the train step `step` is dispatched."""
+    if (not self.active and self.first <= step <= self.last and jax.process_index() == 0):
+      options = jax.profiler.ProfileOptions()
+      options.python_tracer_level = 0  # host and device events only: Python's are most
+      jax.profiler.start_trace(self.workdir, create_perfetto_trace=True,
+                               profiler_options=options)
+      self.active = True
+      logging.info("Tracing steps %d-%d into %s/plugins/profile/.", step, self.last,
+                   self.workdir)
+
+  def after(self, step: int, state: PyTree) -> None:
+    """Called after the train step `step` is dispatched: ends the trace after `last`."""
+    if step >= self.last:
+      self.stop(state)
+
+  def stop(self, state: Optional[PyTree] = None) -> None:
+    """End the trace (if one runs) once `state` is computed."""
+    if self.active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False

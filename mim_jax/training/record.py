@@ -19,7 +19,7 @@ from mim_jax import checkpoint, events
 # that changes only these is exact (see already_logged).
 BOOKKEEPING_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                       "image_summary_every_steps", "num_summary_images",
-                      "max_nonfinite_steps", "evals.")
+                      "max_nonfinite_steps", "evals.", "profile_steps")
 
 
 def _flatten(tree: dict, prefix: str = "") -> Dict[str, Any]:

@@ -14,6 +14,8 @@ from conftest import REPO, config_file, scalar_series, shrunk_config
 from mim_jax.tools import compare, compiled_step
 from mim_jax.training import config as train_config
 
+BUDGET = compare.BUDGET_FILE
+
 # Two tiny variants: configs/<method>.py's recipe shrunk, without image summaries.
 TINY_VARIANTS_FILE = f'''
 from mim_jax import config_files
@@ -24,9 +26,11 @@ def get_config(arg):
   config.image_summary_every_steps = 0
   return config
 '''
-# k-NN on pooled features and the attentive probe on tokens (the linear probe takes the
-# same path as k-NN here); CPU-sized probe settings.
+# k-NN on both pooled features (--pools) and the attentive probe on tokens (the linear
+# probe takes the same path as k-NN here); CPU-sized probe settings.
 PROTOCOLS = ["knn", "attentive_probe"]
+POOLS = ["cls", "mean"]
+LABELS = ["knn_cls", "knn_mean", "attentive_probe"]
 PROTOCOL_OVERRIDES = ["eval_batch_size=32", "attentive_probe.epochs=1",
                       "attentive_probe.batch_size=16", "attentive_probe.warmup_epochs=0.0",
                       "knn:knn.k=5"]
@@ -48,14 +52,16 @@ def compare_args(root):
   variants = [f"{root / 'tiny_variants.py'}:mae", f"{root / 'tiny_variants.py'}:pcae"]
   return dict(specs=variants, workdir=str(root / "work"), budget="steps:4",
               data_overrides=["source=npz", f"path={root / 'tiny.npz'}"],
-              protocol_names=PROTOCOLS, eval_overrides=PROTOCOL_OVERRIDES, num_checkpoints=1)
+              protocol_names=PROTOCOLS, eval_overrides=PROTOCOL_OVERRIDES, pools=POOLS,
+              num_checkpoints=1)
 
 
 def command_line(args, results_doc):
   """The same comparison as `python -m mim_jax.tools.compare` flags."""
   return ([f"--configs={','.join(args['specs'])}", f"--workdir={args['workdir']}",
            f"--budget={args['budget']}", f"--num_checkpoints={args['num_checkpoints']}",
-           f"--protocols={','.join(args['protocol_names'])}", f"--results={results_doc}"] +
+           f"--protocols={','.join(args['protocol_names'])}", f"--results={results_doc}",
+           f"--pools={','.join(args['pools'])}"] +
           [f"--data={d}" for d in args["data_overrides"]] +
           [f"--eval_override={o}" for o in args["eval_overrides"]])
 
@@ -74,8 +80,9 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
   root, _, _ = setup
   report = json.loads((root / "work" / "comparison.json").read_text())
   assert [v["method"] for v in report["variants"]] == ["mae", "pcae"]
-  labels = PROTOCOLS
+  labels = LABELS
   assert [p["label"] for p in report["protocols"]] == labels
+  assert [p["overrides"][-1] for p in report["protocols"][:2]] == ["pool=cls", "pool=mean"]
   for variant in report["variants"]:
     budget_steps = variant["budget_steps"]
     # 64 train images // batch 16 = 4 steps per epoch, from the data
@@ -92,9 +99,13 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
         metrics = json.loads(
             open(os.path.join(row["eval_dirs"][protocol["label"]], "metrics.json")).read())
         assert metrics["pretrained_step"] == row["step"]
-        assert metrics["pretrained"] == os.path.join(variant["workdir"], "pretrain")
+        # step 0, the random init both variants share, was evaluated on the first one's
+        first = report["variants"][0] if row["step"] == 0 else variant
+        assert metrics["pretrained"] == os.path.join(first["workdir"], "pretrain")
         assert metrics[protocol["top1_key"]] == row["top1"][protocol["label"]]
         assert (metrics["num_train"], metrics["num_test"], metrics["num_classes"]) == (64, 32, 4)
+        assert metrics["pool"] == {"knn_cls": "cls", "knn_mean": "mean",
+                                   "attentive_probe": "tokens"}[protocol["label"]]
     # wall time: Σ step_time × steps of its log interval (logged every step; step 1, which
     # compiles, has none and takes step 2's)
     times = dict(scalar_series(os.path.join(variant["workdir"], "pretrain"), "step_time",
@@ -102,14 +113,19 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
     assert sorted(times) == [2, 3, 4]
     walls = [row["wall_seconds"] for row in variant["checkpoints"]]
     assert walls == pytest.approx([0.0, 2 * times[2] + times[3] + times[4]])
+  # MAE's and PCAE's recipes initialise the same encoder: one evaluation of step 0
+  zeros = [v["checkpoints"][0] for v in report["variants"]]
+  assert zeros[0]["eval_dirs"] == zeros[1]["eval_dirs"]
+  assert all(d.startswith(str(root / "work" / "random_init")) for d in
+             zeros[0]["eval_dirs"].values())
   (group,) = report["raw_pixels"]
   assert group["variants"] == ["tiny_variants_mae", "tiny_variants_pcae"]
-  for protocol, shape in zip(report["protocols"], ([768], [16, 48])):
-    metrics = json.loads(open(os.path.join(group["eval_dirs"][protocol["label"]],
-                                           "metrics.json")).read())
+  assert group["eval_dirs"]["knn_cls"] == group["eval_dirs"]["knn_mean"]  # pixels: no pool
+  for label, shape in zip(("knn_cls", "attentive_probe"), ([768], [16, 48])):
+    metrics = json.loads(open(os.path.join(group["eval_dirs"][label], "metrics.json")).read())
     assert metrics["feature_shape"] == shape and metrics["num_classes"] == 4
-    assert metrics[protocol["top1_key"]] == group["top1"][protocol["label"]]
-  knn = json.loads(open(os.path.join(group["eval_dirs"]["knn"], "config.json")).read())
+    assert metrics["top1" if label == "attentive_probe" else "knn_top1"] == group["top1"][label]
+  knn = json.loads(open(os.path.join(group["eval_dirs"]["knn_cls"], "config.json")).read())
   assert knn["eval"]["knn"]["k"] == 5  # the knn-only override
   table = (root / "work" / "comparison.md").read_text()
   final = report["variants"][1]["checkpoints"][-1]
@@ -117,6 +133,9 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
           f"{final['wall_seconds']:.3g} | " + " | ".join(
               f"{final['top1'][k]:.1f}" for k in labels) + " |") in table
   assert "| raw pixels (16 px) |" in table
+  zero = report["variants"][0]["checkpoints"][0]
+  assert ("| random init (tiny_variants_mae, tiny_variants_pcae) | mae, pcae | 0 | 0 | 0 | 0 | "
+          + " | ".join(f"{zero['top1'][k]:.1f}" for k in labels) + " |") in table
 
 
 def test_the_plots_exist(setup):
@@ -130,7 +149,8 @@ def test_the_command_line_rerun_redoes_nothing_and_replaces_its_results_section(
   root, args, report = setup
   work = root / "work"
   metrics = sorted(work.rglob("metrics.json"))
-  assert len(metrics) == 2 * 2 * 2 + 2  # variants × checkpoints × protocols + raw pixels
+  # variants × step 4 × protocols, the shared step 0 × protocols, raw pixels (k-NN once)
+  assert len(metrics) == 2 * 3 + 3 + 2
   outputs = sorted(work.rglob("events.out.tfevents.*")) + sorted(work.rglob("checkpoints/*"))
   before = {p: p.stat().st_mtime_ns for p in metrics + outputs}
   doc = root / "docs" / "RESULTS.md"
@@ -162,6 +182,44 @@ def test_a_rerun_with_another_budget_or_data_is_refused(setup):
                   dict(data_overrides=args["data_overrides"] + ["flip=False"])):
     with pytest.raises(app.UsageError, match="holds the budget for"):
       compare.compare(**dict(args, **changed))
+
+
+def test_fine_tuning_runs_from_the_shared_random_init_once_and_from_the_last_checkpoint(
+    setup, tmp_path, monkeypatch):
+  """A streamed protocol (configs/eval/finetune.py:cifar; --pools leave its pool alone) runs
+  from step 0, training from scratch, once for the two variants that share it, and from
+  the last checkpoint (--streamed_at=ends), or from every one (all); run.evaluate stubbed."""
+  root, args, _ = setup
+  variants = compare.load_variants(args["specs"], args["data_overrides"], str(root / "work"))
+  (finetune,) = compare.load_protocols(["configs/eval/finetune.py:cifar"], [], variants,
+                                       POOLS)
+  assert (finetune.label, finetune.config.pool, finetune.top1) == ("finetune_cifar", None,
+                                                                     "top1")
+  calls = []
+
+  def evaluate(config, directory):
+    calls.append((os.path.basename(os.path.dirname(config.pretrained)),
+                  config.pretrained_step, directory))
+    metrics = {"top1": float(len(calls))}
+    os.makedirs(directory)
+    with open(os.path.join(directory, "metrics.json"), "w") as f:
+      json.dump(metrics, f)
+    return metrics
+
+  monkeypatch.setattr(compare.run, "evaluate", evaluate)
+  budget = json.loads((root / "work" / "tiny_variants_mae" / BUDGET).read_text())
+  budget["checkpoint_steps"] = [0, 2, 4]
+  rows = [compare.evaluate_variant(v, budget, [finetune], str(tmp_path), "ends")["checkpoints"]
+          for v in variants]
+  shared = calls[0][2]
+  assert shared.startswith(str(tmp_path / "random_init" / finetune.key))
+  assert [c[:2] for c in calls] == [("tiny_variants_mae", 0), ("tiny_variants_mae", 4),
+                                    ("tiny_variants_pcae", 4)]
+  assert [[r["top1"]["finetune_cifar"] for r in v] for v in rows] == [[1, None, 2],
+                                                                       [1, None, 3]]
+  assert rows[1][0]["eval_dirs"]["finetune_cifar"] == shared
+  compare.evaluate_variant(variants[0], budget, [finetune], str(tmp_path), "all")
+  assert [c[:2] for c in calls[3:]] == [("tiny_variants_mae", 2)]
 
 
 def test_flops_and_cpu_budgets_convert_with_the_measured_step(setup, monkeypatch):
