@@ -9,10 +9,12 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
+from jax import export
 
 from conftest import CIFAR_NPZ, REPO, config_file, shrunk_config
 from mim_jax import config_files, defaults, methods, optim, sharding
 from mim_jax.evaluation import downstream, run
+from mim_jax.tools import aot
 from mim_jax.training import config as train_config, state as train_state, train_step
 
 CONFIG_FILES = sorted(p for p in (REPO / "configs").rglob("*.py") if p.name != "common.py")
@@ -170,6 +172,23 @@ def test_the_published_recipes_and_their_sizes():
   assert config_file("mae.py").model.width == 768  # the default variant is vit_base
   with pytest.raises(ValueError, match=r"choose one of \['cifar', 'vit_base'\]"):
     config_file("multiview_mae.py", "vit_small")
+
+
+@pytest.mark.parametrize("recipe", sorted(PUBLISHED), ids=lambda r: f"{r[0]}:{r[1]}")
+def test_every_published_train_step_exports_for_cuda(recipe):
+  """jax.export lowers each published recipe's train step, shrunk (the same ops, optimizer,
+  sharding mode and 'xla' attention path at test size), for CUDA on this CPU: no op of the
+  step is CPU-only. What only a GPU shows (compiling it, cuDNN attention, its speed):
+  README "GPUs"."""
+  config = config_file(f"{recipe[0]}.py", f"{recipe[1]},shrink")
+  assert config.model.attention_impl == "xla"
+  step, state, batch = aot.abstract_train_step(config, sharding.create_mesh(config))
+  exported = export.export(step, platforms=["cuda"])(state, batch)
+  assert exported.platforms == ("cuda",) and exported.nr_devices == jax.device_count()
+  assert len(exported.in_avals) == len(jax.tree.leaves((state, batch)))
+  assert [a.shape for a in exported.in_avals] == [
+      x.shape for x in jax.tree.leaves((state, batch))]
+  assert f"mhlo.num_partitions = {jax.device_count()}" in exported.mlir_module()
 
 
 def test_the_cifar_variants_share_the_comparisons_encoder_and_run():
