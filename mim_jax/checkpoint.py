@@ -109,9 +109,10 @@ def _write_arrays_whole_in_one_process() -> None:
   """Orbax's replica-parallel saving (its default off GPUs) has each replica of a
   replicated array write a slice of it, so that the hosts of a pod share the writing. In
   one process every replica is on this host, and the slices only add a slice op per array
-  and device, compiled at the first save: the tiny test MAE's first save took 5.5 s
-  instead of 0.27, and each later one 0.75 s instead of 0.25. One process writes each
-  array whole from its first replica (the handler orbax registers, otherwise unchanged)."""
+  and device, compiled at the first save (docs/RESULTS.md "Checkpoint saves in one
+  process": 5.5 s instead of 0.27 for the tiny test MAE, later saves 3x slower). One
+  process writes each array whole from its first replica (the handler orbax registers,
+  otherwise unchanged)."""
   whole = _whole_array_handler()
   if jax.process_count() == 1 and ocp.type_handlers.get_type_handler(jax.Array) is not whole:
     ocp.type_handlers.register_type_handler(jax.Array, whole, override=True)  # once
