@@ -3,6 +3,8 @@
 python -m mim_jax.tools.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 \
     [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE] \
     [--evals=linear_probe,finetune] [--results=docs/RESULTS.md --results_section=NAME]
+python -m mim_jax.tools.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 --plan \
+    [--search] [--plan_min_chips=32] [--output=plan.jsonl]
 python -m mim_jax.tools.aot --check_model [--topology=v5e:2x2]
 
 With the `tpu` extra (pip install -e '.[tpu]': libtpu), `jax.experimental.topologies` describes
@@ -30,6 +32,15 @@ that leaves at least 10% of HBM free. The collective model has bandwidth but no 
 latency, so it cannot charge FSDP over many chips its many ring steps: the default sizes
 stop at 16 (a 4x4 sub-torus).
 
+`--plan` compiles (with --search: searches) the step on every slice of --topology's
+generation from --plan_min_chips chips up to --topology that the global batch divides over
+(v5e: 4x8 to 16x16; v4, v5p: 32 to 256 chips), and tables per slice the fit, HBM headroom,
+estimated step time, MFU and images/s, and the recipe's run: its epochs × --train_examples
+images (ImageNet-1k by default) ÷ images/s as wall-clock and × chips as chip-hours,
+marking the cheapest slice in chip-hours and the fastest. With --output every compiled
+setting is appended as a JSON line, and a rerun reads back what is there (same config and
+slice) instead of compiling it again: a plan interrupted after hours of compiles resumes.
+
 `--evals` plans, after --config's own step, the steps of streamed evaluations on its
 encoder at their recipes' batch (compiled_step.evaluation_config: the published linear
 probe, fine-tuning). With `--results`, a table of every planned step (with --search, its
@@ -50,10 +61,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
-from typing import Callable, List, Optional, Sequence, Tuple  # noqa: E402
+from typing import List, Optional, Sequence, Tuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -83,13 +95,21 @@ def define_flags() -> None:
   flags.DEFINE_bool("proxy", False, "Compile on the smallest slice with the same per-chip "
                     "program (see the module docstring).")
   flags.DEFINE_bool("search", False, "Try sharding modes, remat policies and scan_layers.")
+  flags.DEFINE_bool("plan", False, "Compile (with --search: search) the step on every slice "
+                    "of --topology's generation from --plan_min_chips chips up to --topology "
+                    "that the global batch divides over, and table the published run's "
+                    "wall-clock and chip-hours on each.")
+  flags.DEFINE_integer("plan_min_chips", 32, "The smallest slice --plan tries.")
+  flags.DEFINE_integer("train_examples", 1281167, "Training images per epoch for --plan's "
+                       "wall-clock (default: ImageNet-1k's train split).")
   flags.DEFINE_list("fsdp_sizes", ["1", "4", "16"], "FSDP group sizes --search tries (1: data "
                     "parallel; 'all': every chip).")
   flags.DEFINE_list("remat_policies", ["none", "dots_with_no_batch_dims_saveable", "full"],
                     "Remat policies --search tries, in order of memory saved.")
   flags.DEFINE_list("scan_options", ["false", "true"], "scan_layers values --search tries.")
   flags.DEFINE_string("output", None, "Append each compiled setting's figures to this file "
-                      "as a JSON line.")
+                      "as a JSON line; a rerun reads the settings it holds instead of "
+                      "compiling them again (a long --plan resumes).")
   flags.DEFINE_string("dump_hlo", None, "Write the compiled TPU program's HLO text (with the "
                       "compiler's per-fusion estimates) to this file (with --evals, each "
                       "evaluation's to FILE.<protocol>).")
@@ -229,7 +249,8 @@ def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
 def json_record(compiled: Compiled) -> dict:
   """The figures of a compiled setting as plain values (one JSON line of --output)."""
   config = compiled.config
-  record = dict(method=step_name(config), width=config.model.width,
+  record = dict(config_hash=config_hash(config), method=step_name(config),
+                width=config.model.width,
                 depth=config.model.depth, patch=config.model.patch_size,
                 image=config.data.image_size, batch=config.batch_size,
                 dtype=config.model.dtype, setting=setting(config),
@@ -244,6 +265,51 @@ def json_record(compiled: Compiled) -> dict:
                   by_class=compiled.estimate.by_class, top_ops=compiled.estimate.top_ops(10),
                   collective_s=compiled.estimate.collective_seconds)
   return record
+
+
+def config_hash(config) -> str:
+  return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+
+
+def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
+  """The `Compiled` that `json_record` wrote (its heaviest operations aside)."""
+  compiled = Compiled(config, topology, tpu_model.parse_topology(record["compiled_on"]),
+                      record["compile_s"], record["compile_cpu_s"], record["error"])
+  if compiled.error is None:
+    compiled.memory = tpu_model.Memory(**record["memory"])
+    compiled.step_flops, compiled.model_flops = record["step_flops"], record["model_flops"]
+    compiled.estimate = tpu_model.StepEstimate(
+        seconds=record["step_s"], by_class=record["by_class"],
+        collective_seconds=record["collective_s"])
+  return compiled
+
+
+class Records:
+  """The JSON lines of --output: what this and earlier runs compiled, by (config, slice);
+  `compile` reads a setting back when it is there, compiles (and appends) it otherwise."""
+
+  def __init__(self, path: Optional[str]):
+    self.path, self.found = path, {}
+    if path and os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          record = json.loads(line)
+          if "config_hash" in record:
+            self.found[(record["config_hash"], record["topology"])] = record
+
+  def save(self, compiled: Compiled) -> None:
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(json_record(compiled)) + "\n")
+
+  def compile(self, config, topology: tpu_model.Topology, proxy: bool = False,
+              dump_hlo: Optional[str] = None) -> Compiled:
+    record = self.found.get((config_hash(config), topology.name))
+    if record is not None and dump_hlo is None:
+      return from_record(config, topology, record)
+    compiled = compile_for_slice(config, topology, proxy, dump_hlo)
+    self.save(compiled)
+    return compiled
 
 
 def setting(config) -> str:
@@ -328,13 +394,15 @@ def candidate_configs(config, num_chips: int, fsdp_sizes: Sequence[str],
 
 def search(config, topology: tpu_model.Topology, proxy: bool, fsdp_sizes: Sequence[str],
            remat_policies: Sequence[str], scan_options: Sequence[bool],
-           log=lambda c: print(summary_row(c))) -> List[Compiled]:
-  """Every compiled setting (see `candidate_configs`); `log(compiled)` as each finishes."""
+           log=lambda c: print(summary_row(c)), compile_fn=None) -> List[Compiled]:
+  """Every compiled setting (see `candidate_configs`, compiled by `compile_fn`, default
+  `compile_for_slice`); `log(compiled)` as each finishes."""
+  compile_fn = compile_fn or compile_for_slice
   tried = []
   for chain in candidate_configs(config, topology.num_chips, fsdp_sizes, remat_policies,
                                  scan_options):
     for candidate in chain:
-      compiled = compile_for_slice(candidate, topology, proxy)
+      compiled = compile_fn(candidate, topology, proxy)
       tried.append(compiled)
       log(compiled)
       if compiled.fits:
@@ -460,13 +528,67 @@ def results_table(rows: Sequence[Tuple[object, Optional[Compiled]]],
       "compiler's buffer assignment; model FLOPs: XLA's count of the step without remat.\n")
 
 
+def plan_slices(topology: tpu_model.Topology, min_chips: int,
+                global_batch: int) -> List[tpu_model.Topology]:
+  """The slices of `topology`'s generation (SLICE_SHAPES) from `min_chips` chips up to
+  `topology` itself, smallest first, over whose chips `global_batch` divides."""
+  sizes = [(dims, int(np.prod(dims))) for dims in SLICE_SHAPES[topology.chip.torus_dims]]
+  return [tpu_model.Topology(topology.chip, dims) for dims, chips in sizes
+          if min_chips <= chips <= topology.num_chips and global_batch % chips == 0]
+
+
+def run_images(config, train_examples: int) -> float:
+  """Images the recipe's run trains on: its epochs × `train_examples` (or its steps ×
+  its global batch)."""
+  if config.num_train_steps >= 0:
+    return float(config.num_train_steps * config.batch_size)
+  return config.num_epochs * train_examples
+
+
+def plan_table(config, rows: Sequence[Tuple[tpu_model.Topology, Optional[Compiled]]],
+               images: float) -> str:
+  """Markdown table of (slice, its compiled step or None when nothing fit) pairs: fit, HBM
+  headroom, step time, MFU, images/s, and the run's wall-clock (`images` ÷ images/s) and
+  chip-hours (× chips), the cheapest slice in chip-hours and the fastest marked."""
+  fitting = [(t, c) for t, c in rows if c is not None and c.fits]
+  hours = {t.name: images / c.images_per_s / 3600 for t, c in fitting}
+  chip_hours = {t.name: hours[t.name] * t.num_chips for t, _ in fitting}
+  marks = {}
+  if fitting:
+    for mark, table in (("cheapest", chip_hours), ("fastest", hours)):
+      name = min(table, key=table.get)
+      marks[name] = marks.get(name, ()) + (mark,)
+  lines = ["| slice | chips | batch per chip | setting | fits | HBM free | step ms | MFU | "
+           "images/s | wall-clock (h) | chip-hours | |", "|" + " --- |" * 12]
+  for t, c in rows:
+    head = f"| {t.name} | {t.num_chips} | {config.batch_size // t.num_chips} | "
+    if c is None:
+      lines.append(head + "searched | nothing fits |" + " — |" * 7)
+    elif c.error is not None:
+      lines.append(head + f"{setting(c.config)} | compile failed: {first_line(c.error)} |"
+                   + " — |" * 7)
+    else:
+      run = (f"{hours[t.name]:,.1f} | {chip_hours[t.name]:,.0f}" if t.name in hours
+             else "— | —")
+      lines.append(head + f"{setting(c.config)} | {'yes' if c.fits else 'no'} | "
+                   f"{c.memory.headroom(t.chip):.0%} | {c.step_s * 1e3:.1f} | {c.mfu:.1%} | "
+                   f"{c.images_per_s:,.0f} | {run} | {', '.join(marks.get(t.name, ()))} |")
+  return "\n".join(lines) + (
+      f"\n\n{step_name(config)} {config.model.width}w×{config.model.depth}, global batch "
+      f"{config.batch_size}, dtype {config.model.dtype}: {images:,.0f} training images. "
+      "Step time, MFU, images/s and so wall-clock and chip-hours are compiler estimates "
+      f"(mim_jax/tools/tpu_model.py), not measurements; a setting fits with "
+      f"{tpu_model.HEADROOM:.0%} of HBM free; the input pipeline and evaluations are not "
+      "counted.\n")
+
+
 def compile_or_search(config, topology: tpu_model.Topology, dump_hlo: Optional[str],
-                      save: Callable[[Compiled], None]) -> Optional[Compiled]:
-  """Compile `config`'s step for `topology` (with --search, each setting) and print it;
-  the compiled step (with --search the fastest setting that fits, None when none does)."""
+                      records: Records) -> Optional[Compiled]:
+  """Compile `config`'s step for `topology` (with --search, each setting; settings in
+  `records` are read back) and print it; the compiled step (with --search the fastest
+  setting that fits, None when none does)."""
   if not FLAGS.search:
-    compiled = compile_for_slice(config, topology, FLAGS.proxy, dump_hlo)
-    save(compiled)
+    compiled = records.compile(config, topology, FLAGS.proxy, dump_hlo)
     print(report(compiled), flush=True)
     return compiled
   scans = [s.lower() in ("true", "1") for s in FLAGS.scan_options]
@@ -474,7 +596,8 @@ def compile_or_search(config, topology: tpu_model.Topology, dump_hlo: Optional[s
         f"dtype={config.model.dtype} (step time, images/s, MFU: compiler estimates)",
         flush=True)
   tried = search(config, topology, FLAGS.proxy, FLAGS.fsdp_sizes, FLAGS.remat_policies,
-                 scans, log=lambda c: (save(c), print(summary_row(c), flush=True)))
+                 scans, log=lambda c: print(summary_row(c), flush=True),
+                 compile_fn=records.compile)
   chosen = best(tried)
   if chosen is None:
     totals = [c.memory.total for c in tried if c.memory is not None]
@@ -498,18 +621,27 @@ def main(argv):
     raise app.UsageError("--config is required (or --check_model).")
   config = FLAGS.config
   step_flags.apply_overrides(config)
-
-  def save(compiled: Compiled) -> None:
-    if FLAGS.output:
-      with open(FLAGS.output, "a") as f:
-        f.write(json.dumps(json_record(compiled)) + "\n")
-
+  records = Records(FLAGS.output)
+  if FLAGS.plan:
+    if FLAGS.evals or FLAGS.dump_hlo:
+      raise app.UsageError("--plan plans --config's own step: drop --evals and --dump_hlo.")
+    slices = plan_slices(topology, FLAGS.plan_min_chips, config.batch_size)
+    if not slices:
+      raise app.UsageError(f"No {topology.chip.name} slice of {FLAGS.plan_min_chips} to "
+                           f"{topology.num_chips} chips divides the global batch "
+                           f"{config.batch_size}: change --plan_min_chips or --topology.")
+    rows = [(t, compile_or_search(config, t, None, records)) for t in slices]
+    table = plan_table(config, rows, run_images(config, FLAGS.train_examples))
+    print(table)
+    results_doc.write_from_flags("mim_jax.tools.aot", f"Pod plan: {step_name(config)} on "
+                                 f"{topology.chip.name} slices", table)
+    return
   configs = [config] + [evaluation_config(name, config) for name in FLAGS.evals]
   rows = []
   for c in configs:
     dump = FLAGS.dump_hlo and (FLAGS.dump_hlo if c is config else
                                f"{FLAGS.dump_hlo}.{c.protocol}")
-    rows.append((c, compile_or_search(c, topology, dump, save)))
+    rows.append((c, compile_or_search(c, topology, dump, records)))
   title = f"Train steps compiled for {topology.name}" + (
       ": the fastest searched settings" if FLAGS.search else "")
   results_doc.write_from_flags("mim_jax.tools.aot", title, results_table(rows, topology))

@@ -5,7 +5,7 @@ import dataclasses
 import importlib.util
 
 import pytest
-from conftest import tiny_mae_config
+from conftest import config_file, tiny_mae_config
 
 from mim_jax.tools import tpu_model
 from mim_jax.tools.tpu_model import CHIPS, GIB
@@ -218,14 +218,21 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                    reason="libtpu not installed (pip install -e '.[tpu]')")
 
 
-@needs_libtpu
-def test_tiny_train_step_compiles_for_v5e_and_the_proxy_matches_the_full_slice():
+@pytest.fixture(scope="module")
+def tiny_v5e():
+  """The tiny MAE step (batch 64, bf16) compiled for v5e:2x4 and on its proxy (2x2)."""
   from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   config = tiny_mae_config(batch_size=64)
   config.model.dtype = "bfloat16"
   slice8 = tpu_model.parse_topology("v5e:2x4")
-  full = aot.compile_for_slice(config, slice8, proxy=False)
-  proxy = aot.compile_for_slice(config, slice8, proxy=True)
+  return (config, aot.compile_for_slice(config, slice8, proxy=False),
+          aot.compile_for_slice(config, slice8, proxy=True))
+
+
+@needs_libtpu
+def test_tiny_train_step_compiles_for_v5e_and_the_proxy_matches_the_full_slice(tiny_v5e):
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
+  _, full, proxy = tiny_v5e
   assert full.error is None and proxy.error is None, (full.error, proxy.error)
   assert (full.compiled_on.name, proxy.compiled_on.name) == ("v5e:2x4", "v5e:2x2")
   # the same per-chip program; only the collectives' code differs (group sizes)
@@ -241,6 +248,43 @@ def test_tiny_train_step_compiles_for_v5e_and_the_proxy_matches_the_full_slice()
   assert full.estimate.by_class["matmul"] > 0 and 0 < full.mfu < 1
   assert "fits with >= 10% headroom" in aot.report(full)
   assert full.images_per_s == pytest.approx(64 / full.estimate.seconds)
+
+
+@needs_libtpu
+def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_output(
+    tiny_v5e, tmp_path, monkeypatch):
+  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
+  config, full, _ = tiny_v5e
+  v5e = tpu_model.parse_topology("v5e:16x16")
+  assert [t.name for t in aot.plan_slices(v5e, 32, 4096)] == [
+      "v5e:4x8", "v5e:8x8", "v5e:8x16", "v5e:16x16"]
+  assert [t.name for t in aot.plan_slices(v5e, 32, 96)] == ["v5e:4x8"]  # 96 % 64 != 0
+  v5p = tpu_model.parse_topology("v5p:4x8x8")
+  assert [t.num_chips for t in aot.plan_slices(v5p, 32, 4096)] == [32, 64, 128, 256]
+  assert aot.run_images(config_file("mae.py", "vit_large"), 1281167) == 800 * 1281167
+  # 4 chips 1.5x slower per step than 8: half the images/s per chip more, so cheaper
+  slice4, slice16 = tpu_model.parse_topology("v5e:2x2"), tpu_model.parse_topology("v5e:4x4")
+  slow = dataclasses.replace(full, topology=slice4, estimate=tpu_model.StepEstimate(
+      seconds=1.5 * full.step_s))
+  table = aot.plan_table(config, [(slice4, slow), (full.topology, full), (slice16, None)],
+                         images=1e6)
+  hours = 1e6 / full.images_per_s / 3600
+  row = lambda name: next(line for line in table.splitlines() if line.startswith(f"| {name} "))
+  assert row("v5e:2x2").endswith(f"| {1.5 * hours:,.1f} | {6 * hours:,.0f} | cheapest |")
+  assert row("v5e:2x4").endswith(f"| {hours:,.1f} | {8 * hours:,.0f} | fastest |")
+  assert f"| {full.mfu:.1%} | {full.images_per_s:,.0f} |" in row("v5e:2x4")
+  assert row("v5e:4x4") == "| v5e:4x4 | 16 | 4 | searched | nothing fits |" + " — |" * 7
+  # --output: a rerun reads a compiled setting back instead of compiling it
+  output = tmp_path / "plan.jsonl"
+  aot.Records(str(output)).save(full)
+  monkeypatch.setattr(aot, "compile_for_slice", lambda *a, **k: 1 / 0)
+  again = aot.Records(str(output)).compile(config, full.topology)
+  assert (again.memory, again.step_s, again.mfu, again.fits) == (
+      full.memory, full.step_s, full.mfu, full.fits)
+  other = config.copy_and_resolve_references()
+  other.batch_size = 32
+  with pytest.raises(ZeroDivisionError):  # another config is compiled, not read back
+    aot.Records(str(output)).compile(other, full.topology)
 
 
 @needs_libtpu
