@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
       decay_rate=0.1, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, weight_decay=0.0,
       # extra exemptions on top of the official rule (no decay on 1-D params and biases,
       # optim.decay_mask); a method's config lists its official code's skip list here
-      no_decay_patterns=(), grad_clip=0.0, layer_decay=1.0))
+      no_decay_patterns=(), grad_clip=0.0, layer_decay=1.0, mu_dtype="float32"))
   config.sharding = ml_collections.ConfigDict(dict(mode="data_parallel", fsdp_size=-1,
                                                    fsdp_min_size=2**18))
   config.donate_state = True  # the train step reuses the input state's buffers

@@ -83,6 +83,27 @@ def test_gradient_clipping_by_global_norm():
   np.testing.assert_allclose(mu["w"], 0.1 * np.array([0.6, 0.8]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["adamw", "lars"])
+def test_a_bfloat16_first_moment_holds_the_momentum_rounded(name):
+  """optimizer.mu_dtype: AdamW's first moment (its second stays float32) or LARS's momentum
+  in bfloat16: (1 − b1)·g for Adam, g for LARS' trace after one step, rounded to bf16."""
+  config = defaults.base_config()
+  config.optimizer.update(name=name, mu_dtype="bfloat16", weight_decay=0.0)
+  tx = optim.create_optimizer(config, lambda step: 0.1)
+  params = {"w": jnp.ones(3)}  # 1-D: no weight decay, no trust ratio (decay_mask)
+  grad = {"w": jnp.full(3, 1.0 / 3.0)}
+  _, state = tx.update(grad, tx.init(params), params)
+  mu = optax.tree_utils.tree_get(state, "mu" if name == "adamw" else "trace")
+  assert mu["w"].dtype == jnp.bfloat16
+  want = (0.1 if name == "adamw" else 1.0) / 3.0
+  np.testing.assert_array_equal(mu["w"], jnp.full(3, want, jnp.bfloat16))
+  if name == "adamw":
+    assert optax.tree_utils.tree_get(state, "nu")["w"].dtype == jnp.float32
+  config.optimizer.mu_dtype = "float16"
+  with pytest.raises(ValueError, match="config.optimizer.mu_dtype='float16'"):
+    optim.create_optimizer(config, lambda step: 0.1)
+
+
 def test_multistep_schedule_values():
   lr = optim.lr_schedule(1.0, total_steps=100, warmup_steps=10, schedule="multistep",
                          decay_steps=(70, 90), decay_rate=0.1)
