@@ -506,9 +506,10 @@ def eval_config(protocol: Protocol, pretrain_dir: str, step: int) -> ml_collecti
 def random_init_key(variant: Variant, protocol: Protocol) -> str:
   """What decides `protocol` on the variant's step 0: the encoder it evaluates (the module's
   fields, the parameters of checkpoint 0 it reads), the pool and block the method resolves
-  for the protocol, the pretraining run's data and seed. Variants with the same key (the
-  :cifar recipes of MAE, PCAE, CAE, Multi-View MAE initialise one encoder) share one
-  evaluation of their random init."""
+  for the protocol, the pretraining run's data and seed. Variants with the same key share
+  one evaluation of their random init (five of the six :cifar recipes initialise the same
+  encoder, SimMIM's differs; Latent MIM's also reads other features for k-NN and the
+  linear probe)."""
   config = checkpoint.read_config(variant.pretrain_dir)
   use_target = bool(protocol.config.get("use_target", False))
   encoder, params, _ = pretrained.load_encoder(variant.pretrain_dir, step=0,
