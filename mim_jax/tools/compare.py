@@ -510,10 +510,9 @@ def random_init_key(variant: Variant, protocol: Protocol) -> str:
   one evaluation of their random init (five of the six :cifar recipes initialise the same
   encoder, SimMIM's differs; Latent MIM's also reads other features for k-NN and the
   linear probe)."""
-  config = checkpoint.read_config(variant.pretrain_dir)
   use_target = bool(protocol.config.get("use_target", False))
-  encoder, params, _ = pretrained.load_encoder(variant.pretrain_dir, step=0,
-                                               use_target=use_target)
+  encoder, params, config = pretrained.load_encoder(variant.pretrain_dir, step=0,
+                                                    use_target=use_target)
   pool_block = methods.create(config).eval_defaults.fill(
       protocol.config.protocol, protocol.config.pool, protocol.config.get("block"),
       config.model.depth)
