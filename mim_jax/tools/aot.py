@@ -4,7 +4,7 @@ python -m mim_jax.tools.aot --config=configs/mae.py:vit_large --topology=v5e:16x
     [--config.model.dtype=bfloat16] [--config.field=value ...] [--search] [--output=FILE] \
     [--evals=linear_probe,finetune] [--results=docs/RESULTS.md --results_section=NAME]
 python -m mim_jax.tools.aot --config=configs/mae.py:vit_large --topology=v5e:16x16 --plan \
-    [--search] [--plan_min_chips=32] [--output=plan.jsonl]
+    [--search] [--plan_min_chips=32] [--output=plan.jsonl] [--jpeg_dir=DIR]
 python -m mim_jax.tools.aot --check_model [--topology=v5e:2x2]
 
 With the `tpu` extra (pip install -e '.[tpu]': libtpu), `jax.experimental.topologies` describes
@@ -37,7 +37,12 @@ generation from --plan_min_chips chips up to --topology that the global batch di
 (v5e: 4x8 to 16x16; v4, v5p: 32 to 256 chips), and tables per slice the fit, HBM headroom,
 estimated step time, MFU and images/s, and the recipe's run: its epochs × --train_examples
 images (ImageNet-1k by default) ÷ images/s as wall-clock and × chips as chip-hours,
-marking the cheapest slice in chip-hours and the fastest. With --output every compiled
+marking the cheapest slice in chip-hours and the fastest. It times the recipe's own input
+pipeline on this machine's CPU first (mim_jax/tools/input_pipeline.py: the real JPEGs under
+--jpeg_dir, else synthetic ones) and prints per slice the vCPUs one host needs to feed its
+chips (its chips × images/s per chip ÷ images per CPU-second here) against the vCPUs that
+host has (tpu_model.Chip.host_vcpus), marking a slice the input would slow down
+("input-bound"). With --output every compiled
 setting is appended as a JSON line, and a rerun reads back what is there (same config and
 slice) instead of compiling it again: a plan interrupted after hours of compiles resumes.
 
@@ -74,7 +79,7 @@ from absl import app, flags  # noqa: E402
 
 from mim_jax import sharding  # noqa: E402
 from mim_jax.models import vit  # noqa: E402
-from mim_jax.tools import results_doc, step_flags, tpu_model  # noqa: E402
+from mim_jax.tools import input_pipeline, results_doc, step_flags, tpu_model  # noqa: E402
 from mim_jax.tools.compiled_step import (  # noqa: E402
     evaluation_config, random_batch, step_name, step_parts, xla_flops)
 from mim_jax.training import config as train_config  # noqa: E402
@@ -100,6 +105,9 @@ def define_flags() -> None:
                     "that the global batch divides over, and table the published run's "
                     "wall-clock and chip-hours on each.")
   flags.DEFINE_integer("plan_min_chips", 32, "The smallest slice --plan tries.")
+  input_pipeline.define_image_flags()
+  flags.DEFINE_integer("input_batches", 20, "Batches of 64 --plan times the input pipeline "
+                       "over.")
   flags.DEFINE_integer("train_examples", 1281167, "Training images per epoch for --plan's "
                        "wall-clock (default: ImageNet-1k's train split).")
   flags.DEFINE_list("fsdp_sizes", ["1", "4", "16"], "FSDP group sizes --search tries (1: data "
@@ -545,11 +553,23 @@ def run_images(config, train_examples: int) -> float:
   return config.num_epochs * train_examples
 
 
+def host_input_vcpus(compiled: Compiled, images_per_cpu_s: float) -> Tuple[float, int]:
+  """(vCPUs one host of `compiled`'s slice needs to feed its chips at the step's
+  images/s, given the input pipeline's images per CPU-second; the vCPUs it has). A slice
+  smaller than a host gets that share of the host."""
+  chip, chips = compiled.topology.chip, compiled.topology.num_chips
+  host_chips = min(chip.host_chips, chips)
+  needed = host_chips * compiled.images_per_s / chips / images_per_cpu_s
+  return needed, chip.host_vcpus * host_chips // chip.host_chips
+
+
 def plan_table(config, rows: Sequence[Tuple[tpu_model.Topology, Optional[Compiled]]],
-               images: float) -> str:
+               images: float, input_rate: input_pipeline.InputRate) -> str:
   """Markdown table of (slice, its compiled step or None when nothing fit) pairs: fit, HBM
-  headroom, step time, MFU, images/s, and the run's wall-clock (`images` ÷ images/s) and
-  chip-hours (× chips), the cheapest slice in chip-hours and the fastest marked."""
+  headroom, step time, MFU, images/s, the run's wall-clock (`images` ÷ images/s) and
+  chip-hours (× chips), and the vCPUs a host needs for its input at `input_rate` against
+  those it has; the cheapest slice in chip-hours and the fastest marked, and each whose
+  input needs more vCPUs than its host has marked input-bound."""
   fitting = [(t, c) for t, c in rows if c is not None and c.fits]
   hours = {t.name: images / c.images_per_s / 3600 for t, c in fitting}
   chip_hours = {t.name: hours[t.name] * t.num_chips for t, _ in fitting}
@@ -559,27 +579,35 @@ def plan_table(config, rows: Sequence[Tuple[tpu_model.Topology, Optional[Compile
       name = min(table, key=table.get)
       marks[name] = marks.get(name, ()) + (mark,)
   lines = ["| slice | chips | batch per chip | setting | fits | HBM free | step ms | MFU | "
-           "images/s | wall-clock (h) | chip-hours | |", "|" + " --- |" * 12]
+           "images/s | wall-clock (h) | chip-hours | input vCPUs per host | |",
+           "|" + " --- |" * 13]
   for t, c in rows:
     head = f"| {t.name} | {t.num_chips} | {config.batch_size // t.num_chips} | "
     if c is None:
-      lines.append(head + "searched | nothing fits |" + " — |" * 7)
+      lines.append(head + "searched | nothing fits |" + " — |" * 8)
     elif c.error is not None:
       lines.append(head + f"{setting(c.config)} | compile failed: {first_line(c.error)} |"
-                   + " — |" * 7)
+                   + " — |" * 8)
     else:
       run = (f"{hours[t.name]:,.1f} | {chip_hours[t.name]:,.0f}" if t.name in hours
              else "— | —")
+      needed, has = host_input_vcpus(c, input_rate.images_per_cpu_s)
+      if needed > has:
+        marks[t.name] = marks.get(t.name, ()) + ("input-bound",)
       lines.append(head + f"{setting(c.config)} | {'yes' if c.fits else 'no'} | "
                    f"{c.memory.headroom(t.chip):.0%} | {c.step_s * 1e3:.1f} | {c.mfu:.1%} | "
-                   f"{c.images_per_s:,.0f} | {run} | {', '.join(marks.get(t.name, ()))} |")
+                   f"{c.images_per_s:,.0f} | {run} | {needed:,.0f} of {has} | "
+                   f"{', '.join(marks.get(t.name, ()))} |")
   return "\n".join(lines) + (
       f"\n\n{step_name(config)} {config.model.width}w×{config.model.depth}, global batch "
       f"{config.batch_size}, dtype {config.model.dtype}: {images:,.0f} training images. "
       "Step time, MFU, images/s and so wall-clock and chip-hours are compiler estimates "
       f"(mim_jax/tools/tpu_model.py), not measurements; a setting fits with "
-      f"{tpu_model.HEADROOM:.0%} of HBM free; the input pipeline and evaluations are not "
-      "counted.\n")
+      f"{tpu_model.HEADROOM:.0%} of HBM free; evaluations are not counted. Input: the "
+      f"recipe's pipeline decoded {input_rate.images_per_cpu_s:.0f} images per CPU-second "
+      f"on {input_rate.source} on this machine's CPU ({input_pipeline.cpu_model()}); a "
+      "host needs its chips' images/s over that, and has the vCPUs of its machine type "
+      "(tpu_model.Chip.host_vcpus), which also run the training loop.\n")
 
 
 def compile_or_search(config, topology: tpu_model.Topology, dump_hlo: Optional[str],
@@ -630,8 +658,12 @@ def main(argv):
       raise app.UsageError(f"No {topology.chip.name} slice of {FLAGS.plan_min_chips} to "
                            f"{topology.num_chips} chips divides the global batch "
                            f"{config.batch_size}: change --plan_min_chips or --topology.")
+    input_rate = input_pipeline.measure(config, FLAGS.jpeg_dir, 64, FLAGS.input_batches,
+                                        FLAGS.num_images)
+    print(f"input pipeline: {input_rate.images_per_cpu_s:.1f} images per CPU-second on "
+          f"{input_rate.source}", flush=True)
     rows = [(t, compile_or_search(config, t, None, records)) for t in slices]
-    table = plan_table(config, rows, run_images(config, FLAGS.train_examples))
+    table = plan_table(config, rows, run_images(config, FLAGS.train_examples), input_rate)
     print(table)
     results_doc.write_from_flags("mim_jax.tools.aot", f"Pod plan: {step_name(config)} on "
                                  f"{topology.chip.name} slices", table)

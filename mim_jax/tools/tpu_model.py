@@ -49,6 +49,8 @@ class Chip:
   hbm_bytes_per_s: float
   collective_bytes_per_s: float
   mxu_flops_per_cycle: int
+  host_chips: int  # chips per host (TPU VM) of a multi-host slice
+  host_vcpus: int  # that host's vCPUs, which feed its chips
   sources: Tuple[str, ...]
 
   @property
@@ -65,17 +67,19 @@ class Chip:
 # says two 256 × 256 MXUs, which at 918 TFLOP/s would mean a 3.5 GHz clock, while the
 # compiler estimates an 8192³ bf16 matmul at 2.98 M cycles, faster than two such MXUs
 # could do it (4.19 M): its cost model has 4 · 2 · 256² FLOP per cycle, i.e. 1.75 GHz,
-# which we use.
+# which we use. Hosts of multi-host slices: v4 and v5p 4 chips with 240 and 208 vCPUs;
+# v5e 8 chips with 224 vCPUs (ct5lp-hightpu-8t: a 16x16 slice has 32 hosts); v6e 8 chips
+# with 180 vCPUs (ct6e-standard-8t).
 CHIPS = {
     "v4": Chip("v4", "v4", True, 3, 275e12, 32 * GIB, 1200e9, 1.1e15 / 4096,
-               2 * 4 * 2 * 128**2, ("https://cloud.google.com/tpu/docs/v4",)),
+               2 * 4 * 2 * 128**2, 4, 240, ("https://cloud.google.com/tpu/docs/v4",)),
     "v5e": Chip("v5e", "v5e", False, 2, 197e12, 16 * GIB, 819e9, 51.2e12 / 256,
-                1 * 4 * 2 * 128**2, ("https://cloud.google.com/tpu/docs/v5e",
+                1 * 4 * 2 * 128**2, 8, 224, ("https://cloud.google.com/tpu/docs/v5e",
                                      "https://jax-ml.github.io/scaling-book/tpus")),
     "v5p": Chip("v5p", "v5", True, 3, 459e12, 95 * GIB, 2765e9, 4800e9 / 8,
-                2 * 4 * 2 * 128**2, ("https://cloud.google.com/tpu/docs/v5p",)),
+                2 * 4 * 2 * 128**2, 4, 208, ("https://cloud.google.com/tpu/docs/v5p",)),
     "v6e": Chip("v6e", "v6e", False, 2, 918e12, 32 * GIB, 1638e9, 102.4e12 / 256,
-                1 * 4 * 2 * 256**2, ("https://cloud.google.com/tpu/docs/v6e",)),
+                1 * 4 * 2 * 256**2, 8, 180, ("https://cloud.google.com/tpu/docs/v6e",)),
 }
 
 

@@ -253,7 +253,7 @@ def test_tiny_train_step_compiles_for_v5e_and_the_proxy_matches_the_full_slice(t
 @needs_libtpu
 def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_output(
     tiny_v5e, tmp_path, monkeypatch):
-  from mim_jax.tools import aot  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import aot, input_pipeline  # pylint: disable=import-outside-toplevel
   config, full, _ = tiny_v5e
   v5e = tpu_model.parse_topology("v5e:16x16")
   assert [t.name for t in aot.plan_slices(v5e, 32, 4096)] == [
@@ -266,14 +266,22 @@ def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_outp
   slice4, slice16 = tpu_model.parse_topology("v5e:2x2"), tpu_model.parse_topology("v5e:4x4")
   slow = dataclasses.replace(full, topology=slice4, estimate=tpu_model.StepEstimate(
       seconds=1.5 * full.step_s))
+  # the input decodes full.images_per_s / 180 images per CPU-second: the 8-chip host of
+  # 2x4 needs 180 of its 224 vCPUs; 2x2 has half a host (112 vCPUs) for 4 chips that need
+  # 4 x (images/s per chip = full's / 1.5 / 4) / rate = 120: input-bound
+  rate = input_pipeline.InputRate(images=1000, wall_s=1.0, cpu_s=1000 * 180 / full.images_per_s,
+                                  source="test JPEGs")
+  assert rate.images_per_cpu_s == pytest.approx(full.images_per_s / 180)
   table = aot.plan_table(config, [(slice4, slow), (full.topology, full), (slice16, None)],
-                         images=1e6)
+                         images=1e6, input_rate=rate)
   hours = 1e6 / full.images_per_s / 3600
   row = lambda name: next(line for line in table.splitlines() if line.startswith(f"| {name} "))
-  assert row("v5e:2x2").endswith(f"| {1.5 * hours:,.1f} | {6 * hours:,.0f} | cheapest |")
-  assert row("v5e:2x4").endswith(f"| {hours:,.1f} | {8 * hours:,.0f} | fastest |")
+  assert row("v5e:2x2").endswith(
+      f"| {1.5 * hours:,.1f} | {6 * hours:,.0f} | 120 of 112 | cheapest, input-bound |")
+  assert row("v5e:2x4").endswith(f"| {hours:,.1f} | {8 * hours:,.0f} | 180 of 224 | fastest |")
   assert f"| {full.mfu:.1%} | {full.images_per_s:,.0f} |" in row("v5e:2x4")
-  assert row("v5e:4x4") == "| v5e:4x4 | 16 | 4 | searched | nothing fits |" + " — |" * 7
+  assert row("v5e:4x4") == "| v5e:4x4 | 16 | 4 | searched | nothing fits |" + " — |" * 8
+  assert "test JPEGs" in table
   # --output: a rerun reads a compiled setting back instead of compiling it
   output = tmp_path / "plan.jsonl"
   aot.Records(str(output)).save(full)
