@@ -50,7 +50,8 @@ What it does, per variant (everything under --workdir/<variant>/):
      initial state as checkpoint 0 (train_and_evaluate with stop_after_step=0). A rerun
      resumes an unfinished run and skips a finished one.
   3. Every protocol on every checkpoint (streamed ones: --streamed_at) with
-     mim_jax.evaluation.run.evaluate, in eval/<protocol>-<hash of its config>/step_<S>/;
+     mim_jax.evaluation.run.evaluate, in eval/<protocol>-<hash of its config>/step_<S>/
+     (the precomputed ones of a checkpoint encode its images once: run.TokenCache);
      one whose metrics.json exists is read back, not rerun. Step 0 is the encoder randomly
      initialised (fine-tuned, it is training from scratch); variants whose step 0 is the
      same encoder, evaluated the same way (`random_init_key`), share one evaluation of it
@@ -531,6 +532,7 @@ def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[P
   comparison.json (top-1 None where a protocol does not run)."""
   steps = budget_steps["checkpoint_steps"]
   walls = wall_seconds(variant.pretrain_dir, steps)
+  token_cache = run.TokenCache()  # a checkpoint's precomputed protocols encode it once
   rows = []
   for step in steps:
     row = {"step": step, "epochs": step / budget_steps["steps_per_epoch"],
@@ -546,7 +548,8 @@ def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[P
                    os.path.join(variant.workdir, "eval", protocol.key, f"step_{step}"))
       metrics = read_metrics(directory)
       if metrics is None:
-        metrics = run.evaluate(eval_config(protocol, variant.pretrain_dir, step), directory)
+        metrics = run.evaluate(eval_config(protocol, variant.pretrain_dir, step), directory,
+                               token_cache)
       row["top1"][protocol.label] = metrics[protocol.top1]
       row["eval_dirs"][protocol.label] = directory
     rows.append(row)

@@ -69,6 +69,32 @@ def test_probe_end_to_end(pretrained_dir, tmp_path, protocol):
   assert len(losses) == 3 and all(np.isfinite(losses))
 
 
+def test_a_token_cache_encodes_a_checkpoint_once_for_every_pool_and_protocol(
+    pretrained_dir, tmp_path, monkeypatch):
+  from mim_jax.evaluation import features  # pylint: disable=import-outside-toplevel
+  configs = {"knn_cls": eval_config("knn", pretrained_dir, pool="cls"),
+             "knn_mean": eval_config("knn", pretrained_dir, pool="mean"),
+             "attentive": eval_config("attentive_probe", pretrained_dir, "cifar")}
+  configs["attentive"].attentive_probe.update(epochs=2, batch_size=32, warmup_epochs=1)
+  alone = {name: run.evaluate(c, str(tmp_path / "alone" / name)) for name, c in configs.items()}
+  pools = []
+  extract = features.extract_features
+  monkeypatch.setattr(features, "extract_features",
+                      lambda *a, **k: pools.append(k["pool"]) or extract(*a, **k))
+  cache = run.TokenCache()
+  cached = {name: run.evaluate(c, str(tmp_path / "cached" / name), cache)
+            for name, c in configs.items()}
+  assert pools == ["tokens", "tokens"]  # train and test split, once for all three
+  for name, key in (("knn_cls", "knn_top1"), ("knn_mean", "knn_top1"),
+                    ("attentive", "top1")):
+    assert cached[name][key] == alone[name][key], name
+  assert cached["knn_mean"]["feature_shape"] == [32]
+  # another block is another extraction
+  run.evaluate(eval_config("knn", pretrained_dir, pool="cls", block=1),
+               str(tmp_path / "block1"), cache)
+  assert pools == ["tokens"] * 4
+
+
 def test_eval_config_errors_name_the_field(pretrained_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="config.pretrained"):
     run.evaluate(eval_config("knn", str(tmp_path / "missing")), str(tmp_path))

@@ -197,7 +197,7 @@ def test_fine_tuning_runs_from_the_shared_random_init_once_and_from_the_last_che
                                                                      "top1")
   calls = []
 
-  def evaluate(config, directory):
+  def evaluate(config, directory, token_cache):
     calls.append((os.path.basename(os.path.dirname(config.pretrained)),
                   config.pretrained_step, directory))
     metrics = {"top1": float(len(calls))}
