@@ -7,7 +7,7 @@ random-crop augmentation the official MAE linear probe (main_linprobe.py) applie
 """
 import functools
 import time
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,21 @@ def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
   if pool == "mean":
     return tokens[:, 1:].mean(axis=1)
   return tokens
+
+
+def representation_stats(features: np.ndarray) -> Dict[str, float]:
+  """Collapse diagnostics of [N, D] features. 'effective_rank': RankMe (Garrido et al.
+  2023, eq. 1), exp of the entropy of the singular values normalised to sum to 1, from 1
+  (one direction) to min(N, D) (all equal); 'mean_cosine': the mean cosine similarity of
+  distinct rows (1: every feature points the same way)."""
+  x = np.asarray(features, np.float64)
+  singular = np.linalg.svd(x, compute_uv=False)
+  p = singular / singular.sum() + 1e-12
+  unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  n = len(unit)
+  pairs = (np.square(unit.sum(axis=0)).sum() - np.square(unit).sum()) / (n * (n - 1))
+  return {"effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+          "mean_cosine": float(pairs)}
 
 
 def data_parallel_mesh() -> Mesh:

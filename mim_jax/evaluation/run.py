@@ -277,7 +277,9 @@ def probe_on_features(config, data_config, splits, train, test, workdir: str, st
   """`config.protocol` on (features, labels) of the train and test `splits` read with
   `data_config`: its top-1 scalars written to TensorBoard at `step`, the probe's curves
   per epoch, and workdir/metrics.json: the results, what was evaluated on what, and
-  `fields` (e.g. the pretraining run and checkpoint). Returns the metrics."""
+  `fields` (e.g. the pretraining run and checkpoint), with pooled features the test
+  split's `features.representation_stats` (test_effective_rank, test_mean_cosine).
+  Returns the metrics."""
   num_classes = count_classes(config, data_config, train[1], test[1])
   writer, log_fn = probe_writer(workdir)
   start = time.perf_counter()
@@ -286,6 +288,9 @@ def probe_on_features(config, data_config, splits, train, test, workdir: str, st
     writer.write_scalars(step, {k: v for k, v in results.items() if k.endswith("top1")})
   finally:
     writer.flush()
+  if train[0].ndim == 2:  # pooled features: how collapsed the test split's are
+    results = dict(results, **{f"test_{k}": v for k, v in
+                               features.representation_stats(test[0]).items()})
   metrics = dict(results, protocol=config.protocol, **fields,
                  data_source=data_config.data.source, splits=list(splits),
                  image_size=data_config.data.image_size, num_train=len(train[1]),

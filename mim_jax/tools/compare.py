@@ -537,7 +537,7 @@ def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[P
   for step in steps:
     row = {"step": step, "epochs": step / budget_steps["steps_per_epoch"],
            "flops": step * budget_steps["flops_per_step"], "wall_seconds": walls[step],
-           "top1": {}, "eval_dirs": {}}
+           "top1": {}, "eval_dirs": {}, "features": {}}
     for protocol in protocols:
       if (protocol.config.features == "streamed" and streamed_at == "ends"
           and step not in (steps[0], steps[-1])):
@@ -552,6 +552,9 @@ def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[P
                                token_cache)
       row["top1"][protocol.label] = metrics[protocol.top1]
       row["eval_dirs"][protocol.label] = directory
+      if "test_effective_rank" in metrics:  # pooled features: collapse diagnostics
+        row["features"][metrics["pool"]] = {k: metrics[f"test_{k}"]
+                                            for k in ("effective_rank", "mean_cosine")}
     rows.append(row)
   config = variant.config
   return {"name": variant.name, "spec": variant.spec, "method": config.method.name,
@@ -640,6 +643,26 @@ def random_inits(report: dict) -> List[dict]:
   return list(shared.values())
 
 
+def features_table(report: dict) -> List[str]:
+  """Markdown lines: each checkpoint's test-split features per pool, effective rank /
+  mean pairwise cosine (features.representation_stats), the collapse diagnostics; none
+  when no protocol pooled features."""
+  pools = sorted({pool for v in report["variants"] for row in v["checkpoints"]
+                  for pool in row.get("features", {})})
+  if not pools:
+    return []
+  lines = ["", "Test-split features along the way: effective rank (RankMe; at most the "
+           "feature width) / mean pairwise cosine similarity (1: collapsed), by pool:", "",
+           "| variant | step | " + " | ".join(pools) + " |", "| --- | --- |" + " --- |" * len(pools)]
+  for v in report["variants"]:
+    for row in v["checkpoints"]:
+      cells = [f"{row['features'][p]['effective_rank']:.1f} / "
+               f"{row['features'][p]['mean_cosine']:.2f}" if p in row.get("features", {})
+               else "—" for p in pools]
+      lines.append(f"| {v['name']} | {row['step']} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def markdown(report: dict, figure_links: Dict[str, str]) -> str:
   """The tables (final checkpoints with baselines, then every checkpoint) and plots."""
   labels = [p["label"] for p in report["protocols"]]
@@ -680,6 +703,7 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
     for row in v["checkpoints"]:
       lines.append(f"| {v['name']} | {row['step']} | {row['epochs']:.2f} | {row['flops']:.3g} "
                    f"| {_seconds(row['wall_seconds'])} | {_top1(row, labels)} |")
+  lines += features_table(report)
   lines.append("")
   lines += [f"![top-1 against {FIGURES[axis][1]}]({link})"
             for axis, link in figure_links.items()]

@@ -82,3 +82,17 @@ def test_a_feature_pass_logs_its_progress_with_rate_and_eta(monkeypatch, caplog)
   caplog.clear()
   features.extract_features(encoder, params, iter(batches))  # no total: silent
   assert not any(r.getMessage().startswith("Encoded") for r in caplog.records)
+
+
+def test_representation_stats_of_spread_collapsed_and_hand_computed_features():
+  spread = features.representation_stats(np.eye(4) * 3.0)  # equal singular values
+  assert spread["effective_rank"] == pytest.approx(4.0)
+  assert spread["mean_cosine"] == pytest.approx(0.0)
+  collapsed = features.representation_stats(np.tile([[1.0, 2.0, 3.0]], (5, 1)))
+  assert collapsed["effective_rank"] == pytest.approx(1.0, abs=1e-6)
+  assert collapsed["mean_cosine"] == pytest.approx(1.0)
+  # rows (1, 0), (1, 1), (0, 1): cosines 1/√2, 0, 1/√2; singular values √3 and 1
+  hand = features.representation_stats(np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]))
+  assert hand["mean_cosine"] == pytest.approx(np.sqrt(2) / 3)
+  p = np.array([np.sqrt(3), 1.0]) / (np.sqrt(3) + 1.0)
+  assert hand["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()))

@@ -106,6 +106,11 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
         assert (metrics["num_train"], metrics["num_test"], metrics["num_classes"]) == (64, 32, 4)
         assert metrics["pool"] == {"knn_cls": "cls", "knn_mean": "mean",
                                    "attentive_probe": "tokens"}[protocol["label"]]
+        if metrics["pool"] != "tokens":  # the pooled test features' collapse diagnostics
+          assert row["features"][metrics["pool"]] == {
+              "effective_rank": metrics["test_effective_rank"],
+              "mean_cosine": metrics["test_mean_cosine"]}
+    assert sorted(variant["checkpoints"][-1]["features"]) == ["cls", "mean"]
     # wall time: Σ step_time × steps of its log interval (logged every step; step 1, which
     # compiles, has none and takes step 2's)
     times = dict(scalar_series(os.path.join(variant["workdir"], "pretrain"), "step_time",
@@ -133,6 +138,9 @@ def test_the_table_holds_the_eval_workdirs_numbers_and_the_budget_arithmetic(set
           f"{final['wall_seconds']:.3g} | " + " | ".join(
               f"{final['top1'][k]:.1f}" for k in labels) + " |") in table
   assert "| raw pixels (16 px) |" in table
+  cls, mean = (final["features"][p] for p in ("cls", "mean"))
+  assert (f"| tiny_variants_pcae | 4 | {cls['effective_rank']:.1f} / {cls['mean_cosine']:.2f} "
+          f"| {mean['effective_rank']:.1f} / {mean['mean_cosine']:.2f} |") in table
   zero = report["variants"][0]["checkpoints"][0]
   assert ("| random init (tiny_variants_mae, tiny_variants_pcae) | mae, pcae | 0 | 0 | 0 | 0 | "
           + " | ".join(f"{zero['top1'][k]:.1f}" for k in labels) + " |") in table
