@@ -4,6 +4,7 @@ this package imports it.
 Programs (`python -m mim_jax.tools.NAME`, usage in each module's docstring):
   compare         pretrain config variants for one budget and probe them along the way
   aot             compile the train step for a TPU slice on this machine (the pod planner)
+  calibration     the planner's estimate against MaxText's measured v5e MFU
   train_step      train-step throughput and MFU on the local devices
   profile_step    where the CPU train step's time goes, by operation class
   input_pipeline  input-pipeline throughput on JPEG files, per CPU core

@@ -212,6 +212,15 @@ class Compiled:
   def images_per_s(self) -> float:
     return tpu_model.images_per_second(self.config.batch_size, self.step_s)
 
+  @property
+  def calibrated_mfu(self) -> Optional[float]:
+    return tpu_model.calibrated_mfu(self.mfu, self.topology.chip)
+
+  def mfu_text(self) -> str:
+    """'29.3%', with ' (calibrated 41.0%)' where the chip has a calibration."""
+    calibrated = self.calibrated_mfu
+    return f"{self.mfu:.1%}" + ("" if calibrated is None else f" (calibrated {calibrated:.1%})")
+
 
 def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
                       dump_hlo: Optional[str] = None) -> Compiled:
@@ -370,7 +379,12 @@ def report(compiled: Compiled) -> str:
       f"{name} {seconds * 1e3:.1f}" for name, seconds in est.top_ops(6)))
   lines.append(f"  throughput (compiler estimate): {compiled.images_per_s:,.0f} images/s "
                f"({compiled.images_per_s / topo.num_chips:.1f} per chip); MFU (estimate) "
-               f"{compiled.mfu:.1%} of {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip")
+               f"{compiled.mfu_text()} of {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per "
+               "chip")
+  calibration = tpu_model.CALIBRATIONS.get(chip.name)
+  if calibration is not None:
+    lines.append(f"  calibration: x{calibration.factor:.2f} ({calibration.source}); it covers "
+                 "matmul-bound steps (mim_jax/tools/calibration.py)")
   return "\n".join(lines)
 
 
@@ -431,7 +445,7 @@ def summary_row(compiled: Compiled) -> str:
   return (f"  {setting(compiled.config)}: {gib(compiled.memory.total)} per chip "
           f"({compiled.memory.headroom(chip):.0%} free{'' if compiled.fits else ', too full'}), "
           f"step {compiled.step_s * 1e3:.1f} ms, {compiled.images_per_s:,.0f} images/s, "
-          f"MFU {compiled.mfu:.1%} (estimates), compile {compiled.compile_s:.0f} s")
+          f"MFU {compiled.mfu_text()} (estimates), compile {compiled.compile_s:.0f} s")
 
 
 def first_line(error: str) -> str:
@@ -528,7 +542,7 @@ def results_table(rows: Sequence[Tuple[object, Optional[Compiled]]],
     lines.append(row + f"{'yes' if compiled.fits else 'no'} | "
                  f"{compiled.memory.total / tpu_model.GIB:.2f} | {compiled.step_s * 1e3:.1f} | "
                  f"{compiled.images_per_s:,.0f} | {compiled.model_flops / per_chip / 1e9:.1f} | "
-                 f"{compiled.mfu:.1%} | {compiled.compile_s:.0f} / {compiled.compile_cpu_s:.0f} |")
+                 f"{compiled.mfu_text()} | {compiled.compile_s:.0f} / {compiled.compile_cpu_s:.0f} |")
   return "\n".join(lines) + (
       f"\n\n{topology.name}: {topology.num_chips} chips. Step time, images/s and MFU (of "
       f"{topology.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip) are compiler "
@@ -595,7 +609,7 @@ def plan_table(config, rows: Sequence[Tuple[tpu_model.Topology, Optional[Compile
       if needed > has:
         marks[t.name] = marks.get(t.name, ()) + ("input-bound",)
       lines.append(head + f"{setting(c.config)} | {'yes' if c.fits else 'no'} | "
-                   f"{c.memory.headroom(t.chip):.0%} | {c.step_s * 1e3:.1f} | {c.mfu:.1%} | "
+                   f"{c.memory.headroom(t.chip):.0%} | {c.step_s * 1e3:.1f} | {c.mfu_text()} | "
                    f"{c.images_per_s:,.0f} | {run} | {needed:,.0f} of {has} | "
                    f"{', '.join(marks.get(t.name, ()))} |")
   return "\n".join(lines) + (

@@ -164,6 +164,29 @@ def images_per_second(global_batch: int, step_seconds: float) -> float:
   return global_batch / step_seconds
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """A public measured run's MFU ÷ this model's estimate of the same step's MFU
+  (mim_jax/tools/calibration.py computes it; docs/RESULTS.md "Calibration")."""
+  factor: float
+  source: str
+
+
+# python -m mim_jax.tools.calibration (docs/RESULTS.md "Calibration on MaxText's v5e runs"):
+# MaxText's 16B and 32B decoders measured 61.10% and 66.86% MFU on v5e-256; this model
+# estimates the same steps at 35.11% and 41.18% (x1.740, x1.624): their mean.
+CALIBRATIONS = {"v5e": Calibration((0.6110 / 0.3511 + 0.6686 / 0.4118) / 2,
+                                   "MaxText 16B and 32B on v5e-256: measured ÷ estimated "
+                                   "MFU 1.74 and 1.62")}
+
+
+def calibrated_mfu(estimated_mfu: float, chip: Chip) -> Optional[float]:
+  """The estimate × the chip's calibration (None where the generation has none). Valid
+  for matmul-bound steps; see mim_jax/tools/calibration.py for what it does not cover."""
+  calibration = CALIBRATIONS.get(chip.name)
+  return None if calibration is None else estimated_mfu * calibration.factor
+
+
 # ---------------------------------------------------------------------------------------
 # Scheduled HLO text -> instructions.
 

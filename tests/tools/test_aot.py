@@ -279,7 +279,14 @@ def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_outp
   assert row("v5e:2x2").endswith(
       f"| {1.5 * hours:,.1f} | {6 * hours:,.0f} | 120 of 112 | cheapest, input-bound |")
   assert row("v5e:2x4").endswith(f"| {hours:,.1f} | {8 * hours:,.0f} | 180 of 224 | fastest |")
-  assert f"| {full.mfu:.1%} | {full.images_per_s:,.0f} |" in row("v5e:2x4")
+  # v5e's MFU also calibrated on MaxText's measured runs (tpu_model.CALIBRATIONS)
+  factor = tpu_model.CALIBRATIONS["v5e"].factor
+  assert factor == pytest.approx(1.682, abs=1e-3)
+  assert full.calibrated_mfu == pytest.approx(full.mfu * factor)
+  assert (f"| {full.mfu:.1%} (calibrated {full.mfu * factor:.1%}) | "
+          f"{full.images_per_s:,.0f} |") in row("v5e:2x4")
+  assert "calibration: x1.68 (MaxText 16B and 32B on v5e-256" in aot.report(full)
+  assert tpu_model.calibrated_mfu(0.3, CHIPS["v4"]) is None  # no measured v4 run
   assert row("v5e:4x4") == "| v5e:4x4 | 16 | 4 | searched | nothing fits |" + " — |" * 8
   assert "test JPEGs" in table
   # --output: a rerun reads a compiled setting back instead of compiling it
