@@ -135,7 +135,7 @@ def test_encoder_of_a_simmim_run_drops_the_mask_token_and_encodes_every_patch():
   assert "mask_token" in state.params["encoder"] and "mask_token" not in params
   features = inspection.cls_features(encoder, params, batch["image"], batch_size=1)
   want = jax.jit(encoder.apply)({"params": params}, batch["image"])[:, 0]  # [2, 32]
-  np.testing.assert_allclose(features, want, atol=1e-6)
+  np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)  # batch 1 vs 2
   assert inspection.cls_attention(encoder, params, batch["image"]).shape == (2, 4, 4, 4)
 
 

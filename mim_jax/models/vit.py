@@ -151,6 +151,25 @@ def attention_weights(q, k, bias=None):
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
+class FusedQKV(nn.Module):
+  """timm's fused 'qkv' Linear (kernel [D, 3D], bias [3D]: nn.Dense's parameters, names and
+  initialisation) applied as one einsum straight onto [3, B, N, H, Dh]. The same
+  projection as Dense followed by a reshape to heads, without the reshape: with Dh below
+  the TPU's 128 lanes that reshape is a layout copy per block, 6.1 of the 34.7 ms the
+  compiler estimates for the MAE ViT-L step on v5e-256 (docs/RESULTS.md)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d, h = x.shape[-1], self.num_heads
+    kernel = self.param("kernel", xavier_uniform, (d, 3 * d))
+    bias = self.param("bias", nn.initializers.zeros, (3 * d,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    qkv = jnp.einsum("bnd,dthk->tbnhk", x, kernel.reshape(d, 3, h, d // h))
+    return qkv + bias.reshape(3, 1, 1, h, d // h)
+
+
 class Attention(nn.Module):
   """Multi-head attention with queries from `x` [B, N, D].
 
@@ -178,8 +197,7 @@ class Attention(nn.Module):
                                          name=name)
     heads = lambda t: t.reshape(t.shape[0], t.shape[1], h, d // h)  # [B, L, H, Dh]
     if context is None:
-      qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, h, d // h)  # [B, N, 3, H, Dh]
-      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, Dh]
+      q, k, v = FusedQKV(h, dtype=self.dtype, name="qkv")(x)  # each [B, N, H, Dh]
     elif values is None:
       m = context.shape[1]
       q = heads(dense(d, "q")(x))  # [B, N, H, Dh]
