@@ -43,8 +43,8 @@ pipeline on this machine's CPU first (mim_jax/tools/input_pipeline.py: the real 
 chips (its chips × images/s per chip ÷ images per CPU-second here) against the vCPUs that
 host has (tpu_model.Chip.host_vcpus), marking a slice the input would slow down
 ("input-bound"). With --output every compiled
-setting is appended as a JSON line, and a rerun reads back what is there (same config and
-slice) instead of compiling it again: a plan interrupted after hours of compiles resumes.
+setting is appended as a JSON line, and a rerun reads back what is there (same config,
+slice and step code: `step_code_hash`) instead of compiling it again: a plan interrupted after hours of compiles resumes.
 
 `--evals` plans, after --config's own step, the steps of streamed evaluations on its
 encoder at their recipes' batch (compiled_step.evaluation_config: the published linear
@@ -66,7 +66,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
+import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
@@ -266,7 +269,8 @@ def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
 def json_record(compiled: Compiled) -> dict:
   """The figures of a compiled setting as plain values (one JSON line of --output)."""
   config = compiled.config
-  record = dict(config_hash=config_hash(config), method=step_name(config),
+  record = dict(config_hash=config_hash(config), code_hash=step_code_hash(),
+                method=step_name(config),
                 width=config.model.width,
                 depth=config.model.depth, patch=config.model.patch_size,
                 image=config.data.image_size, batch=config.batch_size,
@@ -288,6 +292,22 @@ def config_hash(config) -> str:
   return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=1)
+def step_code_hash() -> str:
+  """What else decides a compiled step: the source of the mim_jax package outside tools/
+  (models, methods, trainer, optimizer, sharding) and the jax and libtpu versions. A
+  record of other code is compiled again rather than read back."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digest = hashlib.sha1(f"{jax.__version__} {importlib.metadata.version('libtpu')}".encode()
+                        if importlib.util.find_spec("libtpu") else jax.__version__.encode())
+  for root, dirs, files in sorted(os.walk(package)):
+    dirs[:] = sorted(d for d in dirs if d not in ("tools", "__pycache__"))
+    for name in sorted(f for f in files if f.endswith(".py")):
+      with open(os.path.join(root, name), "rb") as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()[:12]
+
+
 def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
   """The `Compiled` that `json_record` wrote (its heaviest operations aside)."""
   compiled = Compiled(config, topology, tpu_model.parse_topology(record["compiled_on"]),
@@ -302,8 +322,9 @@ def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
 
 
 class Records:
-  """The JSON lines of --output: what this and earlier runs compiled, by (config, slice);
-  `compile` reads a setting back when it is there, compiles (and appends) it otherwise."""
+  """The JSON lines of --output: what this and earlier runs compiled, by (config, slice),
+  of this code (`step_code_hash`); `compile` reads a setting back when it is there,
+  compiles (and appends) it otherwise."""
 
   def __init__(self, path: Optional[str]):
     self.path, self.found = path, {}
@@ -311,7 +332,7 @@ class Records:
       with open(path) as f:
         for line in f:
           record = json.loads(line)
-          if "config_hash" in record:
+          if record.get("code_hash") == step_code_hash():
             self.found[(record["config_hash"], record["topology"])] = record
 
   def save(self, compiled: Compiled) -> None:

@@ -300,6 +300,9 @@ def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_outp
   other.batch_size = 32
   with pytest.raises(ZeroDivisionError):  # another config is compiled, not read back
     aot.Records(str(output)).compile(other, full.topology)
+  monkeypatch.setattr(aot, "step_code_hash", lambda: "other code")
+  with pytest.raises(ZeroDivisionError):  # so is the same config under other step code
+    aot.Records(str(output)).compile(config, full.topology)
 
 
 @needs_libtpu
