@@ -10,6 +10,7 @@ run) are in configs/common.py, which a file reads with `sibling(__file__, "commo
 it). `shrink` makes any variant a seconds-long run on synthetic images: the tests run
 every recipe so, and a smoke run is `--config=configs/mae.py:vit_base,shrink`.
 """
+import hashlib
 import os
 import runpy
 import types
@@ -27,6 +28,12 @@ def load(spec: str) -> ml_collections.ConfigDict:
                             "directory.")
   get_config = runpy.run_path(path)["get_config"]
   return get_config(arg) if sep else get_config()
+
+
+def fingerprint(config: ml_collections.ConfigDict, digits: int) -> str:
+  """The first `digits` hex digits of the SHA-1 of `config`'s sorted JSON: the key under
+  which the tools file what they computed from a config (compare's workdirs, aot's records)."""
+  return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:digits]
 
 
 def sibling(config_file: str, name: str) -> types.SimpleNamespace:

@@ -80,7 +80,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mim_jax import sharding  # noqa: E402
+from mim_jax import config_files, sharding  # noqa: E402
 from mim_jax.models import vit  # noqa: E402
 from mim_jax.tools import input_pipeline, results_doc, step_flags, tpu_model  # noqa: E402
 from mim_jax.tools.compiled_step import (  # noqa: E402
@@ -289,7 +289,7 @@ def json_record(compiled: Compiled) -> dict:
 
 
 def config_hash(config) -> str:
-  return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+  return config_files.fingerprint(config, 12)
 
 
 @functools.lru_cache(maxsize=1)

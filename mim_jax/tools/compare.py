@@ -212,7 +212,7 @@ def spec_name(spec: str) -> str:
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-  return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:8]
+  return config_files.fingerprint(config, 8)
 
 
 @dataclasses.dataclass
