@@ -76,6 +76,7 @@ replaced by the tables, the command, the machine and the date, with the plots co
 figures/<section>_top1_vs_*.png beside it (mim_jax/tools/results_doc.py).
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -512,8 +513,7 @@ def random_init_key(variant: Variant, protocol: Protocol) -> str:
   encoder, SimMIM's differs; Latent MIM's also reads other features for k-NN and the
   linear probe)."""
   use_target = bool(protocol.config.get("use_target", False))
-  encoder, params, config = pretrained.load_encoder(variant.pretrain_dir, step=0,
-                                                    use_target=use_target)
+  encoder, params, config = _initial_encoder(variant.pretrain_dir, use_target)
   pool_block = methods.create(config).eval_defaults.fill(
       protocol.config.protocol, protocol.config.pool, protocol.config.get("block"),
       config.model.depth)
@@ -523,6 +523,13 @@ def random_init_key(variant: Variant, protocol: Protocol) -> str:
   for leaf in jax.tree.leaves(params):
     digest.update(np.asarray(leaf).tobytes())
   return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=2)
+def _initial_encoder(pretrain_dir: str, use_target: bool):
+  """`pretrained.load_encoder` of a run's checkpoint 0, read once for all the protocols
+  of a variant (its online and its target encoder) rather than once per protocol."""
+  return pretrained.load_encoder(pretrain_dir, step=0, use_target=use_target)
 
 
 def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[Protocol],
