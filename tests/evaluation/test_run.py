@@ -85,9 +85,11 @@ def test_a_token_cache_encodes_a_checkpoint_once_for_every_pool_and_protocol(
   cached = {name: run.evaluate(c, str(tmp_path / "cached" / name), cache)
             for name, c in configs.items()}
   assert pools == ["tokens", "tokens"]  # train and test split, once for all three
+  # the same features up to float32 rounding (pooled here, in the forward there): the
+  # same top-1 within one of the 64 test images
   for name, key in (("knn_cls", "knn_top1"), ("knn_mean", "knn_top1"),
                     ("attentive", "top1")):
-    assert cached[name][key] == alone[name][key], name
+    assert abs(cached[name][key] - alone[name][key]) <= 100 / 64 + 1e-9, name
   assert cached["knn_mean"]["feature_shape"] == [32]
   # another block is another extraction
   run.evaluate(eval_config("knn", pretrained_dir, pool="cls", block=1),
