@@ -90,6 +90,11 @@ def test_a_token_cache_encodes_a_checkpoint_once_for_every_pool_and_protocol(
   for name, key in (("knn_cls", "knn_top1"), ("knn_mean", "knn_top1"),
                     ("attentive", "top1")):
     assert abs(cached[name][key] - alone[name][key]) <= 100 / 64 + 1e-9, name
+  for name in ("knn_cls", "knn_mean"):  # the features themselves, through their statistics
+    for stat in ("test_effective_rank", "test_mean_cosine"):
+      assert cached[name][stat] == pytest.approx(alone[name][stat], rel=1e-4), (name, stat)
+  assert cached["knn_cls"]["test_mean_cosine"] != pytest.approx(
+      cached["knn_mean"]["test_mean_cosine"], rel=1e-3)  # which the pools tell apart
   assert cached["knn_mean"]["feature_shape"] == [32]
   # another block is another extraction
   run.evaluate(eval_config("knn", pretrained_dir, pool="cls", block=1),
