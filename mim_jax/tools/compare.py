@@ -43,7 +43,9 @@ What it does, per variant (everything under --workdir/<variant>/):
      of --measure_steps steps of that compiled step after its warm-up step, divided by
      the steps: the train step alone, without compilation and input pipeline. The file
      is kept: a rerun reuses it (or the plan.json of a workdir written before it was
-     renamed), and refuses another config (file or --data), --budget or --num_checkpoints.
+     renamed), and refuses another config (file or --data), --budget or --num_checkpoints;
+     a run that an older mim_jax recorded continues when its config lacks only fields this
+     version added at their defaults (`only_new_default_fields`).
   2. Pretraining with mim_jax.pretrain.run in pretrain/ for N steps: the recipe's warmup
      and lr milestones scaled by N / its own length (the schedule keeps its shape), a
      checkpoint every ceil(N / --num_checkpoints) steps and at N, none deleted, and the
@@ -91,11 +93,13 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mim_jax import checkpoint, config_files, data, events, methods, optim, pretrain
+from mim_jax import (checkpoint, config_files, data, defaults, events, methods, optim,
+                     pretrain)
 from mim_jax.evaluation import downstream, features, pretrained, run
 from mim_jax.evaluation import protocols as registry
 from mim_jax.tools import compiled_step, results_doc
 from mim_jax.training import config as train_config
+from mim_jax.training import record
 
 DEFAULT_CONFIGS = [f"configs/{name}.py:cifar" for name in methods.METHODS]
 COMPARED = registry.names()
@@ -375,11 +379,36 @@ def read_budget_steps(variant: Variant, budget: Budget,
     budget_steps = json.load(f)
   asked = budget_key(variant, budget, num_checkpoints)
   found = {k: budget_steps.get(k) for k in asked}
-  if found != asked:
+  if found != asked and not only_new_default_fields(variant, budget_steps, found, asked):
     raise app.UsageError(f"{path} holds the budget for {found}, not {asked} (config_hash: "
                          "of the config with --data applied): use another --workdir, or the "
                          "same config, --data, --budget and --num_checkpoints.")
   return budget_steps
+
+
+def only_new_default_fields(variant: Variant, budget_steps: dict, found: dict,
+                            asked: dict) -> bool:
+  """Whether the budget was made for this same run by an older mim_jax: only the config
+  hash differs, and the config the pretraining run recorded lacks just fields that this
+  version added at their defaults (e.g. optimizer.mu_dtype='float32'), which change
+  nothing it computes. Logged when so."""
+  if {k: v for k, v in found.items() if k != "config_hash"} != {
+      k: v for k, v in asked.items() if k != "config_hash"}:
+    return False
+  try:
+    recorded = checkpoint.read_config(variant.pretrain_dir)
+  except FileNotFoundError:
+    return False
+  current = scheduled_config(variant.config, budget_steps["steps"],
+                             budget_steps["num_checkpoints"])
+  defaults_now = record.flat_fields(defaults.base_config())
+  changes = record.config_changes(recorded, current)
+  added = all(old is None and key in defaults_now and new == defaults_now[key]
+              for key, (old, new) in changes.items())
+  if changes and added:
+    logging.info("%s: continuing a run made before fields %s existed (at their defaults).",
+                 variant.name, sorted(changes))
+  return added
 
 
 def budget_key(variant: Variant, budget: Budget, num_checkpoints: int) -> dict:

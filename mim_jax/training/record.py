@@ -32,12 +32,16 @@ def _flatten(tree: dict, prefix: str = "") -> Dict[str, Any]:
   return flat
 
 
+def flat_fields(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """{dotted field: its value as JSON} of every field of `config`."""
+  return _flatten(json.loads(config.to_json_best_effort()))
+
+
 def config_changes(old: ml_collections.ConfigDict,
                    new: ml_collections.ConfigDict) -> Dict[str, list]:
   """{dotted field: [old value, new value]} of the fields that differ (as JSON values;
   a field only one of them has shows None on the other side)."""
-  as_json = lambda config: _flatten(json.loads(config.to_json_best_effort()))  # noqa: E731
-  old_fields, new_fields = as_json(old), as_json(new)
+  old_fields, new_fields = flat_fields(old), flat_fields(new)
   return {key: [old_fields.get(key), new_fields.get(key)]
           for key in sorted(set(old_fields) | set(new_fields))
           if old_fields.get(key) != new_fields.get(key)}

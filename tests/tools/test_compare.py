@@ -350,3 +350,30 @@ def test_a_workdir_from_before_the_rename_resumes_from_its_plan_json(tmp_path):
   assert compare.read_budget_steps(variant, budget, 2) == written
   with pytest.raises(app.UsageError, match="holds the budget for"):
     compare.read_budget_steps(variant, budget, 3)
+
+
+def test_a_run_made_before_a_field_existed_continues_when_it_is_at_its_default(
+    setup, tmp_path):
+  """A workdir of an older mim_jax, whose configs lacked optimizer.mu_dtype: its recorded
+  config has no such field and its budget another config hash. At the default (float32)
+  the run is the same and continues; set to bfloat16 it is another run, refused."""
+  root, args, _ = setup
+  (variant,) = compare.load_variants(args["specs"][:1], args["data_overrides"],
+                                     str(root / "work"))
+  old = compare.Variant(variant.spec, variant.name, variant.config, str(tmp_path / "old"))
+  os.makedirs(old.pretrain_dir)
+  budget_steps = json.loads(open(variant.budget_path).read())
+  recorded = json.loads(open(os.path.join(variant.pretrain_dir, "config.json")).read())
+  del recorded["optimizer"]["mu_dtype"]
+  with open(os.path.join(old.pretrain_dir, "config.json"), "w") as f:
+    json.dump(recorded, f)
+  with open(old.budget_path, "w") as f:
+    json.dump(dict(budget_steps, config_hash="0ldc0de0"), f)
+  budget = compare.Budget.parse(args["budget"])
+  assert compare.read_budget_steps(old, budget, args["num_checkpoints"]) == dict(
+      budget_steps, config_hash="0ldc0de0")
+  changed = old.config.copy_and_resolve_references()
+  changed.optimizer.mu_dtype = "bfloat16"
+  with pytest.raises(app.UsageError, match="holds the budget for"):
+    compare.read_budget_steps(compare.Variant(old.spec, old.name, changed, old.workdir),
+                              budget, args["num_checkpoints"])
