@@ -309,7 +309,7 @@ def step_code_hash() -> str:
 
 
 def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
-  """The `Compiled` that `json_record` wrote (its heaviest operations aside)."""
+  """The `Compiled` that `json_record` wrote (of its operations, the ten heaviest)."""
   compiled = Compiled(config, topology, tpu_model.parse_topology(record["compiled_on"]),
                       record["compile_s"], record["compile_cpu_s"], record["error"])
   if compiled.error is None:
@@ -317,7 +317,7 @@ def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
     compiled.step_flops, compiled.model_flops = record["step_flops"], record["model_flops"]
     compiled.estimate = tpu_model.StepEstimate(
         seconds=record["step_s"], by_class=record["by_class"],
-        collective_seconds=record["collective_s"])
+        by_op=dict(record.get("top_ops", [])), collective_seconds=record["collective_s"])
   return compiled
 
 

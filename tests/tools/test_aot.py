@@ -296,6 +296,7 @@ def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_outp
   again = aot.Records(str(output)).compile(config, full.topology)
   assert (again.memory, again.step_s, again.mfu, again.fits) == (
       full.memory, full.step_s, full.mfu, full.fits)
+  assert again.estimate.top_ops(6) == full.estimate.top_ops(6)  # the report prints them
   other = config.copy_and_resolve_references()
   other.batch_size = 32
   with pytest.raises(ZeroDivisionError):  # another config is compiled, not read back
