@@ -249,3 +249,28 @@ def test_remat_policies_and_scan_give_identical_gradients():
   for policy in set(vit.REMAT_POLICIES) - {"none"}:
     jax.tree.map(close, unrolled[policy], unrolled["none"])
   jax.tree.map(close, scanned, reference)
+
+
+def test_fused_qkv_is_the_dense_qkv_projection_split_into_heads():
+  """vit.FusedQKV keeps timm's fused Linear: nn.Dense's parameters and initialisation, and
+  its output reshaped to [B, N, 3, H, Dh] and moved to [3, B, N, H, Dh]."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(96, kernel_init=vit.xavier_uniform, name="qkv")(x)
+
+  class Fused(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return vit.FusedQKV(4, name="qkv")(x)
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 32))
+  params = Dense().init(jax.random.PRNGKey(1), x)
+  fused_params = Fused().init(jax.random.PRNGKey(1), x)
+  jax.tree.map(np.testing.assert_array_equal, fused_params, params)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                        params)  # a non-zero bias too
+  want = Dense().apply(params, x).reshape(2, 5, 3, 4, 8).transpose(2, 0, 1, 3, 4)
+  np.testing.assert_allclose(Fused().apply(params, x), want, rtol=1e-5, atol=1e-5)
