@@ -42,9 +42,9 @@ pipeline on this machine's CPU first (mim_jax/tools/input_pipeline.py: the real 
 --jpeg_dir, else synthetic ones) and prints per slice the vCPUs one host needs to feed its
 chips (its chips × images/s per chip ÷ images per CPU-second here) against the vCPUs that
 host has (tpu_model.Chip.host_vcpus), marking a slice the input would slow down
-("input-bound"). With --output every compiled
-setting is appended as a JSON line, and a rerun reads back what is there (same config,
-slice and step code: `step_code_hash`) instead of compiling it again: a plan interrupted after hours of compiles resumes.
+("input-bound"). With --output every compiled setting is appended as a JSON line, and a
+rerun reads back what is there (same config, slice and step code: `step_code_hash`)
+instead of compiling it again: a plan interrupted after hours of compiles resumes.
 
 `--evals` plans, after --config's own step, the steps of streamed evaluations on its
 encoder at their recipes' batch (compiled_step.evaluation_config: the published linear
@@ -563,7 +563,8 @@ def results_table(rows: Sequence[Tuple[object, Optional[Compiled]]],
     lines.append(row + f"{'yes' if compiled.fits else 'no'} | "
                  f"{compiled.memory.total / tpu_model.GIB:.2f} | {compiled.step_s * 1e3:.1f} | "
                  f"{compiled.images_per_s:,.0f} | {compiled.model_flops / per_chip / 1e9:.1f} | "
-                 f"{compiled.mfu_text()} | {compiled.compile_s:.0f} / {compiled.compile_cpu_s:.0f} |")
+                 f"{compiled.mfu_text()} | "
+                 f"{compiled.compile_s:.0f} / {compiled.compile_cpu_s:.0f} |")
   return "\n".join(lines) + (
       f"\n\n{topology.name}: {topology.num_chips} chips. Step time, images/s and MFU (of "
       f"{topology.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 per chip) are compiler "

@@ -689,7 +689,8 @@ def features_table(report: dict) -> List[str]:
     return []
   lines = ["", "Test-split features along the way: effective rank (RankMe; at most the "
            "feature width) / mean pairwise cosine similarity (1: collapsed), by pool:", "",
-           "| variant | step | " + " | ".join(pools) + " |", "| --- | --- |" + " --- |" * len(pools)]
+           "| variant | step | " + " | ".join(pools) + " |",
+           "| --- | --- |" + " --- |" * len(pools)]
   for v in report["variants"]:
     for row in v["checkpoints"]:
       cells = [f"{row['features'][p]['effective_rank']:.1f} / "
