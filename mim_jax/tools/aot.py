@@ -43,8 +43,10 @@ pipeline on this machine's CPU first (mim_jax/tools/input_pipeline.py: the real 
 chips (its chips × images/s per chip ÷ images per CPU-second here) against the vCPUs that
 host has (tpu_model.Chip.host_vcpus), marking a slice the input would slow down
 ("input-bound"). With --output every compiled setting is appended as a JSON line, and a
-rerun reads back what is there (same config, slice and step code: `step_code_hash`)
-instead of compiling it again: a plan interrupted after hours of compiles resumes.
+rerun lowers each setting again (seconds) and reads back what is there (same config,
+slice and lowered program: `Lowering.program_hash`) instead of compiling it again (minutes):
+a plan interrupted after hours of compiles resumes, and survives code changes that leave
+the compiled program as it was.
 
 `--evals` plans, after --config's own step, the steps of streamed evaluations on its
 encoder at their recipes' batch (compiled_step.evaluation_config: the published linear
@@ -66,7 +68,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import hashlib  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
@@ -198,6 +199,7 @@ class Compiled:
   step_flops: float = 0.0  # XLA, per chip
   model_flops: float = 0.0  # per chip, without remat
   estimate: Optional[tpu_model.StepEstimate] = None
+  program_hash: Optional[str] = None  # Lowering.program_hash: what was compiled
 
   @property
   def fits(self) -> bool:
@@ -225,10 +227,33 @@ class Compiled:
     return f"{self.mfu:.1%}" + ("" if calibrated is None else f" (calibrated {calibrated:.1%})")
 
 
-def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
-                      dump_hlo: Optional[str] = None) -> Compiled:
-  """Compile `config`'s train step for `topology` (or its proxy) and estimate it; with
-  `dump_hlo`, write the compiled program's text there."""
+@dataclasses.dataclass
+class Lowering:
+  """A config's train step lowered for a slice (or its proxy), not yet compiled."""
+  compiled: "Compiled"  # the figures to fill in
+  config: object  # the config as compiled (synthetic data; the proxy's batch)
+  mesh_shape: dict
+  started: Tuple[float, float]  # perf_counter, process_time at the start
+  lowered: object = None  # jax.stages.Lowered; None when lowering failed (compiled.error)
+
+  @property
+  def program_hash(self) -> Optional[str]:
+    """The lowered program without source locations (StableHLO text) and the jax and
+    libtpu versions: equal exactly when the compiler gets the same program, whatever
+    code around it changed."""
+    if self.lowered is None:
+      return None
+    return program_hash(self.lowered.as_text(debug_info=False))
+
+
+def program_hash(stablehlo: str) -> str:
+  versions = jax.__version__ + (f" {importlib.metadata.version('libtpu')}"
+                                if importlib.util.find_spec("libtpu") else "")
+  return hashlib.sha1(f"{versions}\n{stablehlo}".encode()).hexdigest()[:12]
+
+
+def lower_for_slice(config, topology: tpu_model.Topology, proxy: bool = False) -> Lowering:
+  """Lower `config`'s train step for `topology` (or its proxy)."""
   hosts = max(topology.num_chips // 4, 1)
   compiled_config = config.copy_and_resolve_references()
   # the input pipeline is not part of the step; schedules that count the dataset's steps
@@ -242,15 +267,29 @@ def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
     compiled_config.batch_size = config.batch_size // topology.num_chips * target.num_chips
     compiled_config.sharding.fsdp_size = fsdp
     mesh = sharding.create_mesh(compiled_config, topology_devices(target))
-  compiled = Compiled(config, topology, target)
-  start, start_cpu = time.perf_counter(), time.process_time()
+  lowering = Lowering(Compiled(config, topology, target), compiled_config,
+                      {"axis_0": data, "axis_1": fsdp},
+                      (time.perf_counter(), time.process_time()))
   try:
     step, state, batch = abstract_train_step(compiled_config, mesh)
-    executable = step.lower(state, batch).compile()
-  except Exception as e:  # pylint: disable=broad-except  # the compiler's verdict
-    compiled.error = f"{type(e).__name__}: {e}".strip()
+    lowering.lowered = step.lower(state, batch)
+  except Exception as e:  # pylint: disable=broad-except  # the tracer's verdict
+    lowering.compiled.error = f"{type(e).__name__}: {e}".strip()
+  return lowering
+
+
+def compile_lowered(lowering: Lowering, dump_hlo: Optional[str] = None) -> Compiled:
+  """Compile a lowered step and estimate it; with `dump_hlo`, write the compiled
+  program's text there."""
+  compiled, (start, start_cpu) = lowering.compiled, lowering.started
+  if compiled.error is None:
+    try:
+      executable = lowering.lowered.compile()
+    except Exception as e:  # pylint: disable=broad-except  # the compiler's verdict
+      compiled.error = f"{type(e).__name__}: {e}".strip()
   compiled.compile_s = time.perf_counter() - start
   compiled.compile_cpu_s = time.process_time() - start_cpu
+  compiled.program_hash = lowering.program_hash  # a compiler error is a result too
   if compiled.error is not None:
     return compiled
   text = executable.as_text()
@@ -259,17 +298,24 @@ def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
       f.write(text)
   compiled.memory = tpu_model.memory_from_analysis(executable.memory_analysis())
   compiled.step_flops = xla_flops(executable)
-  compiled.model_flops = model_flops_per_chip(compiled_config,
-                                          config.batch_size // topology.num_chips)
-  compiled.estimate = tpu_model.estimate_step_time(
-      text, topology.chip, axis_sizes={"axis_0": data, "axis_1": fsdp})
+  compiled.model_flops = model_flops_per_chip(
+      lowering.config, compiled.config.batch_size // compiled.topology.num_chips)
+  compiled.estimate = tpu_model.estimate_step_time(text, compiled.topology.chip,
+                                                   axis_sizes=lowering.mesh_shape)
   return compiled
+
+
+def compile_for_slice(config, topology: tpu_model.Topology, proxy: bool = False,
+                      dump_hlo: Optional[str] = None) -> Compiled:
+  """Compile `config`'s train step for `topology` (or its proxy) and estimate it; with
+  `dump_hlo`, write the compiled program's text there."""
+  return compile_lowered(lower_for_slice(config, topology, proxy), dump_hlo)
 
 
 def json_record(compiled: Compiled) -> dict:
   """The figures of a compiled setting as plain values (one JSON line of --output)."""
   config = compiled.config
-  record = dict(config_hash=config_hash(config), code_hash=step_code_hash(),
+  record = dict(config_hash=config_hash(config), program_hash=compiled.program_hash,
                 method=step_name(config),
                 width=config.model.width,
                 depth=config.model.depth, patch=config.model.patch_size,
@@ -292,26 +338,11 @@ def config_hash(config) -> str:
   return config_files.fingerprint(config, 12)
 
 
-@functools.lru_cache(maxsize=1)
-def step_code_hash() -> str:
-  """What else decides a compiled step: the source of the mim_jax package outside tools/
-  (models, methods, trainer, optimizer, sharding) and the jax and libtpu versions. A
-  record of other code is compiled again rather than read back."""
-  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  digest = hashlib.sha1(f"{jax.__version__} {importlib.metadata.version('libtpu')}".encode()
-                        if importlib.util.find_spec("libtpu") else jax.__version__.encode())
-  for root, dirs, files in sorted(os.walk(package)):
-    dirs[:] = sorted(d for d in dirs if d not in ("tools", "__pycache__"))
-    for name in sorted(f for f in files if f.endswith(".py")):
-      with open(os.path.join(root, name), "rb") as f:
-        digest.update(name.encode() + f.read())
-  return digest.hexdigest()[:12]
-
-
 def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
   """The `Compiled` that `json_record` wrote (of its operations, the ten heaviest)."""
   compiled = Compiled(config, topology, tpu_model.parse_topology(record["compiled_on"]),
-                      record["compile_s"], record["compile_cpu_s"], record["error"])
+                      record["compile_s"], record["compile_cpu_s"], record["error"],
+                      program_hash=record["program_hash"])
   if compiled.error is None:
     compiled.memory = tpu_model.Memory(**record["memory"])
     compiled.step_flops, compiled.model_flops = record["step_flops"], record["model_flops"]
@@ -322,9 +353,10 @@ def from_record(config, topology: tpu_model.Topology, record: dict) -> Compiled:
 
 
 class Records:
-  """The JSON lines of --output: what this and earlier runs compiled, by (config, slice),
-  of this code (`step_code_hash`); `compile` reads a setting back when it is there,
-  compiles (and appends) it otherwise."""
+  """The JSON lines of --output: what this and earlier runs compiled, by config, slice and
+  lowered program (`Lowering.program_hash`); `compile` lowers a setting (seconds) and
+  reads its compiled figures back when that program is there, compiles (minutes) and
+  appends it otherwise. Code changes that leave the program as it was keep its records."""
 
   def __init__(self, path: Optional[str]):
     self.path, self.found = path, {}
@@ -332,8 +364,9 @@ class Records:
       with open(path) as f:
         for line in f:
           record = json.loads(line)
-          if record.get("code_hash") == step_code_hash():
-            self.found[(record["config_hash"], record["topology"])] = record
+          if record.get("program_hash"):
+            key = (record["config_hash"], record["topology"], record["program_hash"])
+            self.found[key] = record
 
   def save(self, compiled: Compiled) -> None:
     if self.path:
@@ -342,10 +375,11 @@ class Records:
 
   def compile(self, config, topology: tpu_model.Topology, proxy: bool = False,
               dump_hlo: Optional[str] = None) -> Compiled:
-    record = self.found.get((config_hash(config), topology.name))
+    lowering = lower_for_slice(config, topology, proxy)
+    record = self.found.get((config_hash(config), topology.name, lowering.program_hash))
     if record is not None and dump_hlo is None:
       return from_record(config, topology, record)
-    compiled = compile_for_slice(config, topology, proxy, dump_hlo)
+    compiled = compile_lowered(lowering, dump_hlo)
     self.save(compiled)
     return compiled
 

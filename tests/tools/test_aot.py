@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 from conftest import config_file, tiny_mae_config
 
+from mim_jax.models import vit
 from mim_jax.tools import tpu_model
 from mim_jax.tools.tpu_model import CHIPS, GIB
 
@@ -292,7 +293,8 @@ def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_outp
   # --output: a rerun reads a compiled setting back instead of compiling it
   output = tmp_path / "plan.jsonl"
   aot.Records(str(output)).save(full)
-  monkeypatch.setattr(aot, "compile_for_slice", lambda *a, **k: 1 / 0)
+  compile_lowered = aot.compile_lowered
+  monkeypatch.setattr(aot, "compile_lowered", lambda *a, **k: 1 / 0)
   again = aot.Records(str(output)).compile(config, full.topology)
   assert (again.memory, again.step_s, again.mfu, again.fits) == (
       full.memory, full.step_s, full.mfu, full.fits)
@@ -301,8 +303,19 @@ def test_the_plan_marks_the_cheapest_and_fastest_slice_and_resumes_from_its_outp
   other.batch_size = 32
   with pytest.raises(ZeroDivisionError):  # another config is compiled, not read back
     aot.Records(str(output)).compile(other, full.topology)
-  monkeypatch.setattr(aot, "step_code_hash", lambda: "other code")
-  with pytest.raises(ZeroDivisionError):  # so is the same config under other step code
+  # the key is the lowered program, not the code around it: an edit that changes the
+  # program (another attention) is compiled again, one that leaves it alone is not
+  lowering = aot.lower_for_slice(config, full.topology)
+  assert lowering.program_hash == full.program_hash
+  real_attention = vit.attention_weights
+  monkeypatch.setattr(vit, "attention_weights",  # new Python around the same program
+                      lambda q, k, bias=None: real_attention(q, k, bias))
+  assert aot.lower_for_slice(config, full.topology).program_hash == full.program_hash
+  assert aot.Records(str(output)).compile(config, full.topology).step_s == full.step_s
+  monkeypatch.setattr(vit, "attention_weights",
+                      lambda q, k, bias=None: real_attention(q, k, bias) * 2.0)
+  assert aot.lower_for_slice(config, full.topology).program_hash != full.program_hash
+  with pytest.raises(ZeroDivisionError):
     aot.Records(str(output)).compile(config, full.topology)
 
 
