@@ -142,21 +142,27 @@ class Mlp(nn.Module):
 
 
 def attention_weights(q, k, bias=None):
-  """softmax(q·kᵀ/√Dh + bias) [B, H, N, M] from q [B, N, H, Dh], k [B, M, H, Dh]; logits
-  and softmax in float32 whatever the compute dtype."""
-  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=jnp.float32)
-  logits = logits * np.float32(q.shape[-1] ** -0.5)
+  """softmax(q/√Dh·kᵀ + bias) [B, H, N, M] from q [B, N, H, Dh], k [B, M, H, Dh]: q scaled
+  first (timm `Attention`: `q = q * self.scale`), the logits in the compute dtype and the
+  softmax in float32, as the official code's fp16 autocast computes them (a half-precision
+  matmul, a float32 softmax). In bfloat16 that halves the bytes of the [B, H, N, M]
+  tensors: 26 of the 232 ms the compiler estimates for the MAE ViT-L step on a v5e-32
+  slice (docs/RESULTS.md)."""
+  q = (q.astype(jnp.float32) * np.float32(q.shape[-1] ** -0.5)).astype(q.dtype)
+  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k)
   if bias is not None:
     logits = logits + bias
-  return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
 
 
 class FusedQKV(nn.Module):
   """timm's fused 'qkv' Linear (kernel [D, 3D], bias [3D]: nn.Dense's parameters, names and
-  initialisation) applied as one einsum straight onto [3, B, N, H, Dh]. The same
-  projection as Dense followed by a reshape to heads, without the reshape: with Dh below
-  the TPU's 128 lanes that reshape is a layout copy per block, 6.1 of the 34.7 ms the
-  compiler estimates for the MAE ViT-L step on v5e-256 (docs/RESULTS.md)."""
+  initialisation) applied as three einsums on the kernel's q, k and v slices straight
+  onto heads, -> (q, k, v) each [B, N, H, Dh]. The same projection as Dense followed by a
+  reshape to heads, without the reshape (with Dh below the TPU's 128 lanes a layout copy
+  per block) and without a stacked [3, ...] output (whose gradient is assembled from
+  three padded copies). Together 6.8 of the 34.7 ms the compiler estimates for the MAE
+  ViT-L step on v5e-256 (docs/RESULTS.md)."""
   num_heads: int
   dtype: Dtype = jnp.float32
 
@@ -166,8 +172,8 @@ class FusedQKV(nn.Module):
     kernel = self.param("kernel", xavier_uniform, (d, 3 * d))
     bias = self.param("bias", nn.initializers.zeros, (3 * d,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    qkv = jnp.einsum("bnd,dthk->tbnhk", x, kernel.reshape(d, 3, h, d // h))
-    return qkv + bias.reshape(3, 1, 1, h, d // h)
+    kernel, bias = kernel.reshape(d, 3, h, d // h), bias.reshape(3, h, d // h)
+    return tuple(jnp.einsum("bnd,dhk->bnhk", x, kernel[:, i]) + bias[i] for i in range(3))
 
 
 class Attention(nn.Module):

@@ -253,7 +253,8 @@ def test_remat_policies_and_scan_give_identical_gradients():
 
 def test_fused_qkv_is_the_dense_qkv_projection_split_into_heads():
   """vit.FusedQKV keeps timm's fused Linear: nn.Dense's parameters and initialisation, and
-  its output reshaped to [B, N, 3, H, Dh] and moved to [3, B, N, H, Dh]."""
+  its output reshaped to [B, N, 3, H, Dh] and split into q, k, v [B, N, H, Dh], with the
+  same gradients."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
   class Dense(nn.Module):
@@ -272,5 +273,13 @@ def test_fused_qkv_is_the_dense_qkv_projection_split_into_heads():
   jax.tree.map(np.testing.assert_array_equal, fused_params, params)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape),
                         params)  # a non-zero bias too
-  want = Dense().apply(params, x).reshape(2, 5, 3, 4, 8).transpose(2, 0, 1, 3, 4)
-  np.testing.assert_allclose(Fused().apply(params, x), want, rtol=1e-5, atol=1e-5)
+  want = Dense().apply(params, x).reshape(2, 5, 3, 4, 8)
+  got = Fused().apply(params, x)
+  assert len(got) == 3
+  for i in range(3):
+    np.testing.assert_allclose(got[i], want[:, :, i], rtol=1e-5, atol=1e-5)
+  weights = jax.random.normal(jax.random.PRNGKey(3), want.shape)
+  grad = lambda f: jax.grad(lambda p: jnp.sum(f(p) * weights))(params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
+               grad(lambda p: jnp.stack(Fused().apply(p, x), axis=2)),
+               grad(lambda p: Dense().apply(p, x).reshape(2, 5, 3, 4, 8)))
