@@ -20,9 +20,12 @@ xavier_uniform = nn.initializers.xavier_uniform()
 token_init = nn.initializers.normal(stddev=0.02)
 POS_EMBEDDINGS = ("sincos", "shared_rel_bias")
 # Attention implementations: 'xla' (einsum-softmax-einsum through XLA, any backend and
-# dtype: `attention_weights`, then the weighted sum of values) or 'cudnn'
+# dtype: `attention_weights`, then the weighted sum of values; logits and softmax in
+# float32), 'xla_compute_logits' (the same with the logits in the compute dtype and the
+# softmax in float32, as the official code's fp16 autocast: in bfloat16 faster where a
+# chip holds many images, slower where it holds few; docs/RESULTS.md) or 'cudnn'
 # (jax.nn.dot_product_attention's cuDNN flash attention: GPU, bfloat16).
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "xla_compute_logits", "cudnn")
 # Activation rematerialisation of each transformer block (jax.checkpoint_policies): 'none'
 # keeps every activation, 'full' recomputes the whole block in the backward pass, the
 # others save only matmul outputs (without / with batch dimensions in the contraction).
@@ -141,15 +144,19 @@ class Mlp(nn.Module):
     return dense(d, "fc2")(x)
 
 
-def attention_weights(q, k, bias=None):
-  """softmax(q/√Dh·kᵀ + bias) [B, H, N, M] from q [B, N, H, Dh], k [B, M, H, Dh]: q scaled
-  first (timm `Attention`: `q = q * self.scale`), the logits in the compute dtype and the
-  softmax in float32, as the official code's fp16 autocast computes them (a half-precision
-  matmul, a float32 softmax). In bfloat16 that halves the bytes of the [B, H, N, M]
-  tensors: 26 of the 232 ms the compiler estimates for the MAE ViT-L step on a v5e-32
-  slice (docs/RESULTS.md)."""
-  q = (q.astype(jnp.float32) * np.float32(q.shape[-1] ** -0.5)).astype(q.dtype)
-  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k)
+def attention_weights(q, k, bias=None, float32_logits=True):
+  """softmax(q·kᵀ/√Dh + bias) [B, H, N, M] from q [B, N, H, Dh], k [B, M, H, Dh], softmax
+  in float32 whatever the compute dtype. The logits are float32 too, or with
+  `float32_logits=False` in the compute dtype with q scaled first (timm `Attention`:
+  `q = q * self.scale`), as the official code's fp16 autocast computes them (a
+  half-precision matmul, a float32 softmax): in bfloat16 half the bytes of the
+  [B, H, N, M] tensors."""
+  scale = np.float32(q.shape[-1] ** -0.5)
+  if float32_logits:
+    logits = jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=jnp.float32) * scale
+  else:
+    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    logits = jnp.einsum("bnhd,bmhd->bhnm", q, k)
   if bias is not None:
     logits = logits + bias
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
@@ -184,7 +191,8 @@ class Attention(nn.Module):
   and values from `values` through separate 'q', 'k', 'v' projections (CAE's regressor,
   Atten4Vis/CAE models/modeling_cae_helper.py `CrossAttention`). `bias`, broadcastable
   to [B, H, N, M], is added to the attention logits (relative position bias).
-  `implementation` (ATTENTION_IMPLS): 'xla' computes the weights explicitly; 'cudnn' runs
+  `implementation` (ATTENTION_IMPLS): 'xla' and 'xla_compute_logits' compute the weights
+  explicitly (`attention_weights`, float32 logits or not); 'cudnn' runs
   the fused kernel, except when the 'intermediates' collection is mutable
   (`apply(..., mutable=['intermediates'])`): then the weights are always computed
   explicitly and sown as 'attention_weights' [B, H, N, M].
@@ -214,8 +222,8 @@ class Attention(nn.Module):
       k, v = heads(dense(d, "k")(context)), heads(dense(d, "v")(values))  # [B, M, H, Dh]
     if bias is not None:
       bias = bias.astype(q.dtype)
-    if self.implementation == "xla" or self.is_mutable_collection("intermediates"):
-      weights = attention_weights(q, k, bias)  # [B, H, N, M]
+    if self.implementation != "cudnn" or self.is_mutable_collection("intermediates"):
+      weights = attention_weights(q, k, bias, self.implementation != "xla_compute_logits")
       self.sow("intermediates", "attention_weights", weights)
       out = jnp.einsum("bhnm,bmhd->bnhd", weights, v)  # [B, N, H, Dh]
     else:

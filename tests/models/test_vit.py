@@ -228,6 +228,34 @@ def test_dot_product_attention_equals_explicit_softmax_weights(with_bias):
   np.testing.assert_allclose(sown["intermediates"]["attention_weights"][0], expected, atol=1e-5)
 
 
+def test_compute_dtype_logits_round_the_logits_and_keep_a_float32_softmax():
+  """'xla_compute_logits': in float32 the 'xla' attention to rounding; in bfloat16 the
+  logits are rounded to bfloat16 (and differ from 'xla', whose logits stay float32) while
+  the softmax still sums to 1 in float32 before its bfloat16 output."""
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 7, 32))
+  params = vit.Attention(num_heads=4).init(jax.random.PRNGKey(7), x)
+  for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)):
+    out = {impl: vit.Attention(num_heads=4, dtype=dtype, implementation=impl).apply(
+        params, x, mutable=["intermediates"]) for impl in ("xla", "xla_compute_logits")}
+    (a, sown_a), (b, sown_b) = out["xla"], out["xla_compute_logits"]
+    np.testing.assert_allclose(np.float32(b), np.float32(a), atol=tol)
+    weights = np.float32(sown_b["intermediates"]["attention_weights"][0])
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=tol)
+  # logits near 30, where bfloat16's step is 0.125: q scaled to bf16, q·kᵀ rounded to bf16
+  q = (jnp.arange(8.0) / 8).reshape(1, 1, 1, 8).astype(jnp.bfloat16)
+  k = jnp.linspace(0.0, 30.0, 5 * 8).reshape(1, 5, 1, 8).astype(jnp.bfloat16)
+  bf16 = lambda a: np.float32(jnp.asarray(a, jnp.bfloat16))
+  logits = np.einsum("nhd,mhd->hnm", np.float32(q[0]), np.float32(k[0]))[0, 0] / np.sqrt(8)
+  rounded = bf16(np.einsum("nhd,mhd->hnm", bf16(np.float32(q[0]) / np.sqrt(8)),
+                           np.float32(k[0])))[0, 0]
+  softmax = lambda l: np.exp(l - l.max()) / np.exp(l - l.max()).sum()
+  low = np.float32(vit.attention_weights(q, k, float32_logits=False))[0, 0, 0]
+  high = np.float32(vit.attention_weights(q, k))[0, 0, 0]
+  np.testing.assert_allclose(low, softmax(rounded), rtol=4e-3)  # bf16 output rounding
+  np.testing.assert_allclose(high, softmax(logits), rtol=4e-3)
+  assert np.abs(low / softmax(logits) - 1).max() > 0.02  # the rounded logits show
+
+
 def test_remat_policies_and_scan_give_identical_gradients():
   params = vit.ViTEncoder(**KW).init(jax.random.PRNGKey(10), IMAGES, VISIBLE)["params"]
 
