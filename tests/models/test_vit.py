@@ -237,7 +237,7 @@ def test_compute_dtype_logits_round_the_logits_and_keep_a_float32_softmax():
   for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)):
     out = {impl: vit.Attention(num_heads=4, dtype=dtype, implementation=impl).apply(
         params, x, mutable=["intermediates"]) for impl in ("xla", "xla_compute_logits")}
-    (a, sown_a), (b, sown_b) = out["xla"], out["xla_compute_logits"]
+    (a, _), (b, sown_b) = out["xla"], out["xla_compute_logits"]
     np.testing.assert_allclose(np.float32(b), np.float32(a), atol=tol)
     weights = np.float32(sown_b["intermediates"]["attention_weights"][0])
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=tol)
