@@ -68,6 +68,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process compiles; it never
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
@@ -230,17 +231,18 @@ class Compiled:
 @dataclasses.dataclass
 class Lowering:
   """A config's train step lowered for a slice (or its proxy), not yet compiled."""
-  compiled: "Compiled"  # the figures to fill in
+  compiled: Compiled  # the figures to fill in
   config: object  # the config as compiled (synthetic data; the proxy's batch)
   mesh_shape: dict
   started: Tuple[float, float]  # perf_counter, process_time at the start
   lowered: object = None  # jax.stages.Lowered; None when lowering failed (compiled.error)
 
-  @property
+  @functools.cached_property
   def program_hash(self) -> Optional[str]:
     """The lowered program without source locations (StableHLO text) and the jax and
     libtpu versions: equal exactly when the compiler gets the same program, whatever
-    code around it changed."""
+    code around it changed. Serialised once: a Records lookup and the record it saves
+    read the same hash."""
     if self.lowered is None:
       return None
     return program_hash(self.lowered.as_text(debug_info=False))
