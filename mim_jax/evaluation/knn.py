@@ -51,10 +51,13 @@ def _predict_chunk(train_features, train_labels, queries, exclude, temperature, 
   sim = jnp.where(jnp.arange(sim.shape[1])[None] == exclude[:, None], -jnp.inf, sim)
   top_sim, top_idx = jax.lax.top_k(sim, k)  # [Q, k], most similar first
   top_labels = train_labels[top_idx]  # [Q, k]
-  # exp((s - s_max)/T): the same vote up to a per-query factor, without overflow.
-  weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)  # [Q, k]
+  # exp((s - s_max)/T): the same vote up to a per-query factor, without overflow. The
+  # maximum and the 1-NN (argmax: the lowest index among ties, as top_k's first) are not
+  # read as slices of top_k's outputs: XLA's CPU backend then lowers top_k to a full sort
+  # of the [Q, N] similarities (1.7 s instead of 0.04 s for 1024 × 10k).
+  weights = jnp.exp((top_sim - top_sim.max(axis=1, keepdims=True)) / temperature)  # [Q, k]
   votes = jnp.einsum("qk,qkc->qc", weights, jax.nn.one_hot(top_labels, num_classes))
-  return jnp.argmax(votes, axis=-1), top_labels[:, 0]
+  return jnp.argmax(votes, axis=-1), train_labels[jnp.argmax(sim, axis=1)]
 
 
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
