@@ -109,8 +109,8 @@ def learning_run(method, npz, workdir):
 @contextlib.contextmanager
 def xla_optimizations():
   """Programs compiled inside get XLA's optimisations, which the suite otherwise skips
-  (JAX_DISABLE_MOST_OPTIMIZATIONS above): a learning check's 600 steps run 1.7× faster
-  with them than the compile time they cost."""
+  (JAX_DISABLE_MOST_OPTIMIZATIONS above): 600 steps of MAE's learning check take 26.4 s
+  with them, 44.1 s without, compilation included."""
   disabled = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", False)
   try:
