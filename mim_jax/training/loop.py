@@ -33,11 +33,14 @@ from mim_jax.training.train_step import jit_train_step
 def train_and_evaluate(config, workdir: str, method: Method, schedule: Schedule,
                        stop_after_step: Optional[int] = None, *,
                        evaluations: Sequence[Callable] = (),
-                       description: Optional[str] = None) -> TrainState:
+                       description: Optional[str] = None,
+                       devices: Optional[Sequence[jax.Device]] = None) -> TrainState:
   """Train `method` (built for `schedule.total_steps`) in `workdir`; see the module
   docstring. `stop_after_step` ends the run there with a checkpoint, as a preemption would
-  (0 on a fresh start: checkpoint 0); `description` names the run in the log."""
-  mesh, tx, state, shardings, changes = setup(config, workdir, method, schedule, description)
+  (0 on a fresh start: checkpoint 0); `description` names the run in the log; `devices`
+  (one process only; default: all) are those the step runs on."""
+  mesh, tx, state, shardings, changes = setup(config, workdir, method, schedule, description,
+                                              devices)
   with lock.hold(workdir):  # one run per workdir (mim_jax/lock.py): before any write
     manager = checkpoint.create_manager(workdir, config, clean_up_temporary=True)
     state, position, logged_through = resume(workdir, config, method, manager, state,
@@ -96,12 +99,18 @@ def train_and_evaluate(config, workdir: str, method: Method, schedule: Schedule,
 
 
 def setup(config, workdir: str, method: Method, schedule: Schedule,
-          description: Optional[str]):
-  """(mesh, optimizer, fresh state, its shardings, config changes from the workdir's
-  run): everything checked that can be before anything is written or the step compiled."""
-  validate(config, jax.device_count(), jax.process_count())
+          description: Optional[str], devices: Optional[Sequence[jax.Device]] = None):
+  """(mesh over `devices` (default: all), optimizer, fresh state, its shardings, config
+  changes from the workdir's run): everything checked that can be before anything is
+  written or the step compiled."""
+  if devices is not None and (jax.process_count() > 1 or not devices):
+    raise ValueError(f"A run on chosen devices needs one process and at least one device; "
+                     f"got {len(devices)} devices in {jax.process_count()} processes: leave "
+                     "`devices` out to run on all of them.")
+  devices = jax.devices() if devices is None else list(devices)
+  validate(config, len(devices), jax.process_count())
   data.check_split(config, config.data.train_split)  # the data files, before any write
-  mesh = sharding.create_mesh(config)
+  mesh = sharding.create_mesh(config, devices)
   tx = optim.create_optimizer(config, schedule.lr)
   logging.info("%s: %d steps (%d per epoch), warmup %d, peak lr %.3g, mesh %s",
                description or f"Pretraining {config.method.name}", schedule.total_steps,

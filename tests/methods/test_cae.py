@@ -257,6 +257,7 @@ def test_sharded_steps_equal_single_device_steps():
   assert state8.target_params == {}  # the alignment target needs no EMA copy
 
 
+@pytest.mark.learning
 def test_cae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """600 steps on CIFAR-10 (conftest LEARNING_SIZES; 8 of 16 patches hidden in blocks of
   >= 4): the encoder's k-NN beats the random encoder's by KNN_MARGIN; the loss falls by

@@ -78,6 +78,7 @@ def test_mae_summaries_are_three_panels_in_unit_range():
                                  panel[b, r * p:(r + 1) * p, c * p:(c + 1) * p], atol=1e-6)
 
 
+@pytest.mark.learning
 def test_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """600 steps on CIFAR-10 (conftest LEARNING_SIZES): the encoder's k-NN beats the random
   encoder's by KNN_MARGIN; the hidden-patch loss ends below 0.9 × its first logged value

@@ -267,6 +267,7 @@ def test_sharded_steps_equal_single_device_steps():
   assert metrics8[1]["loss"] < metrics8[0]["loss"]
 
 
+@pytest.mark.learning
 def test_multiview_mae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """600 steps on CIFAR-10 through the trainer and the two-view pipeline (conftest
   LEARNING_SIZES): the encoder's k-NN beats the random encoder's by KNN_MARGIN; the

@@ -154,6 +154,7 @@ def test_sharded_fsdp_step_equals_one_device_and_teacher_follows_the_ema():
     assert np.isfinite(metrics1[-1][key]), key
 
 
+@pytest.mark.learning
 def test_pcae_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """600 steps on CIFAR-10 (conftest LEARNING_SIZES): the encoder's k-NN beats the random
   encoder's by KNN_MARGIN (a falling loss alone would not show it: a collapsed student and

@@ -110,6 +110,7 @@ def test_sharded_steps_equal_single_device_steps():
   assert np.abs(np.asarray(table)).max() > 0  # the bias is trained (from zeros)
 
 
+@pytest.mark.learning
 def test_simmim_learns_on_real_cifar_images(tmp_path, cifar_npz):
   """600 steps on CIFAR-10 (conftest LEARNING_SIZES, one 8 px patch per mask cell): the
   encoder's k-NN beats the random encoder's by KNN_MARGIN; the hidden-pixel L1 falls
