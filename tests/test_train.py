@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import checkpoint_steps, event_tags, scalar_series, tiny_mae_config
+from conftest import (assert_trees_close, checkpoint_steps, event_tags, scalar_series,
+                      tiny_mae_config)
 from mim_jax import checkpoint, masking, methods, optim, pretrain, sharding
 from mim_jax.training import config as train_config, progress as progress_lib
 from mim_jax.training import state as train_state, train_step
@@ -117,9 +118,7 @@ def test_a_run_on_one_chosen_device_equals_the_run_on_all_eight(tmp_path):
   assert len(jax.tree.leaves(everywhere.params)[0].sharding.device_set) == 8
   # Two steps move each parameter by about 9.4e-6 (Adam's first steps: lr·sign(g)); the
   # runs differ by at most 5.7e-7, where a gradient is near zero and its sign is rounding.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                                       atol=1e-6),
-               everywhere.params, one.params)
+  assert_trees_close(everywhere.params, one.params, atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,message", [
