@@ -6,6 +6,7 @@ LayerNorm eps 1e-6, fixed 2-D sin-cos position embeddings (or BEiT's shared rela
 position bias, as SimMIM's ViT-B), optional LayerScale, cls token, final LayerNorm.
 Parameters are float32; `dtype` is the compute dtype.
 """
+import functools
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -162,25 +163,56 @@ def attention_weights(q, k, bias=None, float32_logits=True):
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def qkv_projection(x, kernel, bias, num_heads: int):
+  """x [B, N, D] @ kernel [D, 3D] + bias [3D] -> (q, k, v) each [B, N, H, Dh], as three
+  einsums on the kernel's q, k and v slices. Its VJP is nn.Dense's on the cotangents
+  concatenated to [B, N, 3D]: one kernel gradient [D, 3D], which FSDP reduce-scatters along
+  the kernel's own column shards. (Through the slices, each q, k and v gradient is summed
+  whole over every chip, since the column shards cut across the slices: a 124 MB
+  all-reduce per MAE ViT-L step on v5e-256; docs/RESULTS.md.)"""
+  d = x.shape[-1]
+  kernel = kernel.reshape(d, 3, num_heads, d // num_heads)
+  bias = bias.reshape(3, num_heads, d // num_heads)
+  return tuple(jnp.einsum("bnd,dhk->bnhk", x, kernel[:, i]) + bias[i] for i in range(3))
+
+
+def _qkv_projection_fwd(x, kernel, bias, num_heads):
+  return qkv_projection(x, kernel, bias, num_heads), (x, kernel)
+
+
+def _qkv_projection_bwd(num_heads, residuals, cotangents):
+  del num_heads
+  x, kernel = residuals
+  b, n, d = x.shape
+  dy = jnp.concatenate([c.reshape(b, n, d) for c in cotangents], axis=-1)  # [B, N, 3D]
+  # the bias gradient per slice, from the [B, N, H, Dh] cotangents: one reduction of the
+  # concatenated dy is an unfused reduce (1.6 ms of the step above)
+  dbias = jnp.concatenate([c.sum((0, 1)).reshape(-1) for c in cotangents])
+  return (jnp.einsum("bne,de->bnd", dy, kernel), jnp.einsum("bnd,bne->de", x, dy), dbias)
+
+
+qkv_projection.defvjp(_qkv_projection_fwd, _qkv_projection_bwd)
+
+
 class FusedQKV(nn.Module):
   """timm's fused 'qkv' Linear (kernel [D, 3D], bias [3D]: nn.Dense's parameters, names and
-  initialisation) applied as three einsums on the kernel's q, k and v slices straight
-  onto heads, -> (q, k, v) each [B, N, H, Dh]. The same projection as Dense followed by a
-  reshape to heads, without the reshape (with Dh below the TPU's 128 lanes a layout copy
-  per block) and without a stacked [3, ...] output (whose gradient is assembled from
-  three padded copies). The compiler's estimate of the MAE ViT-L step on v5e-256: 32.3 ms
-  instead of 34.7 with Dense and the reshape (docs/RESULTS.md)."""
+  initialisation) applied by `qkv_projection` straight onto heads, -> (q, k, v) each
+  [B, N, H, Dh]. The same projection as Dense followed by a reshape to heads, without the
+  reshape (with Dh below the TPU's 128 lanes a layout copy per block) and without a
+  stacked [3, ...] output (whose gradient is assembled from three padded copies). The
+  compiler's estimate of the MAE ViT-L step on v5e-256: 30.2 ms instead of 34.7 with Dense
+  and the reshape (docs/RESULTS.md)."""
   num_heads: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    d, h = x.shape[-1], self.num_heads
+    d = x.shape[-1]
     kernel = self.param("kernel", xavier_uniform, (d, 3 * d))
     bias = self.param("bias", nn.initializers.zeros, (3 * d,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    kernel, bias = kernel.reshape(d, 3, h, d // h), bias.reshape(3, h, d // h)
-    return tuple(jnp.einsum("bnd,dhk->bnhk", x, kernel[:, i]) + bias[i] for i in range(3))
+    return qkv_projection(x, kernel, bias, self.num_heads)
 
 
 class Attention(nn.Module):

@@ -282,7 +282,7 @@ def test_remat_policies_and_scan_give_identical_gradients():
 def test_fused_qkv_is_the_dense_qkv_projection_split_into_heads():
   """vit.FusedQKV keeps timm's fused Linear: nn.Dense's parameters and initialisation, and
   its output reshaped to [B, N, 3, H, Dh] and split into q, k, v [B, N, H, Dh], with the
-  same gradients."""
+  same gradients for the parameters and the input."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
   class Dense(nn.Module):
@@ -306,8 +306,11 @@ def test_fused_qkv_is_the_dense_qkv_projection_split_into_heads():
   assert len(got) == 3
   for i in range(3):
     np.testing.assert_allclose(got[i], want[:, :, i], rtol=1e-5, atol=1e-5)
+  # its own VJP (nn.Dense's on the concatenated cotangents): the same gradients for the
+  # kernel, the bias and the input, each of q, k and v weighted differently
   weights = jax.random.normal(jax.random.PRNGKey(3), want.shape)
-  grad = lambda f: jax.grad(lambda p: jnp.sum(f(p) * weights))(params)
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
-               grad(lambda p: jnp.stack(Fused().apply(p, x), axis=2)),
-               grad(lambda p: Dense().apply(p, x).reshape(2, 5, 3, 4, 8)))
+  grad = lambda f: jax.grad(lambda p, x: jnp.sum(f(p, x) * weights), argnums=(0, 1))(params, x)
+  got, want = (grad(lambda p, x: jnp.stack(Fused().apply(p, x), axis=2)),
+               grad(lambda p, x: Dense().apply(p, x).reshape(2, 5, 3, 4, 8)))
+  assert float(jnp.abs(got[1]).max()) > 0.1 and float(jnp.abs(got[0]["params"]["qkv"]["bias"]).min()) > 0
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got, want)
