@@ -69,7 +69,7 @@ LEARNING_SIZES = dict(width=64, depth=2, patch_size=8, batch_size=64, num_train_
                       warmup_steps=60)
 LEARNING_CHECKS = {
     "mae": {"optimizer.base_lr": 4.8e-3},
-    "simmim": {"optimizer.base_lr": 3.2e-3, "method.mask_patch_size": 8},  # one patch, as the recipe
+    "simmim": {"optimizer.base_lr": 3.2e-3, "method.mask_patch_size": 8},  # one patch: the recipe
     "cae": {"optimizer.base_lr": 3e-3},  # the recipe's alignment weight 0.25 (not 2)
     # a 4×4 grid as the others (40 px with the 2 px gap, 32 px at evaluation), not the
     # recipe's 8×8 that the larger patch would make 80 px; 400 steps
