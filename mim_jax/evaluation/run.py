@@ -42,7 +42,7 @@ say anything (`linear_probe.size_warnings`) is logged and listed in metrics.json
 import functools
 import json
 import time
-from typing import Any, Dict, NamedTuple, Optional, Type
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Type
 
 import jax
 import ml_collections
@@ -143,12 +143,20 @@ def resolve_evaluation(config: ml_collections.ConfigDict) -> ResolvedEvaluation:
   (`config` with its pool and block resolved), with every error a user can fix in it
   raised before anything is compiled or written."""
   pretrain_config = pretrained.read_pretrain_config(config.pretrained)
+  config, method, encoder, data_config = resolve_for(config, pretrain_config)
+  return ResolvedEvaluation(config, pretrain_config, method, encoder, data_config,
+                            validate(config, encoder))
+
+
+def resolve_for(config: ml_collections.ConfigDict, pretrain_config: ml_collections.ConfigDict
+                ) -> Tuple[ml_collections.ConfigDict, Method, EvalEncoder,
+                           ml_collections.ConfigDict]:
+  """(config with its pool and block resolved, method, encoder, input pipeline config) of
+  an evaluation config against a pretraining config, reading no workdir or checkpoint."""
   method = methods.create(pretrain_config)
   config = resolve_defaults(config, method)
   encoder = method.eval_encoder(config.use_target, config.data.image_size)
-  data_config = pipeline_config(config, pretrain_config, encoder.image_size)
-  return ResolvedEvaluation(config, pretrain_config, method, encoder, data_config,
-                            validate(config, encoder))
+  return config, method, encoder, pipeline_config(config, pretrain_config, encoder.image_size)
 
 
 def train_on_encoder(config: ml_collections.ConfigDict, workdir: str,

@@ -58,6 +58,12 @@ What it does, per variant (everything under --workdir/<variant>/):
      initialised (fine-tuned, it is training from scratch); variants whose step 0 is the
      same encoder, evaluated the same way (`random_init_key`), share one evaluation of it
      under --workdir/random_init/<protocol>-<hash>/<key>/.
+  4. The variant's row of the tables (every checkpoint's top-1, FLOPs, wall time) in
+     evaluations.json, with the protocols' keys and --streamed_at it was made for: a rerun
+     with the same ones reads it back and needs neither the checkpoints nor eval/. What a
+     finished study needs to be tabulated again (e.g. kept after its checkpoints are
+     deleted, or carried to another machine): per variant budget_steps.json and
+     evaluations.json, and raw_pixels/.
   Raw pixels: the protocols (run.run_protocol) on features.pixel_features of the
   evaluation data of each variant (flattened normalised images; the encoder's patch
   grid as tokens for the attentive probe, heads = gcd(encoder heads, token width)),
@@ -111,6 +117,7 @@ STREAMED_AT = ("ends", "all")  # --streamed_at: the checkpoints a streamed proto
 BUDGET_KINDS = ("steps", "epochs", "flops", "cpu_seconds")
 BUDGET_FILE = "budget_steps.json"
 LEGACY_BUDGET_FILE = "plan.json"  # its name before 2026-12-06: read, never written
+ROW_FILE = "evaluations.json"  # a variant's evaluated row: compare.recorded_row
 FIGURES = {"flops": ("top1_vs_flops.png", "pretraining FLOPs"),
            "wall_seconds": ("top1_vs_wall_time.png", "training wall time (s)")}
 
@@ -569,7 +576,7 @@ def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[P
   steps = budget_steps["checkpoint_steps"]
   walls = wall_seconds(variant.pretrain_dir, steps)
   token_cache = run.TokenCache()  # a checkpoint's precomputed protocols encode it once
-  rows = []
+  rows, sizes = [], {}
   for step in steps:
     row = {"step": step, "epochs": step / budget_steps["steps_per_epoch"],
            "flops": step * budget_steps["flops_per_step"], "wall_seconds": walls[step],
@@ -588,13 +595,40 @@ def evaluate_variant(variant: Variant, budget_steps: dict, protocols: Sequence[P
                                token_cache)
       row["top1"][protocol.label] = metrics[protocol.top1]
       row["eval_dirs"][protocol.label] = directory
+      sizes = sizes or {k: metrics.get(k) for k in ("num_train", "num_test", "num_classes")}
       if "test_effective_rank" in metrics:  # pooled features: collapse diagnostics
         row["features"][metrics["pool"]] = {k: metrics[f"test_{k}"]
                                             for k in ("effective_rank", "mean_cosine")}
     rows.append(row)
   config = variant.config
   return {"name": variant.name, "spec": variant.spec, "method": config.method.name,
-          "workdir": variant.workdir, "budget_steps": budget_steps, "checkpoints": rows}
+          "workdir": variant.workdir, "budget_steps": budget_steps, "data_sizes": sizes,
+          "checkpoints": rows}
+
+
+def recorded_row(variant: Variant, budget_steps: dict, protocols: Sequence[Protocol],
+                 streamed_at: str) -> Optional[dict]:
+  """The variant's row from its ROW_FILE when that was written for these protocols (their
+  keys: label and config hash), --streamed_at and checkpoints, else None. A variant whose
+  row is recorded needs neither its checkpoints nor its evaluation directories."""
+  path = os.path.join(variant.workdir, ROW_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    recorded = json.load(f)
+  if (recorded["protocols"] != [p.key for p in protocols]
+      or recorded["streamed_at"] != streamed_at
+      or recorded["row"]["budget_steps"]["checkpoint_steps"] != budget_steps["checkpoint_steps"]):
+    return None
+  logging.info("%s: read back from %s (no pretraining or evaluation).", variant.name, path)
+  return recorded["row"]
+
+
+def record_row(variant: Variant, row: dict, protocols: Sequence[Protocol],
+               streamed_at: str) -> None:
+  """Write the variant's evaluated row to its ROW_FILE (`recorded_row` reads it)."""
+  recorded = {"protocols": [p.key for p in protocols], "streamed_at": streamed_at, "row": row}
+  checkpoint.write_text(variant.workdir, ROW_FILE, json.dumps(recorded, indent=1))
 
 
 def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
@@ -606,15 +640,15 @@ def raw_pixels(variants: Sequence[Variant], protocols: Sequence[Protocol],
   if not precomputed:
     return []
   for variant in variants:
-    eval_plan = run.resolve_evaluation(eval_config(precomputed[0], variant.pretrain_dir, 0))
-    module = eval_plan.encoder.module
-    setting = {"data": eval_plan.data_config.to_dict(), "patch_size": module.patch_size}
+    _, _, encoder, data_config = run.resolve_for(precomputed[0].config, variant.config)
+    module = encoder.module
+    setting = {"data": data_config.to_dict(), "patch_size": module.patch_size}
     key = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
     group = groups.setdefault(key, {
-        "name": f"{eval_plan.data_config.data.image_size} px", "key": key,
-        "image_size": eval_plan.data_config.data.image_size,
+        "name": f"{data_config.data.image_size} px", "key": key,
+        "image_size": data_config.data.image_size,
         "patch_size": module.patch_size, "num_heads": module.num_heads,
-        "data_config": eval_plan.data_config, "variants": [], "top1": {}, "eval_dirs": {}})
+        "data_config": data_config, "variants": [], "top1": {}, "eval_dirs": {}})
     group["variants"].append(variant.name)
   if len(groups) > 1:
     for group in groups.values():
@@ -705,8 +739,7 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
   labels = [p["label"] for p in report["protocols"]]
   head = "| " + " | ".join(labels) + " |"
   rule = " --- |" * len(labels)
-  first = report["variants"][0]["checkpoints"][0]["eval_dirs"][labels[0]]
-  sample = read_metrics(first) or {}
+  sample = report["variants"][0]["data_sizes"]
   protocols = "; ".join(f"{p['label']} (`{p['spec']}`"
                         + "".join(f", {o}" for o in p["overrides"])
                         + (f", {p['picked']}" if p.get("picked") else "") + ")"
@@ -834,11 +867,15 @@ def compare(specs: Sequence[str], workdir: str, budget: str, *,
       budget_steps = convert_budget(variant, budget, num_checkpoints, measure_steps)
       checkpoint.write_text(variant.workdir, BUDGET_FILE, json.dumps(budget_steps, indent=1))
     logging.info("%s: %s", variant.name, budget_steps["how"])
-    if not pretrain_variant(variant, budget_steps):
-      logging.warning("Pretraining of %s stopped early; run the same command again to "
-                      "continue.", variant.name)
-      return None
-    rows.append(evaluate_variant(variant, budget_steps, protocols, workdir, streamed_at))
+    row = recorded_row(variant, budget_steps, protocols, streamed_at)
+    if row is None:
+      if not pretrain_variant(variant, budget_steps):
+        logging.warning("Pretraining of %s stopped early; run the same command again to "
+                        "continue.", variant.name)
+        return None
+      row = evaluate_variant(variant, budget_steps, protocols, workdir, streamed_at)
+      record_row(variant, row, protocols, streamed_at)
+    rows.append(row)
   report = {
       "command": command, "machine": results_doc.machine(), "date": results_doc.now(),
       "budget": budget.text, "num_checkpoints": num_checkpoints, "streamed_at": streamed_at,

@@ -3,6 +3,7 @@ arithmetic and schedule scaling by hand."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -182,6 +183,31 @@ def test_the_command_line_rerun_redoes_nothing_and_replaces_its_results_section(
     assert f"](figures/compare_{name})" in text
     assert (doc.parent / "figures" / f"compare_{name}").read_bytes() == (
         work / name).read_bytes()
+
+
+def test_a_study_kept_without_its_checkpoints_is_tabulated_again_elsewhere(setup, tmp_path):
+  """The files the module docstring names, copied to another workdir, give the same rows
+  with no pretraining and no evaluation; other protocols need the checkpoints again."""
+  root, args, report = setup
+  work, kept = root / "work", tmp_path / "kept"
+  files = [work / "raw_pixels"] + [work / v["name"] / name for v in report["variants"]
+                                   for name in (BUDGET, compare.ROW_FILE)]
+  for path in files:
+    target = kept / path.relative_to(work)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if path.is_dir() else shutil.copy)(path, target)
+  again = compare.compare(**dict(args, workdir=str(kept)))
+  assert again["variants"] == report["variants"] and again["raw_pixels"] != []
+  assert [g["top1"] for g in again["raw_pixels"]] == [g["top1"] for g in report["raw_pixels"]]
+  assert not list(kept.rglob("checkpoints")) and not list(kept.rglob("eval"))
+  assert "| tiny_variants_mae | mae | 4 | 1.00 |" in (kept / "comparison.md").read_text()
+  assert "64 train / 32 test images, 4 classes" in (kept / "comparison.md").read_text()
+  variant = compare.load_variants(args["specs"][:1], args["data_overrides"], str(kept))[0]
+  budget_steps = json.loads((kept / variant.name / BUDGET).read_text())
+  protocols = compare.load_protocols(PROTOCOLS, PROTOCOL_OVERRIDES, [variant], POOLS)
+  assert compare.recorded_row(variant, budget_steps, protocols, "ends") == report["variants"][0]
+  for other, streamed_at in ((protocols[:2], "ends"), (protocols, "all")):
+    assert compare.recorded_row(variant, budget_steps, other, streamed_at) is None
 
 
 def test_a_rerun_with_another_budget_or_data_is_refused(setup):
