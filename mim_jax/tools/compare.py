@@ -700,12 +700,15 @@ def _top1(row: dict, labels: Sequence[str]) -> str:
 
 
 def random_inits(report: dict) -> List[dict]:
-  """The distinct random-init evaluations: one per set of step-0 directories, with the
-  variants (and their methods) that share it."""
+  """The distinct random-init evaluations: one per set of step-0 directories (relative to
+  the comparison's workdir, so that a row recorded where the study ran before,
+  `recorded_row`, joins the same one), with the variants (and their methods) that share
+  it."""
   shared: Dict[tuple, dict] = {}
   for v in report["variants"]:
-    zero = v["checkpoints"][0]
-    group = shared.setdefault(tuple(sorted(zero["eval_dirs"].items())),
+    zero, workdir = v["checkpoints"][0], os.path.dirname(v["workdir"])
+    dirs = {label: os.path.relpath(d, workdir) for label, d in zero["eval_dirs"].items()}
+    group = shared.setdefault(tuple(sorted(dirs.items())),
                               {"row": zero, "variants": [], "methods": []})
     group["variants"].append(v["name"])
     if v["method"] not in group["methods"]:

@@ -210,6 +210,18 @@ def test_a_study_kept_without_its_checkpoints_is_tabulated_again_elsewhere(setup
     assert compare.recorded_row(variant, budget_steps, other, streamed_at) is None
 
 
+def test_a_row_recorded_elsewhere_shares_the_random_init_of_its_new_workdir():
+  """One random-init row for two variants whose step 0 is the same evaluation, although
+  one's row was recorded under the workdir the study ran in before; another gets its own."""
+  def variant(name, workdir, key):
+    zero = {"eval_dirs": {"knn": f"{workdir}/random_init/knn-1/{key}"}, "top1": {"knn": 1.0}}
+    return {"name": name, "method": name, "workdir": f"{workdir}/{name}", "checkpoints": [zero]}
+
+  report = {"variants": [variant("mae", "/old/study", "a"), variant("pcae", "/new", "a"),
+                         variant("simmim", "/new", "b")]}
+  assert [g["variants"] for g in compare.random_inits(report)] == [["mae", "pcae"], ["simmim"]]
+
+
 def test_a_rerun_with_another_budget_or_data_is_refused(setup):
   root, args, _ = setup
   for changed in (dict(budget="steps:6"),
