@@ -48,6 +48,17 @@ def dead_pid():
   return proc.pid
 
 
+def eventually(condition, timeout=30.0):
+  """Whether `condition()` holds within `timeout` s (a heartbeat thread can be late when
+  the machine is loaded; a fixed sleep made these tests flaky)."""
+  deadline = time.time() + timeout
+  while not condition():
+    if time.time() > deadline:
+      return False
+    time.sleep(0.05)
+  return True
+
+
 def took_over(caplog, workdir):
   return [r.getMessage() for r in caplog.records
           if r.levelname == "WARNING" and r.getMessage().startswith(f"Took over {workdir} ")]
@@ -63,8 +74,7 @@ def test_claim_refuse_renew_release_and_claim_again(tmp_path):
     lock.acquire(str(tmp_path), **FAST)
   assert re.fullmatch(in_use_pattern(tmp_path, socket.gethostname(), os.getpid(),
                                      record["since"], 1), str(refused.value))
-  time.sleep(0.5)
-  assert lock.read_claim(str(tmp_path))["heartbeat"] > record["heartbeat"]  # renewed
+  assert eventually(lambda: lock.read_claim(str(tmp_path))["heartbeat"] > record["heartbeat"])
   claim.release()
   claim.release()  # idempotent
   assert os.listdir(tmp_path) == []
@@ -84,7 +94,7 @@ def test_a_claim_dropped_without_release_is_released_when_collected(tmp_path):
 def test_a_taken_over_claim_is_not_renewed_nor_deleted(tmp_path, caplog):
   claim = lock.acquire(str(tmp_path), heartbeat_s=0.1, **FAST)
   other = write_claim(tmp_path, host="other-host", pid=4242)
-  time.sleep(0.4)
+  assert eventually(lambda: claim.lost is not None)
   assert claim.lost["token"] == other["token"]
   assert any("Lost the claim on" in r.getMessage() for r in caplog.records)
   claim.release()
@@ -326,17 +336,14 @@ def test_two_mains_on_one_workdir(tmp_path, kill_mains_at_the_end):
   files = listing(workdir)
 
   # A second run on the workdir in use stops before it writes anything, with one line.
-  started = time.time()
   second = Main(workdir)
   assert second.finish() == 1, second.log()[-3000:]
-  seconds = time.time() - started
   err = second.log()
   errors = [line for line in err.splitlines() if " is in use by " in line]
   assert len(errors) == 1, err[-3000:]
   assert re.search(r"\] " + in_use_pattern(workdir, host, first.pid, held["since"], 600) + "$",
                    errors[0]), errors[0]
   assert "Traceback" not in err and "loss=" not in err, err[-3000:]
-  assert seconds < 40, seconds  # start-up and the config check, no training
   assert listing(workdir) == files  # no file written, created or deleted
   assert lock.read_claim(str(workdir))["token"] == held["token"]
 
