@@ -41,6 +41,20 @@ def test_cosine_momentum_schedule():
   assert float(optim.cosine_momentum(100, 100, 0.99)) == pytest.approx(1.0)
 
 
+def test_global_norm_is_the_tree_norm_with_one_reduction_per_matrix_and_vector_shape():
+  rng = np.random.default_rng(0)
+  tree = {"kernels": [rng.normal(size=(8, 24)).astype(np.float32) for _ in range(3)],
+          "biases": [rng.normal(size=(24,)).astype(np.float32) for _ in range(4)],
+          "scale": rng.normal(size=(8,)).astype(np.float32), "count": np.float32(3.0)}
+  by_hand = np.sqrt(sum(float(np.sum(np.square(x, dtype=np.float64)))
+                        for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(optim.global_norm(tree), by_hand, rtol=1e-6)
+  np.testing.assert_allclose(optim.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+  jaxpr = jax.make_jaxpr(optim.global_norm)(tree).jaxpr
+  # 3 matrices, then 1 group each for the 4 biases, the scale and the scalar
+  assert [e.primitive.name for e in jaxpr.eqns].count("reduce_sum") == 6
+
+
 def test_default_weight_decay_mask():
   params = {"encoder": {"cls_token": jnp.zeros((1, 1, 4)), "patch_embed": {
       "kernel": jnp.zeros((8, 4)), "bias": jnp.zeros(4)}, "norm": {"scale": jnp.ones(4),
