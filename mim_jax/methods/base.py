@@ -112,6 +112,23 @@ class EvalDefaults:
     return min(max(int(round(self.block_fraction * depth)), 1), depth)
 
 
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """A direction the method's paper reports against method `over`, which the comparison
+  checks on its own study (tools/compare.py `claims_table`).
+
+  measure: a protocol ('knn', 'linear_probe', 'attentive_probe', 'finetune'): this
+    method's top-1 above `over`'s at the last checkpoint (each at its best pool); or
+    'step_cost': fewer pretraining FLOPs per step than `over`, at a `protocol` top-1 not
+    below `over`'s.
+  paper: what the paper reports (figures, table or section).
+  """
+  over: str
+  measure: str
+  paper: str
+  protocol: str = ""
+
+
 class Method:
   """Base class of a pretraining method.
 
@@ -128,6 +145,7 @@ class Method:
   num_views: int = 1
   batch_keys: Tuple[str, ...] = ("image",)
   eval_defaults: EvalDefaults = EvalDefaults()
+  claims: Tuple[Claim, ...] = ()
 
   def __init__(self, config: ml_collections.ConfigDict, total_steps: Optional[int] = None):
     self.config = config

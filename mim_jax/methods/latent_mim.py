@@ -19,7 +19,7 @@ import optax
 
 from mim_jax import masking, optim
 from mim_jax.methods import common
-from mim_jax.methods.base import EvalDefaults, EvalEncoder, Method
+from mim_jax.methods.base import Claim, EvalDefaults, EvalEncoder, Method
 from mim_jax.models.projector import MLPProjector
 from mim_jax.models.query_decoder import QueryDecoder
 
@@ -101,6 +101,10 @@ class LatentMIM(Method):
              "mean of its patch tokens, no final norm; leave-one-out 1-NN on the eval split: "
              "configs/eval/knn.py:latent_mim_nn); no linear-probe or fine-tuning code, the "
              "same feature assumed")
+  claims = (Claim("mae", "linear_probe", "linear probe 72.0 (800 epochs) against MAE's 67.8 "
+                  "(1600), ViT-B/16 (Wei et al. 2024, comparison with prior work)"),
+            Claim("mae", "knn", "k-NN 50.1 (800 epochs) against MAE's 12.2 (1600), ViT-B/16 "
+                  "(Wei et al. 2024, comparison with prior work)"))
 
   @classmethod
   def shrink_config(cls, config, old_patch_size, old_depth, resize_data):

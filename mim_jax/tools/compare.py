@@ -76,7 +76,10 @@ step, metric and image summaries, k-NN monitor, the start of asynchronous checkp
 saves; not the first step of each process, which compiles, nor start-up, restore and
 evaluation), interpolated linearly at checkpoints between log points.
 
-Outputs in --workdir: comparison.json, comparison.md (final and along-the-way tables),
+Outputs in --workdir: comparison.json, comparison.md (final and along-the-way tables;
+each column's gain over the variant's random init, first checkpoint → last; the
+directions the methods' papers report against another method, `Method.claims`,
+checked on the study where it has both),
 top1_vs_flops.png and top1_vs_wall_time.png (one panel per protocol, one line per
 variant; dotted horizontal lines: each variant's random init; dashed: raw pixels).
 With --results, the section --results_section (default 'compare') of that document is
@@ -737,6 +740,85 @@ def features_table(report: dict) -> List[str]:
   return lines
 
 
+MEASURES = {"knn": "k-NN", "linear_probe": "linear probe",
+            "attentive_probe": "attentive probe", "finetune": "fine-tuning"}
+
+
+def margins_table(report: dict) -> List[str]:
+  """Markdown lines: each column's top-1 over the variant's own step 0 (its random
+  init), at the first checkpoint after it and at the last ('first → last'; one figure
+  where the protocol ran once after step 0)."""
+  labels = [p["label"] for p in report["protocols"]]
+  lines = ["", "Over each variant's random init (top-1 − its step 0's; first checkpoint "
+           "after step 0 → last):", "", "| variant | " + " | ".join(labels) + " |",
+           "| --- |" + " --- |" * len(labels)]
+  for v in report["variants"]:
+    cells = []
+    for label in labels:
+      base = v["checkpoints"][0]["top1"][label]
+      later = [row["top1"][label] for row in v["checkpoints"][1:]
+               if row["top1"][label] is not None]
+      if base is None or not later:
+        cells.append("—")
+      else:
+        ends = later if len(later) == 1 else [later[0], later[-1]]
+        cells.append(" → ".join(f"{x - base:+.1f}" for x in ends))
+    lines.append(f"| {v['name']} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _best(report: dict, variant: dict, protocol: str):
+  """(top-1, column) of `protocol`'s best column at the variant's last checkpoint, or
+  (None, None) where no column of it ran there."""
+  last = variant["checkpoints"][-1]["top1"]
+  ran = [(last[p["label"]], p["label"]) for p in report["protocols"]
+         if p["protocol"] == protocol and last[p["label"]] is not None]
+  return max(ran) if ran else (None, None)
+
+
+def claims_table(report: dict) -> List[str]:
+  """Markdown lines: the directions the variants' methods declare from their papers
+  (`Method.claims`) against each variant of the method they name, checked at the last
+  checkpoints; none when no variant's method declares one."""
+  rows = []
+  for v in report["variants"]:
+    for claim in methods.METHODS[v["method"]].claims:
+      if claim.measure == "step_cost":
+        what = (f"{v['method']}: fewer FLOPs per step than {claim.over}, "
+                f"{MEASURES[claim.protocol]} not below it")
+      else:
+        what = f"{v['method']}: {MEASURES[claim.measure]} above {claim.over}"
+      baselines = [b for b in report["variants"] if b["method"] == claim.over]
+      if not baselines:
+        rows.append(f"| {what} | {claim.paper} | no {claim.over} variant in this study | — |")
+      for b in baselines:
+        rows.append(f"| {what} | {claim.paper} | {_claim_cells(report, claim, v, b)} |")
+  if not rows:
+    return []
+  return ["", "Directions the methods' papers report, on this study (last checkpoints, "
+          "each variant at its best column of the protocol):", "",
+          "| claim | the paper | this study | agrees |", "| --- | --- | --- | --- |"] + rows
+
+
+def _claim_cells(report: dict, claim, variant: dict, baseline: dict) -> str:
+  """'what this study measured | yes/no/—' for `claim` of `variant` against `baseline`."""
+  protocol = claim.protocol if claim.measure == "step_cost" else claim.measure
+  (top1, label), (base_top1, base_label) = (_best(report, x, protocol)
+                                            for x in (variant, baseline))
+  accuracy = (f"{MEASURES[protocol]} {top1:.1f} ({label}) against {base_top1:.1f} "
+              f"({base_label})" if None not in (top1, base_top1) else
+              f"no {MEASURES[protocol]} on both")
+  if claim.measure != "step_cost":
+    verdict = "—" if None in (top1, base_top1) else ("yes" if top1 > base_top1 else "no")
+    return f"{variant['name']} against {baseline['name']}: {accuracy} | {verdict}"
+  flops, base_flops = (x["budget_steps"]["flops_per_step"] for x in (variant, baseline))
+  cheaper = flops < base_flops
+  verdict = ("—" if None in (top1, base_top1) else
+             "yes" if cheaper and top1 >= base_top1 else "no")
+  return (f"{variant['name']} against {baseline['name']}: {flops:.3g} FLOPs per step against "
+          f"{base_flops:.3g} ({flops / base_flops:.2f}×); {accuracy} | {verdict}")
+
+
 def markdown(report: dict, figure_links: Dict[str, str]) -> str:
   """The tables (final checkpoints with baselines, then every checkpoint) and plots."""
   labels = [p["label"] for p in report["protocols"]]
@@ -776,7 +858,9 @@ def markdown(report: dict, figure_links: Dict[str, str]) -> str:
     for row in v["checkpoints"]:
       lines.append(f"| {v['name']} | {row['step']} | {row['epochs']:.2f} | {row['flops']:.3g} "
                    f"| {_seconds(row['wall_seconds'])} | {_top1(row, labels)} |")
+  lines += margins_table(report)
   lines += features_table(report)
+  lines += claims_table(report)
   lines.append("")
   lines += [f"![top-1 against {FIGURES[axis][1]}]({link})"
             for axis, link in figure_links.items()]

@@ -222,6 +222,45 @@ def test_a_row_recorded_elsewhere_shares_the_random_init_of_its_new_workdir():
   assert [g["variants"] for g in compare.random_inits(report)] == [["mae", "pcae"], ["simmim"]]
 
 
+def synthetic_report(methods_rows):
+  """A comparison.json-like report: k-NN on two pools, a linear probe and fine-tuning;
+  `methods_rows`: (method, FLOPs per step, top-1 rows per checkpoint)."""
+  columns = [("knn_cls", "knn"), ("knn_mean", "knn"), ("linear_probe", "linear_probe"),
+             ("finetune", "finetune")]
+  labels = [label for label, _ in columns]
+  protocols = [{"label": label, "protocol": protocol} for label, protocol in columns]
+  variants = [{"name": f"{method}_cifar", "method": method,
+               "budget_steps": {"flops_per_step": flops},
+               "checkpoints": [{"step": 10 * i, "top1": dict(zip(labels, top1))}
+                               for i, top1 in enumerate(rows)]}
+              for method, flops, rows in methods_rows]
+  return {"protocols": protocols, "variants": variants}
+
+
+def test_margins_over_the_random_init_and_the_papers_directions_by_hand():
+  """Each column's gain over step 0 (first → last; fine-tuning ran once), and the
+  directions Multi-View MAE, PCAE and CAE declare against MAE, checked on hand figures."""
+  report = synthetic_report([
+      ("mae", 2e9, [(28.0, 29.0, 45.0, 40.0), (30.0, 29.5, 46.0, None),
+                    (33.5, 32.0, 48.0, 44.5)]),
+      ("multiview_mae", 4e9, [(28.0, 29.0, 45.0, 40.0), (31.0, 36.0, 50.0, 44.0)]),
+      ("pcae", 1e9, [(28.0, 29.0, 45.0, 40.0), (30.0, 30.0, 47.0, 44.0)]),
+      ("cae", 2.5e9, [(28.0, 29.0, 45.0, 40.0), (29.0, 28.0, 47.0, None)])])
+  margins = compare.margins_table(report)
+  assert margins[-4] == "| mae_cifar | +2.0 → +5.5 | +0.5 → +3.0 | +1.0 → +3.0 | +4.5 |"
+  assert margins[-1] == "| cae_cifar | +1.0 | -1.0 | +2.0 | — |"
+  claims = compare.claims_table(report)
+  rows = [line for line in claims if line.startswith("| multiview_mae") or
+          line.startswith("| pcae") or line.startswith("| cae")]
+  assert [row.rsplit("|", 2)[-2].strip() for row in rows] == ["yes", "yes", "no", "no"]
+  assert "linear probe 50.0 (linear_probe) against 48.0 (linear_probe)" in rows[0]
+  assert "k-NN 36.0 (knn_mean) against 33.5 (knn_cls)" in rows[1]
+  assert "1e+09 FLOPs per step against 2e+09 (0.50×); fine-tuning 44.0" in rows[2]
+  alone = synthetic_report([("cae", 2.5e9, [(28.0, 29.0, 45.0, 40.0), (29.0, 28.0, 47.0, 41.0)])])
+  assert compare.claims_table(alone)[-1].endswith("| no mae variant in this study | — |")
+  assert compare.claims_table(synthetic_report([("mae", 2e9, [(1, 1, 1, 1)] * 2)])) == []
+
+
 def test_a_rerun_with_another_budget_or_data_is_refused(setup):
   root, args, _ = setup
   for changed in (dict(budget="steps:6"),
