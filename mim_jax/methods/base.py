@@ -117,16 +117,15 @@ class Claim:
   """A direction the method's paper reports against method `over`, which the comparison
   checks on its own study (tools/compare.py `claims_table`).
 
-  measure: a protocol ('knn', 'linear_probe', 'attentive_probe', 'finetune'): this
-    method's top-1 above `over`'s at the last checkpoint (each at its best pool); or
-    'step_cost': fewer pretraining FLOPs per step than `over`, at a `protocol` top-1 not
-    below `over`'s.
+  protocol: 'knn', 'linear_probe', 'attentive_probe' or 'finetune': this method's top-1
+    above `over`'s at the last checkpoint (each at its best pool); with `cheaper`, fewer
+    pretraining FLOPs per step than `over` at a top-1 not below `over`'s.
   paper: what the paper reports (figures, table or section).
   """
   over: str
-  measure: str
+  protocol: str
   paper: str
-  protocol: str = ""
+  cheaper: bool = False
 
 
 class Method:

@@ -740,8 +740,8 @@ def features_table(report: dict) -> List[str]:
   return lines
 
 
-MEASURES = {"knn": "k-NN", "linear_probe": "linear probe",
-            "attentive_probe": "attentive probe", "finetune": "fine-tuning"}
+PROTOCOL_NAMES = {"knn": "k-NN", "linear_probe": "linear probe",
+                  "attentive_probe": "attentive probe", "finetune": "fine-tuning"}
 
 
 def margins_table(report: dict) -> List[str]:
@@ -783,11 +783,9 @@ def claims_table(report: dict) -> List[str]:
   rows = []
   for v in report["variants"]:
     for claim in methods.METHODS[v["method"]].claims:
-      if claim.measure == "step_cost":
-        what = (f"{v['method']}: fewer FLOPs per step than {claim.over}, "
-                f"{MEASURES[claim.protocol]} not below it")
-      else:
-        what = f"{v['method']}: {MEASURES[claim.measure]} above {claim.over}"
+      name = PROTOCOL_NAMES[claim.protocol]
+      what = (f"{v['method']}: fewer FLOPs per step than {claim.over}, {name} not below it"
+              if claim.cheaper else f"{v['method']}: {name} above {claim.over}")
       baselines = [b for b in report["variants"] if b["method"] == claim.over]
       if not baselines:
         rows.append(f"| {what} | {claim.paper} | no {claim.over} variant in this study | — |")
@@ -802,19 +800,18 @@ def claims_table(report: dict) -> List[str]:
 
 def _claim_cells(report: dict, claim, variant: dict, baseline: dict) -> str:
   """'what this study measured | yes/no/—' for `claim` of `variant` against `baseline`."""
-  protocol = claim.protocol if claim.measure == "step_cost" else claim.measure
-  (top1, label), (base_top1, base_label) = (_best(report, x, protocol)
+  name = PROTOCOL_NAMES[claim.protocol]
+  (top1, label), (base_top1, base_label) = (_best(report, x, claim.protocol)
                                             for x in (variant, baseline))
-  accuracy = (f"{MEASURES[protocol]} {top1:.1f} ({label}) against {base_top1:.1f} "
-              f"({base_label})" if None not in (top1, base_top1) else
-              f"no {MEASURES[protocol]} on both")
-  if claim.measure != "step_cost":
+  accuracy = (f"{name} {top1:.1f} ({label}) against {base_top1:.1f} ({base_label})"
+              if None not in (top1, base_top1) else f"no {name} on both")
+  if not claim.cheaper:
     verdict = "—" if None in (top1, base_top1) else ("yes" if top1 > base_top1 else "no")
     return f"{variant['name']} against {baseline['name']}: {accuracy} | {verdict}"
   flops, base_flops = (x["budget_steps"]["flops_per_step"] for x in (variant, baseline))
-  cheaper = flops < base_flops
+  fewer_flops = flops < base_flops
   verdict = ("—" if None in (top1, base_top1) else
-             "yes" if cheaper and top1 >= base_top1 else "no")
+             "yes" if fewer_flops and top1 >= base_top1 else "no")
   return (f"{variant['name']} against {baseline['name']}: {flops:.3g} FLOPs per step against "
           f"{base_flops:.3g} ({flops / base_flops:.2f}×); {accuracy} | {verdict}")
 
